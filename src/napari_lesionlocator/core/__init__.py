@@ -1,0 +1,1 @@
+"""Pure core: geometry, images and label maps, prompts, measurements. No Qt, napari or torch."""

@@ -1,0 +1,134 @@
+"""The engine interface every segmentation/tracking backend implements, and the engine table.
+
+No torch import here: the LesionLocator engine imports torch lazily in its own module.
+
+Life cycle (shaped for promptable networks): an engine is built once with its settings
+(models load lazily on first use and stay loaded); ``prepare(image)`` may cache per-image work
+(preprocessing) keyed by the image object, reused by later prompts on the same image.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..core.errors import EngineError
+from ..core.image import Image, LabelMap
+from ..core.progress import CancelToken, ProgressCallback
+from ..core.prompts import Prompt
+
+__all__ = [
+    "EngineSettings",
+    "SegmentationResult",
+    "TrackingResult",
+    "Engine",
+    "ENGINE_TABLE",
+    "available_engines",
+    "create_engine",
+]
+
+
+@dataclass
+class EngineSettings:
+    """Settings common to all engines. Engine-specific ones go in ``extra``.
+
+    Parameters
+    ----------
+    threads : int or None
+        CPU threads for the engine's numeric work (None: library default).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"mps"`` (engines without a GPU path ignore it).
+    checkpoint : str or None
+        Model folder for engines with weights.
+    folds : sequence of int or None
+        Folds to ensemble (None: every fold found).
+    tta : bool
+        Mirroring test-time augmentation.
+    """
+
+    threads: int | None = None
+    device: str = "cpu"
+    checkpoint: str | None = None
+    folds: Sequence[int] | None = None
+    tta: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SegmentationResult:
+    """Instance map (one id per prompt, ids as given) plus per-lesion notes.
+
+    ``empty_ids`` lists prompts whose mask came out empty: they are reported, never silently dropped.
+    """
+
+    labels: LabelMap
+    empty_ids: list[int] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrackingResult:
+    """Follow-up instance map with the baseline's ids; ``lost_ids`` were not found in the follow-up."""
+
+    labels: LabelMap
+    lost_ids: list[int] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def prepare(self, image: Image) -> None:
+        """Optional per-image precomputation (cached); safe to call repeatedly."""
+
+    def segment(
+        self,
+        image: Image,
+        prompts: Sequence[Prompt],
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> SegmentationResult:
+        """One lesion per prompt, label value = prompt.lesion_id, on ``image``'s grid."""
+
+    def track(
+        self,
+        baseline: Image,
+        baseline_labels: LabelMap,
+        followup: Image,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> TrackingResult:
+        """Map every lesion of ``baseline_labels`` into ``followup``'s grid, keeping ids."""
+
+
+# Explicit, lazy table: name -> "module:Class". Nothing is imported until asked for.
+ENGINE_TABLE: dict[str, str] = {
+    "classical": "napari_lesionlocator.engines.classical:ClassicalEngine",
+    "lesionlocator": "napari_lesionlocator.engines.lesionlocator:LesionLocatorEngine",
+}
+
+
+def available_engines() -> list[str]:
+    return list(ENGINE_TABLE)
+
+
+def create_engine(name: str, settings: EngineSettings | None = None) -> Engine:
+    """Instantiate an engine by name; EngineError names the choices or the missing dependency."""
+    try:
+        target = ENGINE_TABLE[name]
+    except KeyError:
+        raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_TABLE)}") from None
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EngineError(
+            f"engine {name!r} needs an optional dependency that is not installed ({exc.name or exc}). "
+            f"Install it with: pip install 'napari-lesionlocator[{name}]'"
+        ) from exc
+    return getattr(module, cls_name)(settings or EngineSettings())

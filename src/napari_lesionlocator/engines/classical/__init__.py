@@ -1,0 +1,1 @@
+"""Embedded classical engine (no weights): the default when no checkpoint is configured."""

@@ -1,0 +1,1 @@
+"""LesionLocator engine (nnU-Net v2 + uniGradICON); torch is imported lazily."""

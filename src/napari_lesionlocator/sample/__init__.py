@@ -1,0 +1,1 @@
+"""Package layer; see the top-level docstring for the import rules."""

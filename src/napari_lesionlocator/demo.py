@@ -1,0 +1,148 @@
+"""`make demo`: the main job, end to end, on the embedded classical engine.
+
+1. builds the synthetic longitudinal study (baseline + 2 follow-ups) and writes it in the
+   LesionLocator dataset layout;
+2. prompts every baseline lesion (a box from the reference annotation, as an annotator would draw
+   it) and segments it;
+3. tracks all lesions through both follow-ups, keeping their ids;
+4. writes the masks (instance maps and one file per lesion, in each scan's geometry), the prompts,
+   the lesion table with RECIST, and Dice against the ground truth;
+5. shows the result in napari when a display exists; without one it renders the same view under
+   Xvfb and writes a screenshot.
+
+Run: ``python -m napari_lesionlocator.demo [--out demo_output] [--no-viewer]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import api
+from .core.prompts import prompts_from_label_map, write_prompt_json
+from .engines.base import EngineSettings, create_engine
+from .io.images import read_image, read_label_map, write_label_map
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
+
+
+def run_pipeline(out: Path) -> tuple[list[Path], list[Path]]:
+    """Headless part; returns (image paths, predicted label map paths) per timepoint."""
+    from .core.measurements import measure_lesions
+    from .io.tables import write_lesion_table
+    from .sample.synthetic import make_synthetic_study
+
+    t0 = time.perf_counter()
+    study = make_synthetic_study(seed=0, size="small")
+    study.write(out / "study", overwrite=True)
+    print(f"[1/4] synthetic study: {len(study.images)} timepoints, {study.images[0].shape} voxels "
+          f"-> {out / 'study'} ({time.perf_counter() - t0:.1f} s)")
+
+    baseline, gt0 = study.images[0], study.labels[0]
+    prompts = prompts_from_label_map(gt0.array, "box")
+    write_prompt_json(prompts, out / f"{baseline.name}_prompts.json", overwrite=True)
+    engine = create_engine("classical", EngineSettings())
+
+    t0 = time.perf_counter()
+    seg = api.run_sync(api.iter_segment(engine, baseline, prompts))
+    print(f"[2/4] segmented {len(prompts)} baseline lesions from box prompts in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    series = api.run_sync(api.iter_track_series(engine, baseline, seg.labels, study.images[1:]))
+    print(f"[3/4] tracked through {len(study.images) - 1} follow-ups in {time.perf_counter() - t0:.1f} s")
+
+    masks_dir = out / "masks"
+    predicted = [seg.labels, *series.label_maps]
+    label_paths = []
+    rows = []
+    print("\n  timepoint        lesion  Dice vs ground truth")
+    for image, labels, gt in zip(study.images, predicted, study.labels, strict=True):
+        path = write_label_map(labels, masks_dir / f"{image.name}_lesions.nii.gz", overwrite=True)
+        label_paths.append(path)
+        for lid in labels.ids:
+            write_label_map(labels.mask(lid).astype(np.uint8), masks_dir / f"{image.name}_lesion_{lid}.nii.gz",
+                            geometry=labels.geometry, overwrite=True)
+        for lid in sorted(set(gt.ids) | set(labels.ids)):
+            d = dice(labels.mask(lid), gt.mask(lid))
+            note = "" if lid in gt.ids else "  (not in ground truth)"
+            if lid not in labels.ids:
+                note = "  (absent in prediction)"
+            print(f"  {image.name:<16} {lid:>6}  {d:.3f}{note}")
+        rows.append(measure_lesions(image, labels))
+    for r in series.results:
+        for msg in r.messages:
+            print(f"  note: {msg}")
+    table_paths = write_lesion_table(rows, out / "lesion_table", images=study.images, overwrite=True)
+    print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths)}")
+    image_paths = [out / "study" / p for p in study.image_relpaths] if hasattr(study, "image_relpaths") else []
+    return image_paths, label_paths
+
+
+def render_screenshot(out: Path) -> Path | None:
+    """Render the review view to PNG; re-runs itself under xvfb-run when there is no display."""
+    png = out / "demo_screenshot.png"
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None:
+            print("no display and no xvfb-run: skipping the screenshot (apt-get install xvfb)")
+            return None
+        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_lesionlocator.demo",
+               "--out", str(out), "--screenshot-only"]
+        subprocess.run(cmd, check=True)
+        return png if png.exists() else None
+    from .gui.screenshot import render_study_screenshot
+
+    masks = sorted((out / "masks").glob("*_lesions.nii.gz"))
+    images = []
+    labels = []
+    for mask_path in masks:
+        name = mask_path.name[: -len("_lesions.nii.gz")]
+        candidates = list((out / "study").rglob(f"{name}.nii.gz"))
+        if not candidates:
+            continue
+        image = read_image(candidates[0])
+        images.append(image)
+        labels.append(read_label_map(mask_path, like=image))
+    return render_study_screenshot(images, labels, png)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
+    parser.add_argument("--no-viewer", action="store_true", help="never open an interactive napari window")
+    parser.add_argument("--screenshot-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    if args.screenshot_only:
+        path = render_screenshot(out)
+        return 0 if path else 1
+    out.mkdir(parents=True, exist_ok=True)
+    run_pipeline(out)
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    png = render_screenshot(out)
+    if png:
+        print(f"screenshot -> {png}")
+    if has_display and not args.no_viewer:
+        import napari
+
+        viewer = napari.Viewer(title="napari-lesionlocator demo")
+        viewer.open_sample("napari-lesionlocator", "synthetic_study")
+        for mask_path in sorted((out / "masks").glob("*_lesions.nii.gz")):
+            viewer.open(mask_path, plugin="napari-lesionlocator", layer_type="labels")
+        napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

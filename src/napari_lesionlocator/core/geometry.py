@@ -24,11 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InputImageError
+
 __all__ = ["Geometry", "GeometryMismatchError"]
 
 
-class GeometryMismatchError(ValueError):
-    """Two grids that must be identical are not (shape, spacing, origin or direction)."""
+class GeometryMismatchError(InputImageError, ValueError):
+    """Two grids that must be identical are not (shape, spacing, origin or direction).
+
+    An ``InputImageError`` (so user-facing code shows its message as-is) and a ``ValueError``.
+    """
 
 
 def _as_tuple(values: Sequence[float], n: int, name: str) -> tuple[float, ...]:
@@ -71,8 +76,10 @@ class Geometry:
             raise ValueError(f"spacing must be positive, got {spacing}")
         direction = _as_tuple(self.direction, 9, "direction")
         d = np.asarray(direction).reshape(3, 3)
-        if abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
-            raise ValueError(f"direction must be orthonormal (|det| = 1), got det {np.linalg.det(d):.4f}")
+        # world_to_index inverts the direction by transposing it, so it must be orthonormal
+        # (rotation or reflection), not just of unit determinant (a shear can have det 1).
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+            raise ValueError(f"direction must be orthonormal (a rotation, possibly with flips), got {d.tolist()}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", _as_tuple(self.origin, 3, "origin"))
@@ -111,6 +118,7 @@ class Geometry:
     # ---------------------------------------------------------- properties
     @property
     def direction_matrix(self) -> np.ndarray:
+        """3x3 direction cosines in (z, y, x) order; column ``j`` is the world direction of array axis ``j``."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
     @property
@@ -220,18 +228,44 @@ class Geometry:
         return out
 
     def require_same_grid(self, other: Geometry, what: str = "the two volumes", **tol: float) -> None:
+        """Raise GeometryMismatchError naming both grids and what differs, unless they are the same."""
         diffs = self.grid_differences(other, **tol)
         if diffs:
             raise GeometryMismatchError(
-                f"{what} are not on the same voxel grid: " + "; ".join(diffs)
-                + ". Resample one onto the other's grid first."
+                f"{what} are not on the same voxel grid ({'; '.join(diffs)}). "
+                f"First: {self.describe()}. Second: {other.describe()}. "
+                "Resample one onto the other's grid first (nearest neighbour for labels)."
             )
+
+    def describe(self) -> str:
+        """One-line human-readable summary: shape (z, y, x), spacing (mm), origin (mm) and direction."""
+
+        def fmt(values: Sequence[float]) -> str:
+            return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+        if self.is_axis_aligned:
+            direction = "identity"
+        else:
+            direction = fmt(self.direction)
+        return (
+            f"shape (z, y, x) {self.shape}, spacing {fmt(self.spacing)} mm, origin {fmt(self.origin)} mm, "
+            f"direction {direction}"
+        )
 
     # ----------------------------------------------------------- sub-grids
     def crop(self, start_zyx: Sequence[int], stop_zyx: Sequence[int]) -> Geometry:
-        """Geometry of ``array[z0:z1, y0:y1, x0:x1]`` (same spacing and direction)."""
-        start = np.asarray(start_zyx, dtype=int)
-        stop = np.asarray(stop_zyx, dtype=int)
+        """Geometry of ``array[z0:z1, y0:y1, x0:x1]`` (same spacing and direction).
+
+        ``start`` and ``stop`` are voxel indices (z, y, x), half-open. They may lie outside the grid
+        (the result then describes a padded region on the same lattice), but ``stop > start`` on
+        every axis.
+        """
+        start = np.asarray(start_zyx, dtype=int).reshape(-1)
+        stop = np.asarray(stop_zyx, dtype=int).reshape(-1)
+        if start.size != 3 or stop.size != 3:
+            raise ValueError(f"crop needs 3 start and 3 stop indices (z, y, x), got {start_zyx}, {stop_zyx}")
+        if np.any(stop <= start):
+            raise ValueError(f"crop region is empty: start {start.tolist()}, stop {stop.tolist()} (half-open)")
         return Geometry(
             shape=tuple(int(v) for v in stop - start),
             spacing=self.spacing,

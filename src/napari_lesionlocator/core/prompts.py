@@ -168,23 +168,44 @@ def prompts_from_json_dict(data: object, source: str = "prompt JSON") -> list[Pr
     if not isinstance(data, dict):
         raise PromptError(f"{source}: expected an object {{'1': {{'point': [z, y, x]}}}}, got {type(data).__name__}")
     prompts: list[Prompt] = []
+    seen: dict[int, str] = {}
     for key, entry in data.items():
         try:
             lesion_id = int(str(key).strip())
         except ValueError:
             raise PromptError(f"{source}: key {key!r} is not a lesion id (positive integer)") from None
+        if lesion_id in seen:
+            # "1" and "01" are the same lesion; silently keeping one would drop a prompt.
+            raise PromptError(f"{source}: keys {seen[lesion_id]!r} and {key!r} both name lesion {lesion_id}")
+        seen[lesion_id] = str(key)
         if not isinstance(entry, dict) or not ({"point", "box"} & set(entry)):
             raise PromptError(f"{source}: lesion {key!r} needs a 'point' or a 'box' entry, got {entry!r}")
+        kind = "box" if "box" in entry else "point"
+        coords = entry[kind]
+        # A string is iterable: "123" must not become the point (1, 2, 3).
+        if not isinstance(coords, list | tuple):
+            raise PromptError(f"{source}: lesion {key!r}: '{kind}' must be a list of numbers, got {coords!r}")
         try:
-            if "box" in entry:
-                prompts.append(BoxPrompt(lesion_id, tuple(float(v) for v in entry["box"])))
+            values = tuple(_number(v) for v in coords)
+            if kind == "box":
+                prompts.append(BoxPrompt(lesion_id, values))
             else:
-                prompts.append(PointPrompt(lesion_id, tuple(float(v) for v in entry["point"])))
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, PromptError):
-                raise PromptError(f"{source}: {exc}") from None
+                prompts.append(PointPrompt(lesion_id, values))
+        except PromptError as exc:
+            raise PromptError(f"{source}: {exc}") from None
+        except (TypeError, ValueError, OverflowError):
             raise PromptError(f"{source}: lesion {key!r} has non-numeric coordinates: {entry!r}") from None
     return sorted(prompts, key=lambda p: p.lesion_id)
+
+
+def _number(value: object) -> float:
+    """A finite coordinate from a JSON number or numeric string (the official files use both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not a number: {value!r}")
+    out = float(value)
+    if not np.isfinite(out):
+        raise ValueError(f"not a finite number: {value!r}")
+    return out
 
 
 def read_prompt_json(path: str | os.PathLike) -> list[Prompt]:
@@ -232,6 +253,13 @@ def instance_map_from_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise PromptError(f"a label prompt must be 3D, got shape {labels.shape}")
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.uint8)
+    elif labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise PromptError("a label prompt must hold whole-number lesion ids, found fractional values")
+    elif labels.dtype.kind not in "iu":
+        raise PromptError(f"a label prompt must hold integer lesion ids, got dtype {labels.dtype}")
     nonzero = np.unique(labels[labels != 0])
     if nonzero.size == 0:
         raise PromptError("the label map is empty: no lesion to prompt")
@@ -251,6 +279,8 @@ def prompts_from_label_map(labels: np.ndarray, kind: PromptKind) -> list[Prompt]
     """
     from scipy import ndimage
 
+    if kind not in ("point", "box"):
+        raise PromptError(f"unknown prompt kind {kind!r}: use 'point' or 'box'")
     inst = instance_map_from_labels(labels)
     ids = [int(v) for v in np.unique(inst) if v != 0]
     slices = ndimage.find_objects(inst) if inst.max() < 2**20 else None
@@ -267,6 +297,4 @@ def prompts_from_label_map(labels: np.ndarray, kind: PromptKind) -> list[Prompt]
         elif kind == "box":
             lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
             prompts.append(BoxPrompt(lid, (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])))
-        else:
-            raise PromptError(f"unknown prompt kind {kind!r}: use 'point' or 'box'")
     return prompts

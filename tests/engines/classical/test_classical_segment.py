@@ -1,0 +1,153 @@
+"""Classical engine segmentation against ground truth on small world-space phantoms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from classical_phantom import Lesion, Scene, centered_geometry, dice, render, rotation
+
+from napari_lesionlocator.core.errors import Cancelled, PromptError
+from napari_lesionlocator.core.geometry import Geometry
+from napari_lesionlocator.core.image import Image
+from napari_lesionlocator.core.progress import CancelToken
+from napari_lesionlocator.core.prompts import BoxPrompt, PointPrompt, prompts_from_label_map
+from napari_lesionlocator.engines.base import Engine, EngineSettings, create_engine
+from napari_lesionlocator.engines.classical import ClassicalEngine
+
+# A lung nodule with a vessel touching it, and a small nodule abutting the chest wall.
+SCENE = Scene(
+    [Lesion((0, 0, 0), (10, 8, 7)), Lesion((0, -25, 20), (5, 5, 5), hu=20)],
+    wall_x=26.0,
+    vessels=[((0, 8, -30), (0, 0.1, 1), 2.0)],
+)
+
+GRIDS = {
+    "iso": {"spacing": (1.0, 0.8, 0.8), "direction": np.eye(3)},
+    "aniso-rotated": {"spacing": (3.0, 0.7, 0.7), "direction": rotation(0, 30) @ rotation(1, 15)},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(GRIDS))
+def case(request):
+    g = GRIDS[request.param]
+    sp = g["spacing"]
+    geo = centered_geometry((int(70 / sp[0]), int(90 / sp[1]), int(90 / sp[2])), sp, direction=g["direction"])
+    return render(SCENE, geo, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return ClassicalEngine(EngineSettings(threads=1))
+
+
+def test_is_an_engine_and_in_the_table():
+    eng = create_engine("classical", EngineSettings(threads=1))
+    assert isinstance(eng, ClassicalEngine)
+    assert isinstance(eng, Engine)
+
+
+@pytest.mark.parametrize("kind", ["box", "point"])
+def test_dice_against_ground_truth(case, engine, kind):
+    image, gt = case
+    prompts = prompts_from_label_map(gt.array, kind)
+    result = engine.segment(image, prompts)
+    assert result.empty_ids == []
+    assert result.labels.geometry == image.geometry
+    for lid in (1, 2):
+        d = dice(result.labels.array == lid, gt.array == lid)
+        assert d >= 0.85, f"lesion {lid} {kind}: Dice {d:.3f}"
+
+
+def test_vessel_is_cut_off(engine):
+    geo = centered_geometry((70, 112, 112), (1.0, 0.8, 0.8))
+    image, gt = render(SCENE, geo, seed=2)
+    result = engine.segment(image, [PointPrompt(1, tuple(np.argwhere(gt.array == 1).mean(0).round()))])
+    mask = result.labels.array == 1
+    # The vessel runs along world x; nothing of it beyond 3 mm from the lesion surface may remain.
+    world = geo.index_to_world(np.argwhere(mask).astype(float))
+    assert np.abs(world[:, 2]).max() <= 7 + 3.0
+
+
+def test_ids_kept_and_box_is_a_hard_limit(case, engine):
+    image, gt = case
+    prompts = prompts_from_label_map(gt.array, "box")
+    renamed = [BoxPrompt(lid, p.box) for lid, p in zip((7, 300), prompts, strict=True)]
+    result = engine.segment(image, renamed)
+    assert result.labels.ids == [7, 300]
+    for p in renamed:
+        idx = np.argwhere(result.labels.array == p.lesion_id)
+        assert np.all(idx.min(0) >= p.start) and np.all(idx.max(0) < p.stop)
+
+
+def test_lesion_on_the_volume_border_and_prompt_on_the_edge(engine):
+    geo = centered_geometry((40, 60, 60), (1.0, 1.0, 1.0))
+    scene = Scene([Lesion((0, 0, -28), (8, 8, 8))])
+    image, gt = render(scene, geo, seed=3)  # the lesion is cut by the x = 0 face
+    assert gt.array[:, :, 0].any()
+    point = PointPrompt(1, (20, 30, 0))  # on the volume's edge
+    box = BoxPrompt(2, (12, 29, 22, 39, 0, 9))
+    for prompt in (point, box):
+        result = engine.segment(image, [prompt])
+        assert dice(result.labels.array == prompt.lesion_id, gt.array == 1) >= 0.85, prompt
+
+
+def test_empty_result_is_listed_not_dropped(engine):
+    geo = centered_geometry((30, 40, 40), (1.0, 1.0, 1.0))
+    image, _ = render(Scene([Lesion((0, 0, 0), (5, 5, 5))]), geo, seed=4)
+    # A click in plain lung parenchyma far from the nodule.
+    result = engine.segment(image, [PointPrompt(3, (15, 20, 20)), PointPrompt(4, (15, 3, 3))])
+    assert result.empty_ids == [4]
+    assert any("lesion 4" in m for m in result.messages)
+    assert result.labels.ids == [3]
+
+
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        (PointPrompt(1, (0, 0, 99)), "outside the volume"),
+        (PointPrompt(1, (-1, 0, 0)), "outside the volume"),
+        (BoxPrompt(1, (50, 60, 0, 5, 0, 5)), "empty"),
+    ],
+)
+def test_bad_prompts(engine, prompt, match):
+    image = Image(np.zeros((20, 20, 20), np.float32), Geometry((20, 20, 20)))
+    with pytest.raises(PromptError, match=match):
+        engine.segment(image, [prompt])
+
+
+def test_zero_size_box_and_duplicate_ids():
+    with pytest.raises(PromptError, match="empty along"):
+        BoxPrompt(1, (3, 3, 0, 5, 0, 5))
+    image = Image(np.zeros((20, 20, 20), np.float32), Geometry((20, 20, 20)))
+    with pytest.raises(PromptError, match="share lesion id"):
+        ClassicalEngine().segment(image, [PointPrompt(1, (1, 1, 1)), PointPrompt(1, (2, 2, 2))])
+
+
+def test_cancel_and_progress(case, engine):
+    image, gt = case
+    prompts = prompts_from_label_map(gt.array, "point")
+    events = []
+    engine.segment(image, prompts, on_progress=events.append)
+    assert [e.step for e in events] == [0, 1, 2] and all(e.total == 2 for e in events)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        engine.segment(image, prompts, cancel=token)
+
+
+def test_cancel_inside_a_prompt(case, engine):
+    """A token cancelled while a prompt runs stops it at the next internal check."""
+    image, gt = case
+
+    class CancelAfter(CancelToken):
+        def __init__(self, n):
+            super().__init__()
+            self.calls = n
+
+        def raise_if_cancelled(self):
+            self.calls -= 1
+            if self.calls < 0:
+                raise Cancelled("cancelled by the user")
+
+    with pytest.raises(Cancelled):
+        engine.segment(image, prompts_from_label_map(gt.array, "box")[:1], cancel=CancelAfter(2))

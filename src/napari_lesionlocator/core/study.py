@@ -222,6 +222,7 @@ class Study:
         self._timepoints: list[Timepoint] = []
         self._lesion_names: dict[int, str] = {}
         self._not_evaluable: set[tuple[int, str]] = set()
+        self._highest_removed = 0
         self._check_unique([tp.name for tp in tps])
         self._timepoints = self._date_sorted(tps) if sort_by_date else tps
 
@@ -326,9 +327,13 @@ class Study:
         return sorted(ids)
 
     def next_lesion_id(self) -> int:
-        """A fresh id: one more than the largest id in use (ids are never reused within a session)."""
+        """A fresh id: one more than the largest id in use or removed from this study object.
+
+        Removed ids are not handed out again, so a table exported earlier never sees one id
+        name two different lesions.
+        """
         ids = self.lesion_ids
-        return (ids[-1] + 1) if ids else 1
+        return max([self._highest_removed, *ids]) + 1 if ids or self._highest_removed else 1
 
     def status(self, lesion_id: int, timepoint: str) -> LesionStatus:
         tp = self[timepoint]
@@ -384,6 +389,7 @@ class Study:
                 tp.labels.array[mask] = 0
         self._lesion_names.pop(lid, None)
         self._not_evaluable = {(i, tp) for i, tp in self._not_evaluable if i != lid}
+        self._highest_removed = max(self._highest_removed, lid)
         return cleared
 
     def __repr__(self) -> str:

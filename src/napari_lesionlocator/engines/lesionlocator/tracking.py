@@ -1,0 +1,486 @@
+"""LesionLocator tracking: baseline lesion masks -> follow-up masks with the same ids.
+
+One step (reference sections 4 and 6.4), for every fold and every mirroring of the three axes:
+
+1. baseline ``x0``, follow-up ``x1`` (nnU-Net preprocessed) and each lesion's baseline mask are
+   rounded to float16 (as the official tracker does) and computed in float32 on the CPU
+   (autocast on CUDA); the mirroring flips all three;
+2. z-search when the z-sizes differ by more than 20 slices (:func:`registration.z_search`);
+3. ``x0``, ``x1`` resized to the registration grid (trilinear), uniGradICON's A-to-B field
+   computed once per (pair, flip, fold) and cached; every lesion's mask is resized (nearest-exact),
+   warped with it (order 0, zero boundary) and resized back to the follow-up (nearest-exact);
+4. a patch of ``unet_patch_size`` centred on the warped mask's centre of mass (shifted inside the
+   volume, zero-padded where the volume is smaller), UNet on concat(follow-up, warped mask),
+   logits (background 1, lesion 0) outside the patch;
+5. logits flipped back and averaged over flips and folds in float32, exported into the
+   follow-up's geometry. Ids are kept; a lesion whose warped mask is empty in every pass, or whose
+   exported mask is empty, is reported lost (never a random centre).
+
+The networks live in :class:`TrackNet` (state-dict prefixes ``reg_net.`` and ``unet.``, buffer
+``unet_patch_size``); see :mod:`.registration` for the registration grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...core.errors import EngineError
+from ...core.image import Image, LabelMap
+from ...core.progress import CancelToken, ProgressCallback, report
+from ..base import TrackingResult
+from . import registration as reg
+from .registration import (
+    CONFIGURATION,
+    REG_GRID_PLANS_KEY,
+    TrackNet,
+    _load_plans,
+    build_track_network,
+    load_track_model,
+)
+
+__all__ = [
+    "CONFIGURATION",
+    "REG_GRID_PLANS_KEY",
+    "TrackNet",
+    "TrackModel",
+    "build_track_network",
+    "patch_box",
+    "track_lesions",
+    "track_preprocessed",
+    "load_track_model",
+    "benchmark_tracking_step",
+]
+
+#: every mirroring of the three spatial axes (the official tracker always uses all of them)
+ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    c for n in range(4) for c in itertools.combinations((0, 1, 2), n)
+)
+
+
+@dataclass
+class TrackModel:
+    """Tracking networks per fold plus the plans (what :func:`track_lesions` needs).
+
+    ``networks[i]`` holds fold ``folds[i]``'s weights. The engine's loaded model (one network,
+    weights swapped per fold) is accepted as well, see :func:`_fold_runner`.
+    """
+
+    plans: dict
+    networks: Sequence[TrackNet]
+    folds: Sequence[int] = ()
+    dataset_json: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not self.folds:
+            self.folds = list(range(len(self.networks)))
+
+
+def _fold_runner(model) -> tuple[dict, list, Callable[[int], TrackNet]]:
+    """(plans, folds, activate) for our TrackModel or the engine's LoadedModel (duck-typed)."""
+    if isinstance(model, TrackModel):
+        nets = dict(zip(model.folds, model.networks))
+        return model.plans, list(model.folds), nets.__getitem__
+    if hasattr(model, "use_fold") and hasattr(model, "network"):
+        plans = model.folder.plans if hasattr(model, "folder") else model.plans
+
+        def activate(fold: int) -> TrackNet:
+            model.use_fold(fold)
+            return model.network
+
+        return plans, list(model.folds), activate
+    raise EngineError(f"not a tracking model: {type(model).__name__}")
+
+
+# ------------------------------------------------------------------------ patch and logits
+def patch_box(center: Sequence[int], patch: Sequence[int], shape: Sequence[int]):
+    """Place a patch around ``center`` inside a volume of ``shape`` (all (z, y, x) voxels).
+
+    The volume is first zero-padded to at least ``patch`` on each axis (``diff // 2`` before);
+    the patch starts at ``center - patch // 2`` and is shifted to lie inside the padded volume.
+
+    Returns
+    -------
+    pad : list of (int, int)
+        Padding before/after per axis.
+    start : tuple of int
+        Patch start in padded coordinates.
+    valid : tuple of slice
+        Part of the volume (unpadded coordinates) the patch covers.
+    inner : tuple of slice
+        The same region in patch coordinates.
+    """
+    pad, start, valid, inner = [], [], [], []
+    for c, p, n in zip(center, patch, shape):
+        c, p, n = int(c), int(p), int(n)
+        diff = max(p - n, 0)
+        before = diff // 2
+        pad.append((before, diff - before))
+        padded = n + diff
+        s = min(max(c + before - p // 2, 0), padded - p)
+        start.append(s)
+        lo, hi = max(s - before, 0), min(s + p - before, n)
+        valid.append(slice(lo, hi))
+        inner.append(slice(lo + before - s, hi + before - s))
+    return pad, tuple(start), tuple(valid), tuple(inner)
+
+
+class _LogitSum:
+    """Sum over passes of (logits - background) inside the union of the patches, in float32.
+
+    Outside its patch every pass predicts the background logits (1, 0), so the average over
+    ``n`` passes is ``background + sum / n`` and only the covered box needs storing (a full
+    2-channel float32 volume per lesion would be ~0.7 GB on a 400x480x480 follow-up).
+    """
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(int(s) for s in shape)
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.acc: np.ndarray | None = None
+        self.passes = 0
+        self.hits = 0
+
+    def add(self, region: tuple[slice, ...], logits: np.ndarray) -> None:
+        lo = np.array([s.start for s in region])
+        hi = np.array([s.stop for s in region])
+        if self.acc is None:
+            self.lo, self.hi = lo, hi
+            self.acc = np.zeros((2, *(hi - lo)), dtype=np.float32)
+        elif np.any(lo < self.lo) or np.any(hi > self.hi):
+            nlo, nhi = np.minimum(lo, self.lo), np.maximum(hi, self.hi)
+            grown = np.zeros((2, *(nhi - nlo)), dtype=np.float32)
+            old = (slice(None), *(slice(a - b, a - b + n) for a, b, n in zip(self.lo, nlo, self.acc.shape[1:])))
+            grown[old] = self.acc
+            self.lo, self.hi, self.acc = nlo, nhi, grown
+        delta = logits.astype(np.float32, copy=True)
+        delta[0] -= 1.0
+        self.acc[(slice(None), *(slice(a - b, c - b) for a, c, b in zip(lo, hi, self.lo)))] += delta
+        self.hits += 1
+
+    def mean(self) -> np.ndarray:
+        """(2, Z, Y, X) float32 average logits over all passes."""
+        out = np.zeros((2, *self.shape), dtype=np.float32)
+        out[0] = 1.0
+        if self.acc is not None and self.passes:
+            box = (slice(None), *(slice(a, b) for a, b in zip(self.lo, self.hi)))
+            out[box] += self.acc / np.float32(self.passes)
+        return out
+
+
+def _flip(t: torch.Tensor, flip: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(t, [a + 2 for a in flip]) if flip else t
+
+
+def _autocast(device: torch.device):
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------ core loop
+def track_preprocessed(
+    runner,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    prompts: dict[int, np.ndarray],
+    *,
+    tta: bool,
+    device: torch.device | str = "cpu",
+    field_cache: reg.FieldCache | None = None,
+    pair_key=None,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+) -> dict[int, _LogitSum]:
+    """Track lesions between two preprocessed volumes; returns averaged-logit sums per lesion id.
+
+    Parameters
+    ----------
+    runner : TrackModel or engine model
+        Folds and their networks.
+    x0, x1 : np.ndarray
+        Preprocessed baseline / follow-up, (C, Z, Y, X) float32 (channel 0 is registered).
+    prompts : dict of int to np.ndarray
+        Lesion id -> baseline mask (Z0, Y0, X0), bool, on ``x0``'s grid.
+    """
+    device = torch.device(device)
+    _, folds, activate = _fold_runner(runner)
+    cache = field_cache if field_cache is not None else reg.FieldCache()
+    flips = ALL_FLIPS if tta else ((),)
+    ids = list(prompts)
+    sums = {i: _LogitSum(x1.shape[1:]) for i in ids}
+    total = progress_total or len(folds) * len(flips) * (1 + len(ids))
+    step = progress_offset
+    # float16 rounding like the official tracker, then float32 compute (fp16 has no CPU kernels).
+    t0 = torch.from_numpy(np.ascontiguousarray(x0)).to(torch.float16).float()[None].to(device)
+    t1 = torch.from_numpy(np.ascontiguousarray(x1)).to(torch.float16).float()[None].to(device)
+    tp = {i: torch.from_numpy(np.ascontiguousarray(m)).float()[None, None].to(device) for i, m in prompts.items()}
+    for fold in folds:
+        net = activate(fold)
+        net.eval()
+        grid, patch = net.grid, net.patch_size
+        for flip in flips:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            f0, f1 = _flip(t0, flip), _flip(t1, flip)
+            zs = reg.z_search(f0[:, :1], f1[:, :1], grid)
+            r0, r1 = f0[:, :1], f1[:, :1]
+            if zs.cropped == "baseline":
+                r0 = r0[:, :, zs.offset : zs.offset + zs.length]
+            elif zs.cropped == "followup":
+                r1 = r1[:, :, zs.offset : zs.offset + zs.length]
+
+            def compute(r0=r0, r1=r1, net=net, grid=grid):
+                with torch.inference_mode(), _autocast(device):
+                    a = reg.resize_image(r0, (grid,) * 3)
+                    b = reg.resize_image(r1, (grid,) * 3)
+                    return reg.compute_field_a_to_b(net.reg_net, a, b).float()
+
+            phi = cache.get((pair_key, flip, fold), compute)
+            step += 1
+            report(on_progress, step, total, f"fold {fold}, flip {flip or 'none'}: registration")
+            for lesion_id in ids:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                sums[lesion_id].passes += 1
+                warped = _warp_to_followup(net, _flip(tp[lesion_id], flip), zs, r1.shape[2:], f1.shape[2:], phi, grid)
+                step += 1
+                if warped is not None:
+                    region, logits = _predict_patch(net, f1, warped, patch, device)
+                    _accumulate_flipped_back(sums[lesion_id], region, logits, flip, f1.shape[2:])
+                report(on_progress, step, total, f"fold {fold}, flip {flip or 'none'}: lesion {lesion_id}")
+    return sums
+
+
+def _warp_to_followup(net, prompt, zs: reg.ZSearch, reg_shape1, full_shape1, phi, grid) -> torch.Tensor | None:
+    """Baseline mask -> follow-up grid (full, flipped frame); None when it warps to nothing."""
+    if zs.cropped == "baseline":
+        prompt = prompt[:, :, zs.offset : zs.offset + zs.length]
+    with torch.inference_mode():
+        small = reg.resize_mask(prompt, (grid,) * 3)
+        warped = reg.warp_prompt(net.reg_net, small, phi)
+        back = reg.resize_mask(warped, tuple(reg_shape1))
+    if zs.cropped == "followup":
+        full = torch.zeros((1, 1, *full_shape1), dtype=back.dtype, device=back.device)
+        full[:, :, zs.offset : zs.offset + zs.length] = back
+        back = full
+    if not bool((back != 0).any()):
+        return None
+    return back
+
+
+def _predict_patch(net, image: torch.Tensor, warped: torch.Tensor, patch, device):
+    """UNet logits on the patch centred on the warped mask; returns (region, (2, ...) numpy)."""
+    idx = torch.nonzero(warped[0, 0] != 0).double().mean(0).cpu().numpy()
+    center = np.round(idx).astype(int)  # half to even, as numpy rounds
+    shape = tuple(image.shape[2:])
+    pad, start, valid, inner = patch_box(center, patch, shape)
+    x = torch.cat([image, warped.to(image.dtype)], 1)
+    if any(b or a for b, a in pad):
+        flat = [v for b_a in reversed(pad) for v in b_a]  # F.pad wants the last axis first
+        x = torch.nn.functional.pad(x, flat, mode="constant", value=0.0)
+    x = x[(slice(None), slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))]
+    with torch.inference_mode(), _autocast(device):
+        out = net.unet(x.contiguous())
+    out = out[0].float()[(slice(None), *inner)]
+    return valid, out.cpu().numpy()
+
+
+def _accumulate_flipped_back(acc: _LogitSum, region, logits: np.ndarray, flip, shape) -> None:
+    if flip:
+        region = list(region)
+        for a in flip:
+            s = region[a]
+            region[a] = slice(shape[a] - s.stop, shape[a] - s.start)
+        logits = np.flip(logits, [a + 1 for a in flip])
+        region = tuple(region)
+    acc.add(region, logits)
+
+
+# ------------------------------------------------------------------------- public entry
+def track_lesions(
+    track_model,
+    baseline: Image,
+    baseline_labels: LabelMap,
+    followup: Image,
+    *,
+    tta: bool,
+    device="cpu",
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    field_cache: reg.FieldCache | None = None,
+) -> TrackingResult:
+    """Track every lesion of ``baseline_labels`` into ``followup`` (one step, ids kept).
+
+    Parameters
+    ----------
+    track_model : TrackModel or the engine's loaded tracking model
+    baseline, followup : Image
+        CT volumes (HU) with their own geometries (sizes, spacings and origins may differ).
+    baseline_labels : LabelMap
+        Instance map on ``baseline``'s grid; every non-zero id is one lesion.
+    tta : bool
+        Mirror all three axes (8 passes per fold), as the official tracker always does.
+    device : str or torch.device
+
+    Returns
+    -------
+    TrackingResult
+        Labels on ``followup``'s grid with the baseline ids; ``lost_ids`` lists lesions that
+        were not found (warped mask empty in every pass, or empty prediction).
+    """
+    baseline.geometry.require_same_grid(baseline_labels.geometry, "baseline labels")
+    device = torch.device(device)
+    plans, folds, _ = _fold_runner(track_model)
+    ids = baseline_labels.ids
+    out = LabelMap.empty(followup.geometry, name=f"{followup.name}_lesions", dtype=baseline_labels.array.dtype)
+    if not ids:
+        return TrackingResult(out, [], ["the baseline has no lesions to track"])
+    n_flips = len(ALL_FLIPS) if tta else 1
+    total = 2 + len(folds) * n_flips * (1 + len(ids)) + len(ids)
+    pm, cm = _managers(track_model, plans)
+    report(on_progress, 0, total, "preprocessing baseline and follow-up")
+    pre0, masks = _preprocess(baseline, pm, cm, {i: baseline_labels.mask(i) for i in ids})
+    report(on_progress, 1, total, "baseline preprocessed")
+    pre1, _ = _preprocess(followup, pm, cm, {})
+    report(on_progress, 2, total, "follow-up preprocessed")
+    messages: list[str] = []
+    lost: list[int] = []
+    prompts = {}
+    for i in ids:
+        if masks[i].any():
+            prompts[i] = masks[i]
+        else:
+            lost.append(i)
+            messages.append(f"lesion {i}: its baseline mask vanished when resampled to the model spacing; not tracked")
+    sums = track_preprocessed(
+        track_model, pre0.data, pre1.data, prompts, tta=tta, device=device, field_cache=field_cache,
+        pair_key=(baseline, followup), on_progress=on_progress, cancel=cancel,
+        progress_offset=2, progress_total=total,
+    )
+    step = 2 + len(folds) * n_flips * (1 + len(ids))
+    for i in ids:
+        if i not in sums:
+            step += 1
+            continue
+        s = sums[i]
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if s.hits == 0:
+            lost.append(i)
+            messages.append(f"lesion {i}: registration moved it outside the follow-up in every pass; not found")
+        else:
+            mask = _export(s.mean(), pre1, cm)
+            if mask.any():
+                out.paste(i, mask)
+            else:
+                lost.append(i)
+                messages.append(f"lesion {i}: the network found no lesion voxels at the registered position")
+            if s.hits < s.passes:
+                messages.append(f"lesion {i}: warped outside the follow-up in {s.passes - s.hits} of {s.passes} passes")
+        step += 1
+        report(on_progress, step, total, f"lesion {i} exported")
+    return TrackingResult(out, sorted(lost), messages)
+
+
+def _managers(model, plans: dict):
+    """nnU-Net's PlansManager and 3d_fullres ConfigurationManager (the engine's, when it has them)."""
+    pm = getattr(model, "plans_manager", None)
+    cm = getattr(model, "configuration_manager", None)
+    if pm is None or cm is None:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        pm = PlansManager(plans)
+        cm = pm.get_configuration(CONFIGURATION)
+    return pm, cm
+
+
+def _preprocess(image: Image, pm, cm, masks: dict[int, np.ndarray]):
+    """Preprocess ``image`` like DefaultPreprocessor; each binary mask is resampled as a segmentation
+    on its own (one lesion per prompt, as the official tracker feeds them)."""
+    from .preprocessing import preprocess_image, resample_label_map
+
+    pre = preprocess_image(image.array, image.geometry.spacing, pm, cm)
+    out = {i: resample_label_map(m.astype(np.uint8), pre, cm) == 1 for i, m in masks.items()}
+    return pre, out
+
+
+def _export(logits: np.ndarray, pre, cm) -> np.ndarray:
+    """(2, z, y, x) logits on the preprocessed grid -> bool mask on the original image grid
+    (``resampling_fn_probabilities`` back to the cropped shape, argmax, paste into the crop box)."""
+    res = cm.resampling_fn_probabilities(logits, pre.shape_after_cropping, pre.target_spacing, pre.original_spacing)
+    if isinstance(res, torch.Tensor):
+        res = res.cpu().numpy()
+    seg = np.argmax(np.asarray(res), axis=0) == 1
+    full = np.zeros(pre.shape_before_cropping, dtype=bool)
+    full[pre.crop_slices] = seg
+    return full
+
+
+# ---------------------------------------------------------------------------- benchmark
+def benchmark_tracking_step(
+    plans: dict | str | Path,
+    *,
+    shape: Sequence[int] = (160, 256, 256),
+    device="cpu",
+    seed: int = 0,
+    full_forward: bool = True,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Time one tracking step with the real networks (random weights): ResEnc-L UNet from
+    ``plans`` and uniGradICON on 175^3, one fold, TTA off, on a synthetic preprocessed pair of
+    ``shape`` (z, y, x) with one lesion. Also times the full two-direction training forward and
+    checks that its A-to-B field equals the inference-only one. Returns the seconds measured."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    net = build_track_network(plans).to(device)
+    times = {"build_s": time.perf_counter() - t}
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((1, *shape)).astype(np.float32)
+    x1 = np.roll(x0, 3, axis=1)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    c = np.array(shape) // 2
+    mask = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 10**2
+    g = net.grid
+    a = reg.resize_image(torch.from_numpy(x0)[None].to(device), (g,) * 3)
+    b = reg.resize_image(torch.from_numpy(x1)[None].to(device), (g,) * 3)
+    with torch.inference_mode(), _autocast(device):
+        t = time.perf_counter()
+        phi = reg.compute_field_a_to_b(net.reg_net, a, b)
+        _sync(device)
+        times["registration_a_to_b_s"] = time.perf_counter() - t
+        if full_forward:
+            t = time.perf_counter()
+            phi_full = reg.full_forward_field(net.reg_net, a, b)
+            _sync(device)
+            times["registration_full_forward_s"] = time.perf_counter() - t
+            times["full_over_a_to_b"] = times["registration_full_forward_s"] / times["registration_a_to_b_s"]
+            times["fields_identical"] = float(torch.equal(phi, phi_full))
+    model = TrackModel(_load_plans(plans), [net], [0])
+    t = time.perf_counter()
+    track_preprocessed(model, x0, x1, {1: mask}, tta=False, device=device)
+    _sync(device)
+    times["tracking_step_s"] = time.perf_counter() - t
+    print_fn(
+        f"tracking step on {device} (threads {torch.get_num_threads()}), follow-up {tuple(shape)}, "
+        f"registration grid {g}^3, UNet patch {net.patch_size}, one fold, TTA off"
+    )
+    for k, v in times.items():
+        print_fn(f"  {k}: {v:.3f}")
+    return times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,166 @@
+"""Small Qt building blocks shared by the widgets: engine chooser, image-layer chooser, progress row."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QWidget,
+)
+
+from ..core.errors import EngineError
+from ..core.progress import ProgressEvent
+from ..engines.base import EngineSettings
+from ._layers import is_volume_image_layer
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["EnginePanel", "ImageLayerCombo", "ProgressRow", "configured_checkpoint"]
+
+
+def configured_checkpoint() -> str | None:
+    """The LesionLocator checkpoint folder from settings/env/config, or None (never raises)."""
+    try:
+        from ..engines.lesionlocator.config import resolve_checkpoint_path
+    except ImportError:
+        return None
+    try:
+        return str(resolve_checkpoint_path(None))
+    except Exception:  # noqa: BLE001 - "not configured" and "configured but missing" both mean: not offered
+        return None
+
+
+class EnginePanel(QWidget):
+    """Engine choice (classical by default) and the LesionLocator options (TTA, folds, device)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QFormLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.engine = QComboBox()
+        self.engine.addItem("classical (no weights)", "classical")
+        self.checkpoint = configured_checkpoint()
+        self.engine.addItem("LesionLocator", "lesionlocator")
+        if self.checkpoint is None:
+            # Shown but disabled, with the reason, so users learn how to enable it.
+            item = self.engine.model().item(1)
+            item.setEnabled(False)
+            self.engine.setItemData(1, "No checkpoint configured: run `lesionlocator download-weights` "
+                                       "or set LESIONLOCATOR_CHECKPOINT", 3)  # 3 = Qt.ToolTipRole
+        self.tta = QCheckBox("mirroring TTA")
+        self.folds = QLineEdit()
+        self.folds.setPlaceholderText("all folds (e.g. 0,1,2)")
+        self.device = QComboBox()
+        self.device.addItems(["cpu", "cuda", "mps"])
+        layout.addRow("Engine", self.engine)
+        layout.addRow("Folds", self.folds)
+        layout.addRow("Device", self.device)
+        layout.addRow("", self.tta)
+        self.engine.currentIndexChanged.connect(self._sync)
+        self._sync()
+
+    def _sync(self) -> None:
+        ll = self.engine_name == "lesionlocator"
+        for w in (self.tta, self.folds, self.device):
+            w.setEnabled(ll)
+
+    @property
+    def engine_name(self) -> str:
+        return str(self.engine.currentData())
+
+    def settings(self) -> EngineSettings:
+        """EngineSettings from the form; EngineError for unreadable folds."""
+        if self.engine_name != "lesionlocator":
+            return EngineSettings()
+        text = self.folds.text().strip()
+        folds = None
+        if text and text.lower() != "all":
+            try:
+                folds = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+            except ValueError:
+                raise EngineError(f"folds must be comma-separated integers such as 0,1,2 (got {text!r})") from None
+        return EngineSettings(checkpoint=self.checkpoint, folds=folds, tta=self.tta.isChecked(),
+                              device=self.device.currentText())
+
+
+class ImageLayerCombo(QComboBox):
+    """The viewer's 3D image layers, kept in sync with the layer list (and renames)."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._layers: list = []
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
+            ev.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event=None) -> None:
+        current = self.current_layer()
+        layers = [layer for layer in self.viewer.layers if is_volume_image_layer(layer)]
+        for layer in layers:
+            if layer not in self._layers:
+                layer.events.name.connect(self.refresh)
+        self._layers = layers
+        self.blockSignals(True)
+        self.clear()
+        for layer in layers:
+            self.addItem(layer.name)
+        if current in layers:
+            self.setCurrentIndex(layers.index(current))
+        self.blockSignals(False)
+        if current not in layers:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def current_layer(self):
+        i = self.currentIndex()
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+    def set_layer(self, layer) -> None:
+        if layer in self._layers:
+            self.setCurrentIndex(self._layers.index(layer))
+
+    def disconnect_viewer(self) -> None:
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                   self.viewer.layers.events.reordered):
+            ev.disconnect(self.refresh)
+        for layer in self._layers:
+            layer.events.name.disconnect(self.refresh)
+
+
+class ProgressRow(QWidget):
+    """Progress bar, status line and a Cancel button."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setEnabled(False)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+    def show_event(self, event: ProgressEvent) -> None:
+        total = max(int(event.total), 1)
+        self.bar.setRange(0, total)
+        self.bar.setValue(min(int(event.step), total))
+        if event.message:
+            self.status.setText(event.message)
+
+    def set_running(self, running: bool) -> None:
+        self.cancel.setEnabled(running)
+        if running:
+            self.bar.setValue(0)

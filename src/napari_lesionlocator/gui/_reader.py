@@ -1,0 +1,144 @@
+"""npe2 reader: CT volumes (NIfTI, NRRD, MetaImage) and DICOM folders -> one image layer per volume.
+
+``get_reader`` never raises: it returns ``None`` for paths it cannot read (unknown suffix, a
+folder without DICOM files, a file whose header is not an image), so napari can offer another
+reader. Errors met while reading a path it accepted are raised as
+:class:`~napari_lesionlocator.core.errors.InputImageError` with a message that says what is wrong;
+napari shows them as notifications.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..core.errors import InputImageError, LesionLocatorError
+from ..core.image import Image
+from ._layers import DEFAULT_WINDOW, image_layer_data
+
+__all__ = ["get_reader", "read_paths", "layer_data_for_images"]
+
+PathOrPaths = str | Sequence[str]
+
+
+def _is_image_file(path: Path) -> bool:
+    from ..io.images import is_image_path
+
+    return path.is_file() and is_image_path(path)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A file with the DICOM preamble magic ``DICM`` at byte 128 (cheap; reads 132 bytes)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _folder_has_dicom(path: Path, max_files: int = 200) -> bool:
+    if not path.is_dir():
+        return False
+    for n, child in enumerate(sorted(path.rglob("*"))):
+        if n >= max_files:
+            return False
+        if child.is_file() and _looks_like_dicom(child):
+            return True
+    return False
+
+
+def _header_readable(path: Path) -> bool:
+    """True when the file's header parses as an image (no voxel data is read)."""
+    probe = _io_function("probe_image")
+    if probe is not None:
+        try:
+            probe(path)
+        except (LesionLocatorError, OSError, ValueError, RuntimeError):
+            return False
+        return True
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _io_function(name: str):
+    """An optional function of ``napari_lesionlocator.io`` (added by the io layer), or None."""
+    import importlib
+
+    for module in ("napari_lesionlocator.io.volumes", "napari_lesionlocator.io", "napari_lesionlocator.io.images"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        func = getattr(mod, name, None)
+        if callable(func):
+            return func
+    return None
+
+
+def _accepts(path: Path) -> bool:
+    if _is_image_file(path):
+        return _header_readable(path)
+    return _folder_has_dicom(path)
+
+
+def get_reader(path: PathOrPaths) -> Callable | None:
+    """npe2 ``reader`` hook: the reading function when every path is ours, else None (never raises)."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    try:
+        if not paths or not all(_accepts(Path(p)) for p in paths):
+            return None
+    except Exception:  # noqa: BLE001 - a reader probe must never crash napari's reader lookup
+        return None
+    return read_paths
+
+
+def _read_volumes(path: Path) -> list[Image]:
+    read_volumes = _io_function("read_volumes")
+    if read_volumes is not None:
+        return list(read_volumes(path))
+    if path.is_dir():
+        raise InputImageError(f"{path}: reading DICOM folders needs napari_lesionlocator.io.read_volumes")
+    from ..io.images import read_image
+
+    return [read_image(path)]
+
+
+def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW) -> list[tuple]:
+    """LayerData tuples (one per image) with unique names, in the order given."""
+    out = []
+    seen: set[str] = set()
+    for image in images:
+        name = image.name
+        k = 2
+        while name in seen:
+            name = f"{image.name} ({k})"
+            k += 1
+        seen.add(name)
+        is_ct = image.modality in (None, "CT")
+        data = image_layer_data(image, window=window if is_ct else DEFAULT_WINDOW, name=name)
+        if not is_ct:
+            # Not CT: HU windows are meaningless, let napari pick limits from the data.
+            data[1].pop("contrast_limits", None)
+        out.append(data)
+    return out
+
+
+def read_paths(path: PathOrPaths) -> list[tuple]:
+    """Read every volume in ``path`` (file, DICOM folder or a list of them) as image LayerData."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    images: list[Image] = []
+    for p in paths:
+        images.extend(_read_volumes(Path(p)))
+    if not images:
+        raise InputImageError(f"no 3D volume found in {', '.join(str(p) for p in paths)}")
+    return layer_data_for_images(images)
+

@@ -1,0 +1,140 @@
+"""Background jobs: the api generators run in napari workers; results come back on the GUI thread.
+
+Why this shape:
+
+* The job is one of :mod:`napari_lesionlocator.api`'s generators; napari's ``create_worker`` runs it
+  in a thread and checks ``worker.quit()`` at every yield (between lesions and timepoints).
+* A :class:`CancelToken` is also passed to the engine, so long steps inside it stop too; the
+  resulting :class:`Cancelled` is caught in the worker and turned into a normal "cancelled" end,
+  not an error notification.
+* Engine progress callbacks run in the worker thread; they are forwarded to the GUI through a Qt
+  signal (queued connection), never by touching widgets from the worker.
+* Real errors reach the user through napari's worker error relay (a notification with the
+  message); the runner only updates its widget's state.
+* ``returned`` handlers run on the GUI thread; they are skipped when the user cancelled, so a
+  cancelled job never writes into a layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+from qtpy.QtCore import QObject, Signal
+
+from ..core.errors import Cancelled
+from ..core.progress import CancelToken, ProgressEvent
+
+__all__ = ["JobRunner", "CANCELLED"]
+
+
+class _Cancelled:
+    def __repr__(self) -> str:
+        return "CANCELLED"
+
+
+CANCELLED = _Cancelled()
+
+
+def _guarded(job: Generator) -> Generator:
+    """Run ``job`` to its end; a Cancelled raised inside it becomes the CANCELLED result."""
+    try:
+        result = yield from job
+    except Cancelled:
+        return CANCELLED
+    return result
+
+
+class JobRunner(QObject):
+    """Runs at most one job at a time for one widget and reports its life cycle as Qt signals.
+
+    Signals (all delivered on the GUI thread)
+    ------------------------------------------
+    progressed(ProgressEvent)
+        Every event the job yields or the engine reports.
+    succeeded(object)
+        The job's return value (not emitted when cancelled or failed).
+    cancelled()
+        The user cancelled; nothing was applied.
+    failed(object)
+        The exception that ended the job (napari also shows it as a notification).
+    done()
+        After any of the three above.
+    """
+
+    progressed = Signal(object)
+    succeeded = Signal(object)
+    cancelled = Signal()
+    failed = Signal(object)
+    done = Signal()
+    # Internal: engine callbacks from the worker thread, re-emitted on the GUI thread.
+    _engine_progress = Signal(object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.worker = None
+        self.token: CancelToken | None = None
+        self._engine_progress.connect(self.progressed.emit)
+        self._finished_state: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def engine_callback(self, event: ProgressEvent) -> None:
+        """Thread-safe progress callback to hand to engines (emits a queued signal)."""
+        self._engine_progress.emit(event)
+
+    def start(self, make_job: Callable[[CancelToken, Callable], Generator], *, desc: str, total: int) -> None:
+        """Start ``make_job(token, on_progress)`` (an api generator) in a napari worker.
+
+        Raises RuntimeError when a job is already running (the widgets disable their buttons, so
+        this only guards programming errors).
+        """
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError("a job is already running; cancel it or wait for it to finish")
+        self.token = CancelToken()
+        self._finished_state = None
+        job = make_job(self.token, self.engine_callback)
+        worker = create_worker(_guarded, job, _progress={"total": max(int(total), 0), "desc": desc})
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop: at its next yield (quit) or inside the engine (token)."""
+        if self.token is not None:
+            self.token.cancel()
+        if self.worker is not None:
+            self.worker.quit()
+
+    # ----------------------------------------------------------- worker signals
+    def _on_yielded(self, event) -> None:
+        if isinstance(event, ProgressEvent):
+            self.progressed.emit(event)
+
+    def _on_returned(self, result) -> None:
+        if result is CANCELLED or (self.token is not None and self.token.cancelled):
+            self._finished_state = "cancelled"
+        else:
+            self._finished_state = "succeeded"
+            self.succeeded.emit(result)
+
+    def _on_errored(self, exc) -> None:
+        self._finished_state = "failed"
+        self.failed.emit(exc)
+
+    def _on_aborted(self) -> None:
+        self._finished_state = "cancelled"
+
+    def _on_finished(self) -> None:
+        state = self._finished_state or "cancelled"
+        self.worker = None
+        if state == "cancelled":
+            self.cancelled.emit()
+        self.done.emit()

@@ -1,0 +1,350 @@
+"""Deterministic synthetic longitudinal chest CT study with exact ground truth.
+
+Usage::
+
+    from napari_lesionlocator.sample.synthetic import make_synthetic_study
+    study = make_synthetic_study(seed=0, size="small")
+    study.images, study.labels, study.lesions
+    study.write("/tmp/study")
+
+Three scans (baseline and two follow-ups) of one analytic patient (:mod:`.anatomy`) with
+seven lesions (:mod:`.lesions`). Every scan is rendered directly from the phantom: each voxel
+centre is mapped from scanner space into the patient frame through that scan's rigid pose and
+breathing (:mod:`.frames`), so images and label maps are geometrically exact at every
+timepoint; nothing is resampled. Then a Gaussian point-spread function (partial volume) and
+white noise filtered by the same PSF (correlated, about 15 HU std) are applied.
+
+Lesion timeline (ids are stable; ``scale`` is the linear size factor per timepoint):
+
+====  =================  ===========  ===================  ====================================
+id    kind               organ        scales               meaning
+====  =================  ===========  ===================  ====================================
+1     solid_nodule       lung         1, 1.15, 1.30        grows
+2     part_solid_nodule  lung         1, 1.20, 1.35        grows; spiculated, touches a vessel
+3     liver_lesion       liver        1, 0.85, 0.70        shrinks (hypodense, 20 HU)
+4     lymph_node         mediastinum  1, 0.70, 0          shrinks, then disappears
+5     solid_nodule       lung         1, 1, 1              stable small nodule (8 mm)
+6     lung_mass          lung         1, 1.10, 1.10        large, lobulated, touches the pleura
+7     liver_lesion       liver        0, 1, 1.40           new at follow-up 1
+====  =================  ===========  ===================  ====================================
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.geometry import Geometry
+from ..core.image import Image, LabelMap
+from .anatomy import Phantom, lung_mask
+from .frames import PatientPose, rotation_zyx
+from .lesions import LesionModel, render_lesion
+
+__all__ = ["make_synthetic_study", "SyntheticStudy", "LesionRecord", "SIZES", "TIMEPOINT_DATES"]
+
+# (shape (z, y, x), spacing (z, y, x) mm) of the three scans; follow-ups differ a little in FOV.
+SIZES: dict[str, dict] = {
+    "small": {"spacing": (2.5, 1.6, 1.6), "shapes": [(96, 192, 192), (100, 192, 192), (92, 196, 196)]},
+    "realistic": {"spacing": (1.0, 0.7, 0.7), "shapes": [(300, 512, 512), (310, 512, 512), (290, 504, 504)]},
+}
+# Field-of-view centres (world mm) per timepoint: the scanner centres the patient slightly differently.
+_FOV_CENTRES = [(0.0, 6.0, 0.0), (4.0, 6.0, 1.0), (-3.0, 5.0, -1.0)]
+TIMEPOINT_DATES = ("2024-01-15", "2024-04-16", "2024-07-18")
+_BREATH_MM = (0.0, 6.0, -4.0)
+_PSF_MM = (1.0, 0.75, 0.75)  # partial-volume blur (Gaussian sigma, z, y, x); at least 0.4 voxel
+_SLAB_VOXELS = 4_500_000     # render this many voxels at a time to bound memory on big grids
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    """One row of the study's lesion table.
+
+    Attributes
+    ----------
+    id, kind, organ : int, str, str
+    present : tuple of bool
+        Whether the lesion is in the ground truth at each timepoint.
+    volume_ml : tuple of float
+        Ground-truth volume per timepoint measured from the label map (voxel count x voxel volume).
+    nominal_volume_ml : tuple of float
+        Volume of the continuous model per timepoint (``scale**3`` x baseline model volume).
+    scale : tuple of float
+        Linear size factor per timepoint (0 when absent).
+    centre_world : tuple of (tuple of float or None)
+        Expected world centroid (z, y, x) mm of the ground-truth mask per timepoint, from the
+        known pose (None when absent).
+    diameter_mm : float
+        Equivalent-sphere diameter of the model at scale 1.
+    hu : float
+        Lesion attenuation (solid part).
+    """
+
+    id: int
+    kind: str
+    organ: str
+    present: tuple[bool, ...]
+    volume_ml: tuple[float, ...]
+    nominal_volume_ml: tuple[float, ...]
+    scale: tuple[float, ...]
+    centre_world: tuple[tuple[float, float, float] | None, ...]
+    diameter_mm: float
+    hu: float
+
+
+@dataclass
+class SyntheticStudy:
+    """A rendered study: images, ground-truth label maps, lesion table and the known poses."""
+
+    images: list[Image]
+    labels: list[LabelMap]
+    lesions: list[LesionRecord]
+    poses: list[PatientPose]
+    models: list[LesionModel]
+    seed: int
+    size: str
+    case: str
+    noise_hu: float
+    timings_s: dict = field(default_factory=dict)
+
+    def lesion(self, lesion_id: int) -> LesionRecord:
+        for row in self.lesions:
+            if row.id == lesion_id:
+                return row
+        raise KeyError(f"no lesion with id {lesion_id} (ids: {[r.id for r in self.lesions]})")
+
+    def write(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the LesionLocator dataset layout (Baseline/, Synthetic_Follow_Up/, ..., naming.csv).
+
+        Returns the ``naming.csv`` path. Refuses to replace existing files unless ``overwrite``.
+        """
+        from ..io.study_layout import write_study_layout
+
+        return write_study_layout(folder, list(zip(self.images, self.labels)), case=self.case, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- lesions
+def _unit(rng, n):
+    v = rng.normal(size=(n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _random_rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _vessel_contact_centre(phantom: Phantom, rng, radius: float) -> np.ndarray:
+    """A lesion centre in the left lower lung whose surface touches a 1.5-3 mm pulmonary vessel."""
+    caps = [c for c in phantom.capsules if c.kind == "lung_vessel" and 1.5 <= 0.5 * (c.ra + c.rb) <= 3.0]
+    caps = [c for c in caps if 0.5 * (c.a[2] + c.b[2]) > 35.0 and -30.0 < 0.5 * (c.a[0] + c.b[0]) < 15.0]
+    offsets = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    for i in rng.permutation(len(caps)):
+        cap = caps[i]
+        mid = 0.5 * (cap.a + cap.b)
+        axis = (cap.b - cap.a) / np.linalg.norm(cap.b - cap.a)
+        perp = np.cross(axis, rng.normal(size=3))
+        perp /= np.linalg.norm(perp)
+        centre = mid + perp * (0.5 * (cap.ra + cap.rb) + 0.8 * radius)
+        probe = centre + offsets * (radius + 6.0)
+        if lung_mask(probe[:, 0], probe[:, 1], probe[:, 2]).all():
+            return centre
+    return np.array([-5.0, 20.0, 70.0])  # fallback: well inside the left lower lobe
+
+
+def _lesion_models(phantom: Phantom, seed: int) -> list[LesionModel]:
+    rng = np.random.default_rng([seed, 2])
+
+    def jitter(c, mm=3.0):
+        return np.asarray(c, float) + rng.uniform(-mm, mm, 3)
+
+    def axes(r, spread=0.12):
+        return r * rng.uniform(1 - spread, 1 + spread, 3)
+
+    models = [
+        LesionModel(1, "solid_nodule", "lung", jitter((55, -20, -70)), axes(6.0), _random_rotation(rng),
+                    (1.0, 1.15, 1.30), 35.0, bump_dirs=_unit(rng, 3), bump_amp=rng.uniform(0.05, 0.12, 3),
+                    bump_width=rng.uniform(0.5, 0.8, 3)),
+    ]
+    r2 = 10.5
+    models.append(LesionModel(
+        2, "part_solid_nodule", "lung", _vessel_contact_centre(phantom, rng, r2), axes(r2, 0.08), _random_rotation(rng),
+        (1.0, 1.20, 1.35), 25.0, ggo_hu=-600.0, core_fraction=0.45,
+        bump_dirs=_unit(rng, 10), bump_amp=np.r_[rng.uniform(0.1, 0.2, 3), rng.uniform(0.5, 0.9, 7)],
+        bump_width=np.r_[rng.uniform(0.5, 0.8, 3), rng.uniform(0.08, 0.12, 7)]))
+    models.append(LesionModel(3, "liver_lesion", "liver", jitter((-70, -10, -60)), axes(15.0, 0.1),
+                              _random_rotation(rng), (1.0, 0.85, 0.70), 20.0, necrotic_hu=12.0,
+                              bump_dirs=_unit(rng, 3), bump_amp=rng.uniform(0.04, 0.1, 3),
+                              bump_width=rng.uniform(0.6, 0.9, 3)))
+    models.append(LesionModel(4, "lymph_node", "mediastinum", jitter((18, -3, 2), 1.5), np.array([10.0, 7.5, 10.5]),
+                              rotation_zyx((rng.uniform(-15, 15), 0, 0)), (1.0, 0.70, 0.0), 40.0))
+    models.append(LesionModel(5, "solid_nodule", "lung", jitter((-20, 50, -60)), axes(4.0, 0.08),
+                              _random_rotation(rng), (1.0, 1.0, 1.0), 30.0))
+    models.append(LesionModel(6, "lung_mass", "lung", jitter((48, -32, 68), 2.0), axes(17.0, 0.08),
+                              _random_rotation(rng), (1.0, 1.10, 1.10), 38.0, necrotic_hu=18.0,
+                              bump_dirs=_unit(rng, 6), bump_amp=rng.uniform(0.08, 0.18, 6),
+                              bump_width=rng.uniform(0.35, 0.6, 6)))
+    models.append(LesionModel(7, "liver_lesion", "liver", jitter((-95, 20, -75), 2.0), axes(6.0, 0.08),
+                              _random_rotation(rng), (0.0, 1.0, 1.40), 25.0))
+    return models
+
+
+# ----------------------------------------------------------------------------- poses and grids
+def _poses(seed: int) -> list[PatientPose]:
+    rng = np.random.default_rng([seed, 3])
+    poses = [PatientPose.identity()]
+    for k in (1, 2):
+        direction = rng.normal(size=3)
+        direction[1] = -abs(direction[1])  # stay off the table: the patient can only move up from it
+        shift = direction / np.linalg.norm(direction) * rng.uniform(4.0, 8.0)
+        roll = rng.choice([-1.0, 1.0]) * rng.uniform(1.5, 2.5)
+        angles = (roll, rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.7))
+        poses.append(PatientPose(rotation_zyx(angles), shift, _BREATH_MM[k]))
+    return poses
+
+
+def _grid(shape, spacing, centre, direction) -> Geometry:
+    d = np.asarray(direction, float).reshape(3, 3)
+    half = np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0
+    origin = np.asarray(centre) - d @ half
+    return Geometry(tuple(shape), tuple(spacing), tuple(origin), tuple(d.reshape(-1)))
+
+
+# ----------------------------------------------------------------------------- rendering
+def _render_anatomy(phantom: Phantom, geometry: Geometry, pose: PatientPose) -> np.ndarray:
+    """Noise-free HU volume (z, y, x) of the phantom as seen on ``geometry`` in ``pose``."""
+    m = geometry.direction_matrix @ np.diag(geometry.spacing)
+    a = (pose.rotation.T @ m).astype(np.float32)   # index -> rigid patient coordinates
+    b = (pose.rotation.T @ (np.asarray(geometry.origin) - pose.translation_mm)).astype(np.float32)
+    nz, ny, nx = geometry.shape
+    iy = np.arange(ny, dtype=np.float32)[None, :, None]
+    ix = np.arange(nx, dtype=np.float32)[None, None, :]
+    out = np.empty(geometry.shape, dtype=np.float32)
+    step = max(1, _SLAB_VOXELS // (ny * nx))
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        iz = np.arange(z0, z1, dtype=np.float32)[:, None, None]
+        pz, py, px = (b[i] + a[i, 0] * iz + a[i, 1] * iy + a[i, 2] * ix for i in range(3))
+        pz, py, px = pose.unbreathe(pz, py, px)
+        wy = np.float32(geometry.origin[1]) + np.float32(m[1, 0]) * iz + np.float32(m[1, 1]) * iy \
+            + np.float32(m[1, 2]) * ix
+        out[z0:z1] = phantom.render(pz, py, px, geometry=geometry, pose=pose, z_range=(z0, z1), world_y=wy)
+    return out
+
+
+def _psf_sigma_vox(geometry: Geometry) -> tuple[float, ...]:
+    return tuple(max(s_mm / sp, 0.4) for s_mm, sp in zip(_PSF_MM, geometry.spacing))
+
+
+def _noise_gain(sigma_vox) -> float:
+    """Std of unit white noise after the PSF filter (exact, from the discrete kernel)."""
+    from scipy.ndimage import gaussian_filter
+
+    n = 2 * int(np.ceil(4 * max(sigma_vox))) + 3
+    delta = np.zeros((n, n, n))
+    delta[n // 2, n // 2, n // 2] = 1.0
+    return float(np.sqrt((gaussian_filter(delta, sigma_vox, mode="constant") ** 2).sum()))
+
+
+def _acquire(hu: np.ndarray, geometry: Geometry, rng, noise_hu: float) -> np.ndarray:
+    """Blur (partial volume) and add correlated noise: white noise goes through the same PSF."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = _psf_sigma_vox(geometry)
+    white = rng.standard_normal(hu.shape, dtype=np.float32)
+    white *= np.float32(noise_hu / _noise_gain(sigma))
+    white += hu
+    out = gaussian_filter(white, sigma, mode="nearest")
+    del white
+    np.rint(out, out=out)
+    np.clip(out, -1024.0, 3071.0, out=out)
+    return out
+
+
+def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, rotate_grid: bool = False,
+                         noise_hu: float | None = None) -> SyntheticStudy:
+    """Render the three-timepoint synthetic study.
+
+    Parameters
+    ----------
+    seed : int
+        Everything random (vessel tree, lesion shapes and positions, poses, noise) follows it.
+    size : {"small", "realistic"}
+        ``"small"``: about 96 x 192 x 192 voxels at 2.5 x 1.6 x 1.6 mm (z, y, x), a few seconds.
+        ``"realistic"``: about 300 x 512 x 512 at 1.0 x 0.7 x 0.7 mm.
+    direction : array-like, optional
+        3x3 (or 9 values, row-major, (z, y, x) order) direction matrix of every scan's grid.
+    rotate_grid : bool
+        Use a fixed oblique (non-identity) direction for every grid (ignored when ``direction`` is given).
+    noise_hu : float, optional
+        Noise std in HU (default: drawn from the seed between 12 and 18).
+
+    Returns
+    -------
+    SyntheticStudy
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    t_start = time.perf_counter()
+    if direction is None:
+        direction = rotation_zyx((12.0, 5.0, -4.0)) if rotate_grid else np.eye(3)
+    direction = np.asarray(direction, float).reshape(3, 3)
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-6):
+        raise ValueError("direction must be an orthonormal 3x3 matrix")
+    rng_noise = np.random.default_rng([seed, 4])
+    if noise_hu is None:
+        noise_hu = float(rng_noise.uniform(12.0, 18.0))
+    phantom = Phantom(seed)
+    models = _lesion_models(phantom, seed)
+    poses = _poses(seed)
+    spec = SIZES[size]
+    case = f"case{seed}"
+    images, labels, timings = [], [], {"phantom_s": time.perf_counter() - t_start}
+    for k, (shape, pose) in enumerate(zip(spec["shapes"], poses)):
+        t0 = time.perf_counter()
+        geom = _grid(shape, spec["spacing"], _FOV_CENTRES[k], direction)
+        hu = _render_anatomy(phantom, geom, pose)
+        lab = np.zeros(geom.shape, dtype=np.uint16)
+        for model in models:
+            if model.scales[k] > 0:
+                render_lesion(model, model.scales[k], hu, lab, geom, pose)
+        t1 = time.perf_counter()
+        img = _acquire(hu, geom, np.random.default_rng([seed, 10 + k]), noise_hu)
+        del hu
+        name = f"{case}_tp{k}"
+        images.append(Image(img, geom, name=name, acquisition_date=TIMEPOINT_DATES[k], modality="CT",
+                            metadata={"synthetic_seed": seed, "timepoint": k}))
+        labels.append(LabelMap(lab, geom, name=f"{name}_lesions"))
+        timings[f"tp{k}_render_s"] = t1 - t0
+        timings[f"tp{k}_acquire_s"] = time.perf_counter() - t1
+    rows = _lesion_table(models, poses, labels)
+    timings["total_s"] = time.perf_counter() - t_start
+    return SyntheticStudy(images, labels, rows, poses, models, int(seed), size, case, float(noise_hu), timings)
+
+
+def _lesion_table(models, poses, labels) -> list[LesionRecord]:
+    rows = []
+    for model in models:
+        vol0, off = model.nominal_volume_and_centroid()
+        present, vols, noms, centres = [], [], [], []
+        for k, (pose, lab) in enumerate(zip(poses, labels)):
+            s = model.scales[k]
+            n = int(np.count_nonzero(lab.array == model.id)) if s > 0 else 0
+            present.append(n > 0)
+            vols.append(n * lab.geometry.voxel_volume_mm3 / 1000.0)
+            noms.append(vol0 * s ** 3)
+            if s > 0:
+                c = pose.breathe(model.centre) + s * off
+                centres.append(tuple(float(v) for v in c @ pose.rotation.T + pose.translation_mm))
+            else:
+                centres.append(None)
+        rows.append(LesionRecord(model.id, model.kind, model.organ, tuple(present), tuple(vols), tuple(noms),
+                                 tuple(model.scales), tuple(centres), float((6000.0 * vol0 / np.pi) ** (1 / 3)),
+                                 model.hu))
+    return rows

@@ -135,7 +135,10 @@ def validate_model_folder(folder: str | Path, part: str, folds: Sequence[int] | 
             f"{folder / 'plans.json'} has no '{CONFIGURATION}' configuration "
             f"(found: {', '.join(configs) if isinstance(configs, dict) else 'none'})"
         )
-    if "foreground_intensity_properties_per_channel" not in plans and "foreground_intensity_properties_by_modality" not in plans:
+    if (
+        "foreground_intensity_properties_per_channel" not in plans
+        and "foreground_intensity_properties_by_modality" not in plans
+    ):
         raise CheckpointError(f"{folder / 'plans.json'} lacks foreground_intensity_properties_per_channel")
     found = detect_folds(folder)
     if not found:
@@ -186,22 +189,29 @@ def load_checkpoint_file(path: str | Path, *, allow_unsafe: bool = False, map_lo
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         text = str(exc)
         if "Weights only load failed" not in text:
-            raise CheckpointError(f"{path} cannot be read: corrupt or truncated file ({type(exc).__name__}: {text[:200]})") from None
+            raise CheckpointError(
+                f"{path} cannot be read: corrupt or truncated file ({type(exc).__name__}: {text[:200]})"
+            ) from None
         unsafe = re.findall(r"GLOBAL ([\w.]+)", text)
         if not allow_unsafe:
             raise CheckpointError(
-                f"{path} holds Python objects that a safe (weights-only) load refuses ({', '.join(unsafe) or 'unknown'}). "
+                f"{path} holds Python objects that a safe (weights-only) load refuses "
+                f"({', '.join(unsafe) or 'unknown'}). "
                 "If you trust this folder (e.g. the official download), allow a full load with allow_unsafe=True "
                 "(CLI: --allow-unsafe-checkpoint); it can execute code stored in the file."
             ) from None
         log.warning(
             "UNSAFE LOAD: %s needs full unpickling (weights-only refused %s); loading it because allow_unsafe "
-            "was given for this user-chosen folder", path, ", ".join(unsafe) or "it"
+            "was given for this user-chosen folder",
+            path,
+            ", ".join(unsafe) or "it",
         )
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as exc2:  # noqa: BLE001
-            raise CheckpointError(f"{path} cannot be read even with a full load ({type(exc2).__name__}: {exc2})") from None
+            raise CheckpointError(
+                f"{path} cannot be read even with a full load ({type(exc2).__name__}: {exc2})"
+            ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict (got {type(ckpt).__name__})")
     return ckpt
@@ -227,7 +237,7 @@ def check_checkpoint_dict(ckpt: dict, part: str, path: str | Path) -> None:
 
 
 def build_segmentation_network(plans: dict, num_image_channels: int = 1, *, seed: int | None = None):
-    """The plans' network with ``num_image_channels + 1`` inputs (image + dense prompt), 2 outputs, no deep supervision."""
+    """The plans' network: ``num_image_channels + 1`` inputs (image + dense prompt), 2 outputs, no deep supervision."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -247,7 +257,9 @@ def build_segmentation_network(plans: dict, num_image_channels: int = 1, *, seed
             deep_supervision=False,
         )
     except Exception as exc:  # noqa: BLE001 - plans errors surface as many types
-        raise CheckpointError(f"cannot build the network described by plans.json ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"cannot build the network described by plans.json ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 # Prefix renames between how checkpoints may have been saved and how the network names its
@@ -265,13 +277,13 @@ def remap_state_dict_keys(state_dict: dict, expected_keys: Sequence[str]) -> tup
     out = dict(state_dict)
     for old, new in KEY_PREFIX_RENAMES:
         if any(k.startswith(old) for k in out) and not any(k.startswith(old) for k in expected):
-            out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
+            out = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in out.items()}
             notes.append(f"stripped key prefix {old!r}")
     for alias, target in KEY_ALIASES:
         wanted = [k for k in expected if k.startswith(alias) and k not in out]
-        if wanted and all(target + k[len(alias):] in out for k in wanted):
+        if wanted and all(target + k[len(alias) :] in out for k in wanted):
             for k in wanted:
-                out[k] = out[target + k[len(alias):]]
+                out[k] = out[target + k[len(alias) :]]
             notes.append(f"filled {len(wanted)} aliased keys {alias}* from {target}*")
     return out, notes
 
@@ -283,7 +295,7 @@ def _fmt_keys(keys: Sequence[str], limit: int = 8) -> str:
 
 
 def match_state_dict(network, state_dict: dict, path: str | Path) -> dict:
-    """The checkpoint's weights renamed to the network's keys; CheckpointError naming missing/unexpected/mis-shaped keys."""
+    """The weights renamed to the network's keys; CheckpointError naming missing/unexpected/mis-shaped keys."""
     expected = network.state_dict()
     sd, notes = remap_state_dict_keys(state_dict, list(expected))
     for n in notes:
@@ -301,7 +313,11 @@ def match_state_dict(network, state_dict: dict, path: str | Path) -> dict:
             "The plans.json and the fold files must come from the same training run "
             "(or dynamic-network-architectures renamed modules)."
         )
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(sd[k].shape) != tuple(v.shape)
+    ]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight(s) have the wrong shape for plans.json: {_fmt_keys(bad, 4)}")
     return sd

@@ -89,7 +89,7 @@ def no_checkpoint_message() -> str:
     return (
         "no LesionLocator checkpoint is configured. Download it with `lesionlocator download-weights` "
         f"(Zenodo record 15174217, {ZENODO_RECORD}) and pass its folder with --checkpoint, set "
-        f"{ENV_VAR}, or store it in {config_file()} under the key \"checkpoint\". "
+        f'{ENV_VAR}, or store it in {config_file()} under the key "checkpoint". '
         "The classical engine (the default) needs no checkpoint."
     )
 
@@ -104,6 +104,8 @@ def resolve_checkpoint_path(explicit: str | os.PathLike | None = None) -> Path:
         if value:
             path = Path(value).expanduser()
             if not path.exists():
-                raise CheckpointError(f"the checkpoint folder {path} (from {source}) does not exist. {no_checkpoint_message()}")
+                raise CheckpointError(
+                    f"the checkpoint folder {path} (from {source}) does not exist. {no_checkpoint_message()}"
+                )
             return path
     raise CheckpointError(no_checkpoint_message())

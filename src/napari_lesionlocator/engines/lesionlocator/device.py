@@ -48,7 +48,8 @@ def resolve_device(name: str | None):
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise EngineError(
-                f"device 'mps' was requested but Apple Metal is not available here; available: {', '.join(available_devices())}"
+                "device 'mps' was requested but Apple Metal is not available here; "
+                f"available: {', '.join(available_devices())}"
             )
         return torch.device("mps")
     raise EngineError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps")

@@ -8,6 +8,7 @@ go through exactly the loading/validation code the downloaded weights take.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import logging
@@ -84,10 +85,22 @@ def _fallback_plans() -> dict:
                     "use_mask_for_norm": [False],
                     "resampling_fn_data": "resample_torch_fornnunet",
                     "resampling_fn_seg": "resample_torch_fornnunet",
-                    "resampling_fn_data_kwargs": {"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": False},
-                    "resampling_fn_seg_kwargs": {"is_seg": True, "memefficient_seg_resampling": True, "force_separate_z": False},
+                    "resampling_fn_data_kwargs": {
+                        "is_seg": False,
+                        "memefficient_seg_resampling": True,
+                        "force_separate_z": False,
+                    },
+                    "resampling_fn_seg_kwargs": {
+                        "is_seg": True,
+                        "memefficient_seg_resampling": True,
+                        "force_separate_z": False,
+                    },
                     "resampling_fn_probabilities": "resample_torch_fornnunet",
-                    "resampling_fn_probabilities_kwargs": {"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": False},
+                    "resampling_fn_probabilities_kwargs": {
+                        "is_seg": False,
+                        "memefficient_seg_resampling": True,
+                        "force_separate_z": False,
+                    },
                     "batch_dice": True,
                     "architecture": {
                         "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
@@ -114,8 +127,15 @@ def _fallback_plans() -> dict:
             "experiment_planner_used": "nnUNetPlannerResEncL",
             "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel": {
-                "0": {"max": 3071.0, "mean": -63.0, "median": -20.0, "min": -1024.0,
-                      "percentile_00_5": -918.0, "percentile_99_5": 723.0, "std": 282.4}
+                "0": {
+                    "max": 3071.0,
+                    "mean": -63.0,
+                    "median": -20.0,
+                    "min": -1024.0,
+                    "percentile_00_5": -918.0,
+                    "percentile_99_5": 723.0,
+                    "std": 282.4,
+                }
             },
         }
 
@@ -183,9 +203,9 @@ def generate_checkpoint(
             if builder is None:
                 log.warning("tracking.build_track_network is not available: no LesionLocatorTrack part written")
                 continue
-            make = lambda: builder(plans, tiny)  # noqa: E731
+            make = functools.partial(builder, plans, tiny)
         else:
-            make = lambda: build_segmentation_network(plans, len(DATASET_JSON["channel_names"]))  # noqa: E731
+            make = functools.partial(build_segmentation_network, plans, len(DATASET_JSON["channel_names"]))
         folder = root / PARTS[part]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "plans.json").write_text(json.dumps(plans, indent=2))

@@ -1,0 +1,388 @@
+"""Promptable segmentation of one lesion: tiles -> network (+ mirroring TTA) -> Gaussian-weighted
+accumulation -> fold average -> export to the original grid (reference sections 3 and 6.1-6.3).
+
+Two implementations with identical masks:
+
+* ``segment_full_volume_reference``: the plain pipeline, as the official tool runs it: full
+  preprocessing, a full dense prompt channel, full padded volume, full-size accumulators, and
+  the plans' ``resampling_fn_probabilities`` over the whole volume.
+* ``segment_prompt_fast``: reuses a cached ``Preprocessed`` image, builds only the tiles the
+  prompt needs, accumulates over the tiles' union only, and resamples back only the output
+  region whose interpolation stencil touches a covered voxel (everything else is background in
+  the full pipeline too, see 6.3), on crops aligned so the interpolation coordinates are the
+  same numbers as in the full-volume call (``region_export_plan``).
+
+Numerics (6.3): by default float16 accumulators; voxels no tile covered are 0/0 = NaN, the NaN
+spreads through the export interpolation, and ``lesion > background`` is False for NaN, so any
+output voxel interpolated from an uncovered voxel is background. ``precision="float32"``
+accumulates in float32 and treats uncovered voxels as plain background (labelled: masks may
+differ from the official ones near the patch border).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...core.errors import EngineError
+from ...core.progress import CancelToken
+from .checkpoint import LoadedModel
+from .preprocessing import Preprocessed, preprocess_image
+from .prompting import PromptPP, dense_prompt, paint_prompt, prompt_extent
+from .tiling import gaussian_map, mirror_combinations, padding_for, select_tiles, tile_union
+
+__all__ = [
+    "ForwardCounter",
+    "predict_tile",
+    "tile_input",
+    "plan_tiles",
+    "accumulate_logits",
+    "average_folds",
+    "export_full",
+    "region_export_plan",
+    "export_region",
+    "segment_full_volume_reference",
+    "segment_prompt_fast",
+    "count_forwards",
+]
+
+PRECISIONS = ("float16", "float32")
+
+
+class ForwardCounter:
+    """Calls ``tick(done, total, seconds_left)`` after every network forward and checks the cancel token."""
+
+    def __init__(
+        self,
+        total: int,
+        tick: Callable[[int, int, float | None], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        self.total = total
+        self.done = 0
+        self.tick = tick
+        self.cancel = cancel
+        self._t0 = time.perf_counter()
+
+    def check(self) -> None:
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.tick is not None:
+            per = (time.perf_counter() - self._t0) / self.done
+            self.tick(self.done, self.total, per * (self.total - self.done))
+        self.check()
+
+
+def count_forwards(n_tiles: int, n_folds: int, mirror_axes, tta: bool) -> int:
+    return n_tiles * n_folds * (1 + (len(mirror_combinations(mirror_axes)) if tta else 0))
+
+
+def predict_tile(model: LoadedModel, x, mirror_dims, counter: ForwardCounter | None = None):
+    """Logits (2, *patch) float32 for one input tile ``x`` (1, c, *patch) on the model's device.
+
+    With ``mirror_dims`` (from ``mirror_combinations``), the flipped predictions are flipped back and
+    averaged with the plain one (nnU-Net's order: plain first, then each combination)."""
+    import torch
+
+    net = model.network
+    pred = net(x).float()
+    if counter:
+        counter.step()
+    for dims in mirror_dims:
+        pred += torch.flip(net(torch.flip(x, dims)), dims).float()
+        if counter:
+            counter.step()
+    if mirror_dims:
+        pred /= len(mirror_dims) + 1
+    return pred[0]
+
+
+def tile_input(data: np.ndarray, prompt: PromptPP, start_padded, patch, pad_before) -> np.ndarray:
+    """(c + 1, *patch) float32 network input at ``start_padded`` without building the padded volume:
+    image voxels where the tile overlaps the volume, 0 (the padding value) elsewhere, plus the prompt."""
+    c = data.shape[0]
+    patch = np.asarray(patch)
+    origin = np.asarray(start_padded) - np.asarray(pad_before)  # tile origin in unpadded coordinates
+    out = np.zeros((c + 1, *patch), dtype=np.float32)
+    shape = np.asarray(data.shape[1:])
+    lo = np.clip(origin, 0, shape)
+    hi = np.clip(origin + patch, 0, shape)
+    if np.all(hi > lo):
+        dst = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, origin))
+        out[(slice(0, c), *dst)] = data[(slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi)))]
+    paint_prompt(prompt, out[c], origin)
+    return out
+
+
+def plan_tiles(prompt: PromptPP, new_shape, patch):
+    """(tile starts in padded coords, padded shape, pad before) for a prompt on a preprocessed volume."""
+    padded, before = padding_for(new_shape, patch)
+    lo, hi = prompt_extent(prompt, new_shape)
+    starts = select_tiles(lo + np.asarray(before), hi + np.asarray(before), padded, patch)
+    return starts, padded, before
+
+
+def accumulate_logits(
+    model: LoadedModel,
+    fold: int,
+    starts,
+    get_input,
+    region_lo,
+    region_shape,
+    *,
+    tta: bool,
+    precision: str,
+    counter: ForwardCounter | None,
+):
+    """Gaussian-weighted logits of one fold over a region (padded coords), normalised by the weights.
+
+    float16: ``logits[tile] += pred * gaussian`` (product in float32, stored in float16), weights in
+    float16, then ``logits / weights`` (NaN where no tile covered). float32: same in float32 and
+    uncovered voxels set to (0, 0), i.e. background.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    dev = model.device
+    patch = model.patch_size
+    dtype = torch.float16 if precision == "float16" else torch.float32
+    gauss = gaussian_map(patch, dev)
+    if precision == "float32":
+        gauss = gauss.float()
+    logits = torch.zeros((2, *region_shape), dtype=dtype, device=dev)
+    weights = torch.zeros(tuple(region_shape), dtype=dtype, device=dev)
+    mirror_dims = mirror_combinations(model.mirror_axes) if tta else []
+    model.use_fold(fold)
+    from .device import inference_context
+
+    with inference_context(dev):
+        for start in starts:
+            if counter:
+                counter.check()
+            x = torch.from_numpy(get_input(start))[None].to(dev)
+            pred = predict_tile(model, x, mirror_dims, counter)
+            sl = tuple(slice(int(s - r), int(s - r + p)) for s, r, p in zip(start, region_lo, patch))
+            logits[(slice(None), *sl)] += pred * gauss
+            weights[sl] += gauss
+    if precision == "float16":
+        logits /= weights
+    else:
+        covered = weights > 0
+        logits = torch.where(covered, logits / torch.where(covered, weights, torch.ones_like(weights)), 0.0)
+    return logits
+
+
+def average_folds(per_fold):
+    """Sum fold logits in their dtype in fold order, then divide by the number of folds (nnU-Net's predictor)."""
+    total = None
+    n = 0
+    for logits in per_fold:
+        total = logits if total is None else total + logits
+        n += 1
+    if n > 1:
+        total /= n
+    return total
+
+
+def _mask_from_logits(logits) -> np.ndarray:
+    """Lesion where channel 1 > channel 0 (argmax, ties to background); NaN compares False -> background."""
+    import torch
+
+    t = torch.as_tensor(logits)
+    return (t[1] > t[0]).cpu().numpy()
+
+
+def export_full(logits, pre: Preprocessed, configuration_manager) -> np.ndarray:
+    """(2, *new_shape) logits -> bool mask on the original grid (resample whole volume, argmax, uncrop)."""
+    res = configuration_manager.resampling_fn_probabilities(
+        logits.cpu(), pre.shape_after_cropping, pre.target_spacing, pre.original_spacing
+    )
+    seg = _mask_from_logits(res)
+    full = np.zeros(pre.shape_before_cropping, dtype=bool)
+    full[pre.crop_slices] = seg
+    return full
+
+
+# -------------------------------------------------------------- region export
+_LOCAL_TORCH_MODES = ("linear", "nearest", "nearest-exact")
+
+
+def _resampling_is_local(configuration_manager) -> bool:
+    """True when the plans' probability resampling has a 2-voxel stencil (linear / nearest), so a crop
+    computes the same numbers as the whole volume when the coordinates agree."""
+    conf = configuration_manager.configuration
+    name = conf.get("resampling_fn_probabilities", "")
+    kw = conf.get("resampling_fn_probabilities_kwargs", {}) or {}
+    if name in ("resample_torch_fornnunet", "resample_torch_simple"):
+        return (
+            kw.get("mode", "linear") in _LOCAL_TORCH_MODES
+            and kw.get("aniso_axis_mode", "nearest-exact") in _LOCAL_TORCH_MODES
+        )
+    if name == "resample_data_or_seg_to_shape":
+        return kw.get("order", 3) <= 1 and kw.get("order_z", 0) <= 1
+    return False
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One axis of a region export: input crop [a0, a1) -> output crop [b0, b1); keep outputs [k0, k1)."""
+
+    a0: int
+    a1: int
+    b0: int
+    b1: int
+    k0: int
+    k1: int
+
+
+def _axis_plan(n_in: int, n_out: int, u0: int, u1: int, local: bool) -> AxisPlan:
+    # Outputs whose (<= 2 voxel) stencil can touch the covered input range [u0, u1).
+    s = n_in / n_out
+    j = np.arange(n_out, dtype=np.float64)
+    src = np.maximum(s * (j + 0.5) - 0.5, 0.0)
+    i0 = np.floor(src)
+    touch = np.flatnonzero((i0 + 1 >= u0) & (i0 <= u1 - 1))
+    k0 = max(0, int(touch[0]) - 2) if touch.size else 0
+    k1 = min(n_out, int(touch[-1]) + 3) if touch.size else n_out
+    g = math.gcd(n_in, n_out)
+    p, q = n_in // g, n_out // g
+    # The interpolation coordinate s * (j + 0.5) - 0.5 is exact in float32 (and float64) when q is a
+    # power of two and p * 2 * n_out < 2**23; then a crop starting at a multiple of q outputs (p inputs)
+    # reproduces the whole-volume coordinates bit for bit. Otherwise keep the whole axis.
+    exact = (q & (q - 1)) == 0 and p * 2 * n_out < 2**23
+    if not local or not exact or q >= n_out:
+        return AxisPlan(0, n_in, 0, n_out, k0, k1)
+    blk0 = max(0, k0 // q - 1)
+    blk1 = min(n_out // q, -(-k1 // q) + 1)
+    return AxisPlan(blk0 * p, blk1 * p, blk0 * q, blk1 * q, k0, k1)
+
+
+def region_export_plan(u_lo, u_hi, pre: Preprocessed, configuration_manager) -> list[AxisPlan]:
+    """Per-axis crops for exporting logits known only on ``[u_lo, u_hi)`` (unpadded preprocessed coords)."""
+    local = _resampling_is_local(configuration_manager)
+    return [
+        _axis_plan(int(n_in), int(n_out), int(a), int(b), local)
+        for n_in, n_out, a, b in zip(pre.new_shape, pre.shape_after_cropping, u_lo, u_hi)
+    ]
+
+
+def export_region(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill=float("nan")) -> np.ndarray:
+    """Like ``export_full`` for logits given on ``[u_lo, u_lo + shape)`` only (``fill`` elsewhere: NaN for
+    the float16 numerics, 0 for float32), resampling only the output region that can be lesion."""
+    import torch
+
+    u_lo = np.asarray(u_lo)
+    u_hi = u_lo + np.asarray(logits_u.shape[1:])
+    plan = region_export_plan(u_lo, u_hi, pre, configuration_manager)
+    crop = torch.full((2, *(ap.a1 - ap.a0 for ap in plan)), fill, dtype=logits_u.dtype)
+    src, dst = [], []
+    for ap, lo, hi in zip(plan, u_lo, u_hi):
+        a, b = max(ap.a0, int(lo)), min(ap.a1, int(hi))
+        src.append(slice(a - int(lo), b - int(lo)))
+        dst.append(slice(a - ap.a0, b - ap.a0))
+    crop[(slice(None), *dst)] = logits_u.cpu()[(slice(None), *src)]
+    out_shape = tuple(ap.b1 - ap.b0 for ap in plan)
+    res = configuration_manager.resampling_fn_probabilities(crop, out_shape, pre.target_spacing, pre.original_spacing)
+    seg = _mask_from_logits(res)
+    keep = tuple(slice(ap.k0 - ap.b0, ap.k1 - ap.b0) for ap in plan)
+    full = np.zeros(pre.shape_before_cropping, dtype=bool)
+    off = pre.crop_offset
+    full[tuple(slice(int(o) + ap.k0, int(o) + ap.k1) for o, ap in zip(off, plan))] = seg[keep]
+    return full
+
+
+# ------------------------------------------------------------------ pipelines
+def segment_full_volume_reference(
+    array,
+    spacing_zyx,
+    prompt,
+    model: LoadedModel,
+    *,
+    tta: bool = True,
+    precision: str = "float16",
+    pre: Preprocessed | None = None,
+    counter: ForwardCounter | None = None,
+) -> np.ndarray:
+    """The plain full-volume pipeline (reference for tests and the benchmark); bool mask on the input grid.
+
+    ``prompt`` is a core prompt (original voxels) or a ``PromptPP`` (already preprocessed, e.g. from a
+    label map; then ``pre`` must be given). Everything is recomputed over the whole volume.
+    """
+    import torch
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    from .prompting import map_prompt
+
+    pm, cm = model.plans_manager, model.configuration_manager
+    if pre is None:
+        pre = preprocess_image(array, spacing_zyx, pm, cm, use_nnunet_crop=True)
+    pp = prompt if isinstance(prompt, PromptPP) else map_prompt(prompt, pre)
+    dense = dense_prompt(pp, pre.new_shape)
+    data = np.concatenate([pre.data, dense[None]], axis=0)
+    patch = model.patch_size
+    padded, slicer = pad_nd_image(data, patch, "constant", {"constant_values": 0}, True)
+    nz = np.argwhere(padded[-1] != 0)
+    starts = select_tiles(nz.min(axis=0), nz.max(axis=0) + 1, padded.shape[1:], patch)
+    per_fold = []
+    for fold in model.folds:
+        per_fold.append(
+            accumulate_logits(
+                model,
+                fold,
+                starts,
+                lambda s: np.ascontiguousarray(padded[(slice(None), *(slice(a, a + p) for a, p in zip(s, patch)))]),
+                (0, 0, 0),
+                padded.shape[1:],
+                tta=tta,
+                precision=precision,
+                counter=counter,
+            )
+        )
+    logits = average_folds(per_fold)
+    logits = logits[(slice(None), *slicer[1:])]
+    return export_full(torch.as_tensor(logits).cpu(), pre, cm)
+
+
+def segment_prompt_fast(
+    pre: Preprocessed,
+    prompt: PromptPP,
+    model: LoadedModel,
+    *,
+    tta: bool = True,
+    precision: str = "float16",
+    counter: ForwardCounter | None = None,
+) -> np.ndarray:
+    """The fast path on a cached ``Preprocessed`` image: only the needed tiles and output region."""
+    patch = model.patch_size
+    starts, _padded, before = plan_tiles(prompt, pre.new_shape, patch)
+    r_lo, r_hi = tile_union(starts, patch)
+    per_fold = [
+        accumulate_logits(
+            model,
+            fold,
+            starts,
+            lambda s: tile_input(pre.data, prompt, s, patch, before),
+            r_lo,
+            tuple(int(v) for v in r_hi - r_lo),
+            tta=tta,
+            precision=precision,
+            counter=counter,
+        )
+        for fold in model.folds
+    ]
+    logits = average_folds(per_fold)
+    # Drop the padding: the union in unpadded coordinates, clipped to the volume.
+    u_lo = np.maximum(r_lo - np.asarray(before), 0)
+    u_hi = np.minimum(r_hi - np.asarray(before), np.asarray(pre.new_shape))
+    sl = tuple(slice(int(a + b - r), int(c + b - r)) for a, c, b, r in zip(u_lo, u_hi, before, r_lo))
+    logits = logits[(slice(None), *sl)]
+    fill = float("nan") if precision == "float16" else 0.0
+    return export_region(logits, u_lo, pre, model.configuration_manager, fill=fill)

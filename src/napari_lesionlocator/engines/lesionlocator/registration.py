@@ -341,6 +341,8 @@ def build_track_network(
     return net.eval()
 
 
+
+
 def load_track_model(root: str | Path, *, folds: Sequence[int] | None = None, device=None, allow_unsafe: bool = False):
     """Load ``LesionLocatorTrack`` (every fold found, or ``folds``) as the engine's ``LoadedModel``.
 

@@ -59,7 +59,9 @@ __all__ = [
 ]
 
 #: every mirroring of the three spatial axes (the official tracker always uses all of them)
-ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(c for n in range(4) for c in itertools.combinations((0, 1, 2), n))
+ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    c for n in range(4) for c in itertools.combinations((0, 1, 2), n)
+)
 
 
 @dataclass
@@ -362,18 +364,9 @@ def track_lesions(
             lost.append(i)
             messages.append(f"lesion {i}: its baseline mask vanished when resampled to the model spacing; not tracked")
     sums = track_preprocessed(
-        track_model,
-        pre0.data,
-        pre1.data,
-        prompts,
-        tta=tta,
-        device=device,
-        field_cache=field_cache,
-        pair_key=(baseline, followup),
-        on_progress=on_progress,
-        cancel=cancel,
-        progress_offset=2,
-        progress_total=total,
+        track_model, pre0.data, pre1.data, prompts, tta=tta, device=device, field_cache=field_cache,
+        pair_key=(baseline, followup), on_progress=on_progress, cancel=cancel,
+        progress_offset=2, progress_total=total,
     )
     step = 2 + len(folds) * n_flips * (1 + len(ids))
     for i in ids:

@@ -8,7 +8,7 @@ use. ``LesionLocatorEngine`` implements ``engines.base.Engine``:
   every later prompt on that image;
 * ``segment`` runs the fast path (``segmentation.segment_prompt_fast``), whose masks equal the
   plain full-volume pipeline's (``segmentation.segment_full_volume_reference``);
-* ``track`` delegates to ``tracking.track_lesions`` (the tracking module).
+* ``track`` delegates to ``tracking.track_lesions`` with the model from ``tracking.load_track_model``.
 
 Engine-specific settings go in ``EngineSettings.extra``: ``allow_unsafe`` (bool: permit a full
 unpickling load of a user-chosen checkpoint when the weights-only load refuses it) and
@@ -18,6 +18,7 @@ unpickling load of a user-chosen checkpoint when the weights-only load refuses i
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import time
 import weakref
@@ -64,6 +65,7 @@ class LesionLocatorEngine:
         self._models: dict[str, object] = {}
         self._pre_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._device = None
+        self._field_cache = None
         self.messages: list[str] = []
 
     # ------------------------------------------------------------ resources
@@ -87,30 +89,20 @@ class LesionLocatorEngine:
     def model(self, part: str):
         """The loaded model of ``part`` ("point", "box", "track"), loaded on first use and kept."""
         if part not in self._models:
-            from .checkpoint import load_model
-
-            builder = None
+            kwargs = {"folds": self.settings.folds, "device": self.device, "allow_unsafe": self.allow_unsafe}
             if part == "track":
-                builder = self._track_builder()
-            m = load_model(
-                self.checkpoint_root(),
-                part,
-                folds=self.settings.folds,
-                device=self.device,
-                allow_unsafe=self.allow_unsafe,
-                network_builder=builder,
-            )
-            self.messages.extend(m.notes)
+                mod = _tracking_module()
+                loader = getattr(mod, "load_track_model", None) if mod else None
+                if loader is None:
+                    raise EngineError("LesionLocator tracking is not available in this installation")
+                m = loader(self.checkpoint_root(), **kwargs)
+            else:
+                from .checkpoint import load_model
+
+                m = load_model(self.checkpoint_root(), part, **kwargs)
+            self.messages.extend(getattr(m, "notes", []))
             self._models[part] = m
         return self._models[part]
-
-    @staticmethod
-    def _track_builder():
-        mod = _tracking_module()
-        fn = getattr(mod, "build_track_network", None) if mod else None
-        if fn is None:
-            return None
-        return lambda plans, n_channels: fn(plans, False)
 
     def _preprocessing_key(self, part: str) -> str:
         import json
@@ -265,7 +257,16 @@ class LesionLocatorEngine:
         fn = getattr(mod, "track_lesions", None) if mod else None
         if fn is None:
             raise EngineError("LesionLocator tracking is not available in this installation (tracking module missing)")
-        return fn(self, baseline, baseline_labels, followup, on_progress=on_progress, cancel=cancel)
+        params = inspect.signature(fn).parameters
+        kwargs = {"tta": self.settings.tta, "device": self.device, "on_progress": on_progress, "cancel": cancel}
+        if "field_cache" in params:
+            # Registration fields depend only on the image pair (and flip, fold): keep them for the session.
+            if self._field_cache is None:
+                cache_cls = getattr(getattr(mod, "reg", None), "FieldCache", None)
+                self._field_cache = cache_cls() if cache_cls else None
+            kwargs["field_cache"] = self._field_cache
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+        return fn(self.model("track"), baseline, baseline_labels, followup, **kwargs)
 
 
 def _tracking_module():

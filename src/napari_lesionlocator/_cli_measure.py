@@ -1,0 +1,98 @@
+"""``lesionlocator measure``: lesion table (volume, RECIST axes, HU, centroid) and RECIST 1.1 summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._cli_common import UsageError, info, read_one_volume, warn
+from .core.image import Image, LabelMap
+from .core.measurements import measure_lesions
+from .core.recist import recist_from_measurements, select_targets
+from .core.study import parse_date
+from .io.images import read_label_map
+from .io.tables import write_lesion_table
+
+__all__ = ["run_measure", "parse_ids"]
+
+
+def parse_ids(values: list[str] | None, flag: str) -> list[int] | None:
+    """``["1,2", "5"]`` -> ``[1, 2, 5]``; UsageError on anything but positive integers."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            if not part.isdigit() or int(part) < 1:
+                raise UsageError(f"{flag}: {part!r} is not a lesion id (positive integer)")
+            out.append(int(part))
+    return out
+
+
+def _timepoints(args: argparse.Namespace) -> list[tuple[Image, LabelMap]]:
+    if args.study:
+        from .io.study_layout import read_study_layout
+
+        pairs = read_study_layout(args.study, case=args.case)
+        missing = [img.name for img, lab in pairs if lab is None]
+        if missing:
+            raise UsageError(f"{args.study}: no label map for {', '.join(missing)}; every timepoint needs one")
+        return pairs
+    if not args.images or not args.labels:
+        raise UsageError("give -i IMAGE [IMAGE ...] and -l LABELS [LABELS ...] (one per timepoint), or --study FOLDER")
+    if len(args.images) != len(args.labels):
+        raise UsageError(f"{len(args.images)} image(s) but {len(args.labels)} label map(s): give one label map "
+                         "per image, in the same (timepoint) order")
+    pairs = []
+    for img_path, lab_path in zip(args.images, args.labels):
+        image = read_one_volume(Path(img_path))
+        pairs.append((image, read_label_map(lab_path, like=image)))  # GeometryMismatchError -> exit 2
+    return pairs
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    targets = parse_ids(args.targets, "--targets")
+    nodes = parse_ids(args.nodes, "--nodes") or []
+    pairs = _timepoints(args)
+    if args.dates is not None:
+        if len(args.dates) != len(pairs):
+            raise UsageError(f"--dates has {len(args.dates)} value(s) for {len(pairs)} timepoint(s)")
+        for (image, _), d in zip(pairs, args.dates):
+            image.acquisition_date = parse_date(d).isoformat()
+    ids = sorted({i for _, lab in pairs for i in lab.ids})
+    unknown = sorted(set(targets or []) - set(ids)) + sorted(set(nodes) - set(ids))
+    if unknown:
+        raise UsageError(f"lesion id(s) {sorted(set(unknown))} given in --targets/--nodes are in no label map "
+                         f"(ids present: {ids})")
+    rows = []
+    for k, (image, labels) in enumerate(pairs):
+        info(f"measuring {image.name} ({len(labels.ids)} lesion(s))", args)
+        rows.extend(measure_lesions(image, labels, timepoint=k, lesion_ids=ids))
+    recist = None
+    baseline_rows = [r for r in rows if r.timepoint == 0]
+    chosen = targets if targets is not None else select_targets(baseline_rows, nodes=nodes)
+    if not chosen:
+        warn("no measurable target lesion at baseline (long axis >= 10 mm, nodes >= 15 mm short axis): "
+             "no RECIST summary; choose targets with --targets")
+    else:
+        try:
+            recist = recist_from_measurements(rows, chosen, nodes=[n for n in nodes if n in chosen],
+                                              n_timepoints=len(pairs))
+        except ValueError as exc:
+            raise UsageError(f"RECIST: {exc}") from None
+    paths = write_lesion_table(args.output, rows, recist, overwrite=args.overwrite,
+                               metadata={"images": [img.source or img.name for img, _ in pairs]})
+    # A short human summary on stdout; the files hold everything.
+    print(f"{'tp':>2} {'lesion':>6} {'present':>7} {'vol_ml':>9} {'long_mm':>8} {'short_mm':>8} {'mean_HU':>8}")
+    for r in rows:
+        print(f"{r.timepoint:>2} {r.lesion_id:>6} {'yes' if r.present else 'no':>7} {r.volume_ml:>9.3f} "
+              f"{r.long_axis_mm:>8.1f} {r.short_axis_mm:>8.1f} {r.mean_hu:>8.1f}")
+    if recist is not None:
+        print(f"RECIST 1.1, targets {list(recist.targets)}" + (f", nodes {list(recist.nodes)}" if recist.nodes else ""))
+        for t in recist.timepoints:
+            sod = "NE" if t.sum_mm is None else f"{t.sum_mm:.1f} mm"
+            change = "" if t.change_vs_baseline_pct is None else f" ({t.change_vs_baseline_pct:+.1f} % vs baseline)"
+            print(f"  tp {t.timepoint}: sum {sod}{change} -> {t.response}")
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0

@@ -1,0 +1,149 @@
+"""``lesionlocator segment``: one mask per prompt, for one image or a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._cli_common import (
+    ProgressBar,
+    UsageError,
+    case_outputs,
+    checked_prompts,
+    info,
+    make_engine,
+    plan_outputs,
+    read_one_volume,
+    read_prompt_file,
+    strip_channel,
+    warn,
+    warn_if_not_ct,
+    write_case_outputs,
+)
+from .core.errors import InputImageError
+from .io.images import case_name, is_image_path
+
+__all__ = ["run_segment", "pair_cases"]
+
+PROMPT_SUFFIXES = (".json", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Case:
+    name: str
+    image_path: Path
+    prompt_path: Path
+
+
+def _prompt_name(path: Path) -> str:
+    return path.stem if path.suffix.lower() == ".json" else case_name(path)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+    if images:
+        return images
+    return [folder]  # a DICOM folder: one case (read_volume explains what it holds)
+
+
+def pair_cases(images: list[Path], prompts: list[Path]) -> tuple[list[Case], list[Path], list[Path]]:
+    """Pair images and prompt files by case name (``case[_0000].nii.gz`` <-> ``case.json`` or a label map).
+
+    Returns (pairs, images without a prompt, prompts without an image); never pairs by order.
+    """
+    by_name: dict[str, Path] = {}
+    for p in prompts:
+        name = _prompt_name(p)
+        if name not in by_name or p.suffix.lower() == ".json":  # a JSON wins over a label map of the same name
+            by_name[name] = p
+    pairs, lonely_images, used = [], [], set()
+    for img in images:
+        raw = case_name(img) if img.is_file() else img.name
+        for name in (raw, strip_channel(raw)):
+            if name in by_name:
+                pairs.append(Case(strip_channel(raw), img, by_name[name]))
+                used.add(name)
+                break
+        else:
+            lonely_images.append(img)
+    lonely_prompts = [p for name, p in sorted(by_name.items()) if name not in used]
+    return pairs, lonely_images, lonely_prompts
+
+
+def _cases(args: argparse.Namespace) -> list[Case]:
+    src, prm = Path(args.input), Path(args.prompts)
+    if not src.exists():
+        raise InputImageError(f"no such image file or folder: {src}")
+    if not prm.exists():
+        raise UsageError(f"no such prompt file or folder: {prm}")
+    images = [src] if src.is_file() else _folder_images(src)
+    if prm.is_file():
+        if len(images) != 1:
+            raise UsageError(f"-p {prm} is one prompt file but -i {src} holds {len(images)} images; give a folder "
+                             "of prompt files named like the images (case.nii.gz <-> case.json)")
+        name = case_name(images[0]) if images[0].is_file() else images[0].name
+        return [Case(strip_channel(name), images[0], prm)]
+    prompt_files = sorted(p for p in prm.iterdir() if p.is_file() and p.name.lower().endswith(PROMPT_SUFFIXES)
+                          and not p.name.startswith("."))
+    pairs, lonely_images, lonely_prompts = pair_cases(images, prompt_files)
+    problems = []
+    if lonely_images:
+        problems.append("images without a prompt: " + ", ".join(p.name for p in lonely_images))
+    if lonely_prompts:
+        problems.append("prompts without an image: " + ", ".join(p.name for p in lonely_prompts))
+    if problems and not args.skip_unmatched:
+        raise UsageError("cannot pair every image with its prompt by case name (" + "; ".join(problems)
+                         + "). Rename the files, or pass --skip_unmatched to process only the pairs")
+    for line in problems:
+        warn(f"skipping {line}")
+    if not pairs:
+        raise UsageError(f"no image in {src} has a prompt in {prm} (prompts are matched by case name)")
+    return pairs
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    cases = _cases(args)
+    # Phase 1: read prompts, check them and the outputs for every case before any work.
+    jobs = []
+    for case in cases:
+        image = read_one_volume(case.image_path)
+        warn_if_not_ct(image)
+        prompts = checked_prompts(read_prompt_file(case.prompt_path, image, args.prompt_type), image,
+                                  source=case.prompt_path.name)
+        ids = [p.lesion_id for p in prompts]
+        plan = plan_outputs(case_outputs(out, case.name, ids), args, what=f"case {case.name}")
+        if plan.action == "skip":
+            info(f"{case.name}: outputs complete, skipped (--continue_prediction)", args)
+            continue
+        jobs.append((case, prompts, plan, image if len(cases) == 1 else None))
+    if not jobs:
+        info("nothing to do: every case is finished", args)
+        return 0
+    from .api import iter_segment
+
+    engine = make_engine(args)
+    bar = ProgressBar(sum(len(j[1]) for j in jobs), "segment", args)
+    try:
+        for case, prompts, plan, image in jobs:
+            image = image if image is not None else read_one_volume(case.image_path)
+            bar.bar.set_description(case.name)
+            gen = iter_segment(engine, image, prompts, on_progress=bar.note)
+            while True:
+                try:
+                    bar.event(next(gen))
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+            bar.advance(len(prompts))
+            for lid in result.empty_ids:
+                warn(f"{case.name}: lesion {lid}: the mask is empty (written as an empty file)")
+            for msg in result.messages:
+                info(f"{case.name}: {msg}", args)
+            files = write_case_outputs(result.labels, out, case.name, [p.lesion_id for p in prompts],
+                                       overwrite=plan.overwrite)
+            info(f"{case.name}: wrote {len(files)} file(s) to {out}", args)
+    finally:
+        bar.close()
+    return 0

@@ -33,6 +33,9 @@ class Scene:
     vessels: list[tuple[tuple[float, float, float], tuple[float, float, float], float]] = field(default_factory=list)
     vessel_hu: float = 60.0
     noise: float = 20.0
+    body_radius: float | None = None  # air (-1000 HU) outside this radius around the world z axis
+    body_hu: float = 40.0  # tissue between the lung and the air outside
+    lung_radius: float | None = None  # lung inside this radius (with body_radius), tissue outside
 
 
 def world_grid(geometry: Geometry) -> np.ndarray:
@@ -45,10 +48,21 @@ def lesion_mask(world: np.ndarray, lesion: Lesion) -> np.ndarray:
     return (rel**2).sum(-1) <= 1.0
 
 
-def render(scene: Scene, geometry: Geometry, seed: int = 0) -> tuple[Image, LabelMap]:
-    """Image (HU, float32) and ground-truth instance labels (lesion k -> id k+1) on ``geometry``."""
+def render(scene: Scene, geometry: Geometry, seed: int = 0, world_map=None) -> tuple[Image, LabelMap]:
+    """Image (HU, float32) and ground-truth instance labels (lesion k -> id k+1) on ``geometry``.
+
+    ``world_map`` (optional) maps the grid's world points (..., 3) to scene coordinates, e.g. the
+    inverse of a known motion to render a moved follow-up.
+    """
     world = world_grid(geometry)
+    if world_map is not None:
+        world = world_map(world)
     vol = np.full(geometry.shape, scene.lung_hu, dtype=np.float32)
+    r_axial = np.hypot(world[..., 1], world[..., 2])
+    if scene.lung_radius is not None:
+        vol[r_axial > scene.lung_radius] = scene.body_hu
+    if scene.body_radius is not None:
+        vol[r_axial > scene.body_radius] = -1000.0
     if scene.wall_x is not None:
         vol[world[..., 2] >= scene.wall_x] = scene.tissue_hu
     for p0, direction, radius in scene.vessels:

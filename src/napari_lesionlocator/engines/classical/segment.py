@@ -37,7 +37,6 @@ POINT_START_RADIUS_MM = 25.0
 POINT_MAX_RADIUS_MM = 140.0
 BOX_MARGIN_MM = 8.0
 MAX_OPEN_RADIUS_MM = 5.0
-_DEBUG = False
 # Lesions are tissue: a core darker than this is air or aerated lung, not a lesion (HU).
 AIR_LIKE_HU = -600.0
 
@@ -104,8 +103,13 @@ def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> Intens
     The centre is the core's median and its spread a MAD-based sigma (floored at the CT noise
     level). Each end of the interval lies halfway between the centre and the most common tissue
     on that side (e.g. lung or fat below, contrast vessels or bone above), but never closer to the
-    centre than 2.5 sigma; with no such tissue around, 4 sigma.
+    centre than 2.5 sigma; with no such tissue around, 4 sigma. Air-like core voxels (partial
+    volume with lung) are ignored when at least a fifth of the core is tissue.
     """
+    tissue = core[core >= AIR_LIKE_HU]
+    if tissue.size >= max(5, 0.2 * core.size):
+        # A loose box or a click on a small nodule also samples aerated lung: lesions are tissue.
+        core = tissue
     m = float(np.median(core))
     s = max(1.4826 * float(np.median(np.abs(core - m))), NOISE_FLOOR_HU)
     low, high = m - 4.0 * s, m + 4.0 * s
@@ -176,8 +180,6 @@ def _split_by_necks(mask: np.ndarray, spacing, seed, lesion_radius: float) -> np
         peak_region = float(dist[region].max())
         for k in neighbours:
             saddle = float(dist[ring & (basins == k)].max())
-            if _DEBUG:
-                print("basin", k, "saddle", saddle, "peaks", peak_region, float(peaks[k]))
             # A neck thinner than 75 % of the smaller blob is a real constriction: keep it cut.
             # A much bigger structure (chest wall, organ) must join through almost no neck at all.
             ratio = 0.9 if float(peaks[k]) > 2.0 * peak_region else 0.75
@@ -198,6 +200,7 @@ def _segment_in_roi(
     box: tuple[np.ndarray, np.ndarray] | None,
     prior: IntensityModel | None,
     check: CancelCheck,
+    core_box: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, str]:
     """Lesion mask on ``roi``'s working grid, from a seed (working voxel) and an optional box (working bounds)."""
     sp = roi.spacing
@@ -209,8 +212,8 @@ def _segment_in_roi(
         lo, hi = box
         inside_box = np.zeros(shape, dtype=bool)
         inside_box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
-        center = (lo + hi - 1) / 2.0
-        core = ellipsoid_mask(shape, center, (hi - lo) / 4.0) & inside_box
+        clo, chi = core_box if core_box is not None else box
+        core = ellipsoid_mask(shape, (clo + chi - 1) / 2.0, (chi - clo) / 4.0) & inside_box
     else:
         core = ball_mask(shape, seed, 3.0, sp)
     if prior is None:
@@ -307,11 +310,14 @@ def segment_box(
     *,
     prior: IntensityModel | None = None,
     check: CancelCheck = _noop,
+    core: tuple | None = None,
 ) -> LesionMask:
     """Segment the lesion inside a half-open box ``[start, stop)`` (voxel indices z, y, x).
 
     The mask never leaves the box; a margin of ``BOX_MARGIN_MM`` around it samples the
-    surrounding tissue for the intensity model.
+    surrounding tissue for the intensity model. The lesion's intensity is sampled in the
+    central ellipsoid (half the size) of the box, or of ``core`` = (start, stop) when the box is
+    known to be loose (tracking).
     """
     spacing = np.asarray(spacing, dtype=float)
     shape = np.asarray(array.shape)
@@ -321,10 +327,15 @@ def segment_box(
     lo = np.maximum(start - margin, 0)
     hi = np.minimum(stop + margin, shape)
     roi = Roi.extract(array, spacing, lo, hi)
-    wlo = np.clip(np.round(roi.to_work(start - 0.5) + 0.5).astype(int), 0, np.asarray(roi.work.shape) - 1)
-    whi = np.clip(np.round(roi.to_work(stop - 0.5) + 0.5).astype(int), wlo + 1, np.asarray(roi.work.shape))
+    def to_work_bounds(a, b):
+        wa = np.clip(np.round(roi.to_work(np.asarray(a) - 0.5) + 0.5).astype(int), 0, np.asarray(roi.work.shape) - 1)
+        wb = np.clip(np.round(roi.to_work(np.asarray(b) - 0.5) + 0.5).astype(int), wa + 1, np.asarray(roi.work.shape))
+        return wa, wb
+
+    wlo, whi = to_work_bounds(start, stop)
+    core_w = to_work_bounds(*core) if core is not None else None
     center = roi.to_work_voxel((start + stop - 1) / 2.0)
-    work_mask, message = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check)
+    work_mask, message = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
     mask = roi.mask_to_crop(work_mask)
     # The box is a hard limit (resampling can blur a voxel across it).
     rel_lo, rel_hi = start - lo, stop - lo

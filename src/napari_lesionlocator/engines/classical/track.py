@@ -1,0 +1,257 @@
+"""Longitudinal tracking: map each baseline lesion into a follow-up scan and re-segment it there.
+
+Per image pair, once: a global rigid+affine registration on ~4 mm copies of both scans.
+Per lesion:
+
+1. local rigid+affine refinement on a region (>= 70 mm) around the lesion;
+2. the baseline mask is resampled onto a small follow-up sub-grid (the *mapped mask*);
+3. the lesion is re-segmented in the follow-up with a box around the mapped mask, grown by a
+   margin so that growth is allowed;
+4. the re-segmentation is accepted only when plausible (near the mapped mask, sane volume ratio,
+   lesion-like intensity); otherwise the mapped mask intersected with lesion-like tissue is
+   used; when the region holds no lesion-like tissue any more the lesion is reported lost with
+   an empty mask (never a false mask).
+
+Follow-ups may differ from the baseline in size, spacing, field of view, origin and direction:
+everything goes through physical (world) coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ...core.errors import InputImageError
+from ...core.geometry import Geometry
+from ...core.image import Image, LabelMap
+from ...core.progress import CancelToken, ProgressCallback, report
+from ..base import TrackingResult
+from . import register as reg
+from .segment import IntensityModel, _smooth, lesion_intensity_model, segment_box
+
+__all__ = ["track_lesions", "map_mask"]
+
+LOCAL_HALF_SIZE_MM = 35.0
+SHELL_MM = (2.0, 8.0)
+
+
+def _xyz(zyx: np.ndarray) -> np.ndarray:
+    return np.asarray(zyx, dtype=float)[..., ::-1]
+
+
+def _zyx(xyz: np.ndarray) -> np.ndarray:
+    return np.asarray(xyz, dtype=float)[..., ::-1]
+
+
+def _index_box_of_world_box(geo_from: Geometry, start, stop, m: np.ndarray, geo_to: Geometry, pad_mm: float):
+    """Bounds (half-open, clipped) on ``geo_to`` of box [start, stop) of ``geo_from`` mapped by ``m`` (xyz), + pad."""
+    lo, hi = np.asarray(start) - 0.5, np.asarray(stop) - 0.5
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    world = _zyx(reg.apply(m, _xyz(geo_from.index_to_world(corners))))
+    idx = geo_to.world_to_index(world)
+    pad = pad_mm / np.asarray(geo_to.spacing)
+    a = np.clip(np.floor(idx.min(axis=0) - pad).astype(int), 0, geo_to.shape)
+    b = np.clip(np.ceil(idx.max(axis=0) + pad).astype(int) + 1, 0, geo_to.shape)
+    return a, b
+
+
+def _crop(array: np.ndarray, start, stop) -> np.ndarray:
+    return array[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+
+
+def map_mask(mask_crop: np.ndarray, mask_geo: Geometry, m: np.ndarray, target_geo: Geometry) -> np.ndarray:
+    """Resample a bool mask (on ``mask_geo``) onto ``target_geo`` through ``m`` (baseline -> target world, xyz)."""
+    sitk = reg._sitk()
+    src = reg.to_sitk(mask_crop.astype(np.float32), mask_geo)
+    ref = reg.to_sitk(np.zeros(target_geo.shape, np.float32), target_geo)
+    out = sitk.Resample(src, ref, reg.sitk_affine(reg.invert(m)), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out) >= 0.5
+
+
+def _shell(mask: np.ndarray, spacing) -> np.ndarray:
+    d = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    return (d > SHELL_MM[0]) & (d <= SHELL_MM[1])
+
+
+def _contrast(values_in: np.ndarray, values_around: np.ndarray) -> float:
+    if values_in.size == 0 or values_around.size == 0:
+        return 0.0
+    return float(np.median(values_in) - np.median(values_around))
+
+
+def _lesion_model(base: Image, mask: np.ndarray, start, stop) -> tuple[IntensityModel, float]:
+    """Intensity model of a baseline lesion (on a crop) and its contrast to a shell around it (HU)."""
+    spacing = np.asarray(base.geometry.spacing)
+    img = _smooth(_crop(base.array, start, stop).astype(np.float32), spacing)
+    model = lesion_intensity_model(img[mask], img.reshape(-1))
+    return model, _contrast(img[mask], img[_shell(mask, spacing)])
+
+
+def _track_one(
+    base: Image,
+    base_labels: np.ndarray,
+    lid: int,
+    sl: tuple[slice, ...],
+    follow: Image,
+    m_global: np.ndarray,
+    check,
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(mask crop, crop start) in the follow-up, or (None, None, reason) when lost."""
+    bgeo, fgeo = base.geometry, follow.geometry
+    bsp = np.asarray(bgeo.spacing)
+    lstart = np.array([s.start for s in sl])
+    lstop = np.array([s.stop for s in sl])
+    lesion_idx = np.argwhere(base_labels[sl] == lid) + lstart
+    center_xyz = _xyz(bgeo.index_to_world(lesion_idx.mean(axis=0)))
+    extent_mm = (lstop - lstart) * bsp
+
+    # 1. local refinement around the lesion
+    half = np.maximum(LOCAL_HALF_SIZE_MM, extent_mm / 2 + 20.0)
+    c_idx = lesion_idx.mean(axis=0)
+    fa = np.clip(np.floor(c_idx - half / bsp).astype(int), 0, bgeo.shape)
+    fb = np.clip(np.ceil(c_idx + half / bsp).astype(int) + 1, 0, bgeo.shape)
+    ma, mb = _index_box_of_world_box(bgeo, fa, fb, m_global, fgeo, pad_mm=20.0)
+    if np.any(mb - ma < 1):
+        return None, None, "maps outside the follow-up's field of view"
+    ba, bb = _index_box_of_world_box(bgeo, lstart, lstop, m_global, fgeo, pad_mm=0.0)
+    if np.any(bb - ba < 1):
+        return None, None, "maps outside the follow-up's field of view"
+    m = m_global
+    if np.all(mb - ma >= 8) and np.all(fb - fa >= 8):
+        fixed = reg.to_sitk(np.clip(_crop(base.array, fa, fb), *reg.CLAMP_HU), bgeo.crop(fa, fb))
+        moving = reg.to_sitk(np.clip(_crop(follow.array, ma, mb), *reg.CLAMP_HU), fgeo.crop(ma, mb))
+        m_local = reg.local_affine(fixed, moving, m_global, center_xyz, check)
+        # A local fit that moves the lesion far from the global estimate has locked onto something else.
+        if np.linalg.norm(reg.apply(m_local, center_xyz) - reg.apply(m_global, center_xyz)) <= 25.0:
+            m = m_local
+    check()
+
+    # 2. mapped mask on a follow-up sub-grid around the lesion
+    pad = 2.0 * float(np.max(fgeo.spacing))
+    sa, sb = _index_box_of_world_box(bgeo, lstart, lstop, m, fgeo, pad_mm=pad)
+    if np.any(sb - sa < 1):
+        return None, None, "maps outside the follow-up's field of view"
+    pa, pb = np.maximum(lstart - 1, 0), np.minimum(lstop + 1, bgeo.shape)
+    mapped = map_mask(_crop(base_labels, pa, pb) == lid, bgeo.crop(pa, pb), m, fgeo.crop(sa, sb))
+    if not mapped.any():  # sub-voxel lesion after resampling: keep the mapped centroid voxel
+        cz = np.round(fgeo.world_to_index(_zyx(reg.apply(m, center_xyz)))).astype(int) - sa
+        if np.any(cz < 0) or np.any(cz >= np.asarray(mapped.shape)):
+            return None, None, "maps outside the follow-up's field of view"
+        mapped[tuple(cz)] = True
+    check()
+
+    # 3. baseline lesion's intensity model and contrast; follow-up region's statistics
+    model, base_contrast = _lesion_model(base, base_labels[pa[0] : pb[0], pa[1] : pb[1], pa[2] : pb[2]] == lid, pa, pb)
+    fsp = np.asarray(fgeo.spacing)
+    margin = np.ceil(np.maximum(10.0, 0.5 * extent_mm.max()) / fsp).astype(int)
+    ra, rb = np.maximum(sa - margin, 0), np.minimum(sb + margin, fgeo.shape)
+    fimg = _smooth(_crop(follow.array, ra, rb).astype(np.float32), fsp)
+    mapped_r = np.zeros(fimg.shape, dtype=bool)
+    mapped_r[tuple(slice(a - r, b - r) for a, b, r in zip(sa, sb, ra, strict=True))] = mapped
+    around = fimg[_shell(mapped_r, fsp)]
+    n_mapped = int(mapped_r.sum())
+    mapped_c = np.argwhere(mapped_r).mean(axis=0)
+    eq_radius = (3 * n_mapped * np.prod(fsp) / (4 * np.pi)) ** (1 / 3)
+
+    def lesion_like(mask: np.ndarray) -> bool:
+        vals = fimg[mask]
+        med = float(np.median(vals))
+        if not model.low <= med <= model.high:
+            return False
+        if abs(base_contrast) < 30.0:
+            return True  # no usable contrast at baseline: intensity is all we can check
+        c = _contrast(vals, around)
+        return c * np.sign(base_contrast) >= 0.3 * abs(base_contrast)
+
+    # 4. re-segmentation with a grown box around the mapped mask
+    grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
+    box_a = np.maximum(sa - grow, 0)
+    box_b = np.minimum(sb + grow, fgeo.shape)
+    cand = segment_box(follow.array, fsp, box_a, box_b, check=check, core=(sa, sb))
+    if not cand.empty:
+        a_r = np.zeros(fimg.shape, dtype=bool)
+        # cand's crop is [cand.start, cand.stop); place it into the [ra, rb) frame.
+        lo = np.maximum(cand.start, ra)
+        hi = np.minimum(cand.stop, rb)
+        a_r[tuple(slice(a - r, b - r) for a, b, r in zip(lo, hi, ra, strict=True))] = cand.mask[
+            tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, cand.start, strict=True))
+        ]
+        n_a = int(a_r.sum())
+        dist_mm = float(np.linalg.norm((np.argwhere(a_r).mean(axis=0) - mapped_c) * fsp)) if n_a else np.inf
+        plausible = (
+            n_a > 0
+            and 0.1 <= n_a / n_mapped <= 6.0
+            and dist_mm <= max(10.0, eq_radius)
+            and bool((a_r & mapped_r).any())
+            and lesion_like(a_r)
+        )
+        if plausible:
+            return a_r, ra, ""
+
+    # 5. fallback: the mapped mask restricted to lesion-like tissue
+    tissue = mapped_r & (fimg >= model.low) & (fimg <= model.high)
+    lab, n = ndimage.label(tissue)
+    if n:
+        sizes = ndimage.sum(tissue, lab, index=np.arange(1, n + 1))
+        tissue = lab == (int(np.argmax(sizes)) + 1)
+        if tissue.sum() >= max(1, 0.1 * n_mapped) and lesion_like(tissue):
+            tissue = ndimage.binary_fill_holes(tissue)
+            return tissue, ra, "re-segmentation implausible; used the registered mask on lesion-like tissue"
+    return None, None, "no lesion-like tissue left where the lesion maps to"
+
+
+def track_lesions(
+    baseline: Image,
+    baseline_labels: LabelMap,
+    followup: Image,
+    *,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrackingResult:
+    """Every lesion of ``baseline_labels`` on ``followup``'s grid with the same ids (see module doc)."""
+    diffs = baseline.geometry.grid_differences(baseline_labels.geometry)
+    if diffs:
+        raise InputImageError(
+            "the baseline label map is not on the baseline image's grid (" + "; ".join(diffs) + "); "
+            "resample it onto the baseline image first"
+        )
+
+    def check() -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+
+    labels_arr = baseline_labels.array
+    dtype = labels_arr.dtype if np.issubdtype(labels_arr.dtype, np.unsignedinteger) else np.uint32
+    out = LabelMap.empty(followup.geometry, f"{followup.name}_lesions", dtype=dtype)
+    result = TrackingResult(out)
+    ids = baseline_labels.ids
+    if not ids:
+        result.messages.append("the baseline label map holds no lesion: nothing to track")
+        return result
+    total = len(ids) + 1
+    check()
+    report(on_progress, 0, total, "registering the follow-up to the baseline (global)")
+    fixed = reg.downsampled(baseline.array, baseline.geometry)
+    moving = reg.downsampled(followup.array, followup.geometry)
+    m_global = reg.global_affine(fixed, moving, check)
+    del fixed, moving
+    slices = ndimage.find_objects(labels_arr) if max(ids) < 2**20 else None
+    for k, lid in enumerate(ids):
+        check()
+        report(on_progress, k + 1, total, f"tracking lesion {lid}")
+        if slices is not None and lid <= len(slices) and slices[lid - 1] is not None:
+            sl = slices[lid - 1]
+        else:
+            idx = np.argwhere(labels_arr == lid)
+            sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True))
+        mask, start, why = _track_one(baseline, labels_arr, lid, sl, followup, m_global, check)
+        if mask is None:
+            result.lost_ids.append(lid)
+            result.messages.append(f"lesion {lid}: lost ({why})")
+            continue
+        region = out.array[tuple(slice(int(a), int(a) + n) for a, n in zip(start, mask.shape, strict=True))]
+        region[mask] = lid
+        if why:
+            result.messages.append(f"lesion {lid}: {why}")
+    report(on_progress, total, total, "tracking done")
+    return result

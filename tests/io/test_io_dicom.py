@@ -162,3 +162,18 @@ def test_date_fallback_and_not_dicom(tmp_path) -> None:
         read_volumes(empty)
     with pytest.raises(OutputExistsError):
         write_dicom_series(_image(ROT, 8), tmp_path / "d")
+
+
+def test_nested_patient_study_series_folders(tmp_path, two_series) -> None:
+    folder, ct, _mr = two_series
+    nested = tmp_path / "export" / "PAT1" / "STUDY1"
+    nested.mkdir(parents=True)
+    folder.rename(nested / "SER")
+    write_dicom_series(_image(FLIPPED, 9), tmp_path / "export" / "PAT1" / "STUDY2" / "SER", series_number=1)
+    images = read_volumes(tmp_path / "export")
+    assert [im.metadata["series_number"] for im in images] == ["3", "7", "1"]
+    np.testing.assert_array_equal(images[0].array, ct.array)
+    layout = tmp_path / "layout"
+    (layout / "Baseline" / "images").mkdir(parents=True)
+    with pytest.raises(InputImageError, match="read_study_layout"):
+        read_volumes(layout)

@@ -41,7 +41,9 @@ def read_volumes(path: str | os.PathLike) -> list[Image]:
     * an image file (NIfTI, NRRD, MHA/MHD) -> ``[image]``;
     * a DICOM file -> the series it belongs to;
     * a DICOM folder -> one image per usable series (see :func:`~.dicom.read_dicom_folder`);
-    * a folder of image files -> each file, sorted by name (hidden files skipped).
+    * a folder of image files -> each file, sorted by name (hidden files skipped);
+    * a folder without either -> every DICOM series in its sub-folders (patient/study/series
+      exports), up to 4 levels down.
 
     Raises
     ------
@@ -63,7 +65,30 @@ def read_volumes(path: str | os.PathLike) -> list[Image]:
         return [read_image(p) for p in files]
     if kind == "dicom":
         return read_dicom_folder(path)
+    if (path / "Baseline").is_dir():
+        raise InputImageError(
+            f"{path} looks like a study layout (Baseline/, Synthetic_Follow_Up/): open it with read_study_layout"
+        )
+    # Exports often nest DICOM as patient/study/series folders: read every series folder below.
+    nested = _dicom_subfolders(path)
+    if nested:
+        return [img for sub in nested for img in read_dicom_folder(sub)]
     raise InputImageError(f"{path} holds neither image files (.nii.gz, .nrrd, .mha, ...) nor DICOM files")
+
+
+def _dicom_subfolders(root: Path, max_depth: int = 4, max_folders: int = 500) -> list[Path]:
+    """Sub-folders (sorted, up to ``max_depth`` levels down) that directly hold DICOM files."""
+    found: list[Path] = []
+    for seen, (dirpath, dirnames, _files) in enumerate(os.walk(root)):
+        if seen >= max_folders:
+            break
+        depth = len(Path(dirpath).relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if depth >= max_depth:
+            dirnames[:] = []
+        if depth and _folder_kind(Path(dirpath)) == "dicom":
+            found.append(Path(dirpath))
+    return sorted(found)
 
 
 def read_volume(path: str | os.PathLike, *, series: int | str | None = None) -> Image:

@@ -1,0 +1,51 @@
+"""Shared pieces for the LesionLocator segmentation tests (no conftest: imported explicitly).
+
+Checkpoints are generated once per test session into a temporary folder with the tiny plans
+(4-stage ResidualEncoderUNet, 32x48x48 patch) and loaded through the same code path as the
+downloaded weights.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from napari_lesionlocator.engines.lesionlocator.generate import generate_checkpoint
+
+PATCH = (32, 48, 48)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_checkpoint(folds: tuple[int, ...] = (0, 1), mirror: tuple[int, ...] | None = (0, 1, 2)) -> Path:
+    """A tiny Seg-only checkpoint (both segmentation parts), generated once per session."""
+    tmp = Path(tempfile.mkdtemp(prefix="ll_ckpt_"))
+    atexit.register(shutil.rmtree, tmp, True)
+    return generate_checkpoint(tmp, tiny=True, seed=0, folds=folds, parts=("bbox", "point"), mirror_axes=mirror)
+
+
+def copy_checkpoint(tmp_path: Path, **kwargs) -> Path:
+    """A private copy of the tiny checkpoint that a test may damage."""
+    dst = tmp_path / "LesionLocatorCheckpoint"
+    shutil.copytree(tiny_checkpoint(**kwargs), dst)
+    return dst
+
+
+def ct_volume(shape, seed: int = 0, border: int = 0) -> np.ndarray:
+    """A CT-like float32 volume (HU): smooth blobs plus noise; ``border`` voxels of exact zeros around it
+    (exercises the crop to the non-zero box)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    vol = ndimage.gaussian_filter(rng.normal(0, 1, shape), 2.0) * 3000 + rng.normal(0, 20, shape)
+    vol = vol.astype(np.float32)
+    vol[vol == 0] = 1.0
+    if border:
+        vol[:border] = 0
+        vol[:, :border] = 0
+        vol[:, :, -border:] = 0
+    return vol

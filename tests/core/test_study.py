@@ -41,6 +41,12 @@ def test_timepoint_date_defaults_and_normalises() -> None:
     assert _tp("a", "20230105", image_date="2023-01-02").acquisition_date == "2023-01-05"
     with pytest.raises(StudyError):
         _tp("a", "not a date")
+    tp = _tp("a", "2023-01-01")
+    tp.set_date("20240101")
+    assert tp.acquisition_date == "2024-01-01" and tp.date == dt.date(2024, 1, 1)
+    with pytest.raises(StudyError):
+        tp.set_date("1st of May")
+    assert tp.acquisition_date == "2024-01-01"
 
 
 def test_timepoint_labels_must_share_the_grid() -> None:

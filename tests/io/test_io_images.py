@@ -156,6 +156,10 @@ def test_bad_inputs_give_clear_errors(tmp_path) -> None:
         read_image(tmp_path / "missing.nii.gz")
     with pytest.raises(InputImageError, match="folder"):
         read_image(tmp_path)
+    # a plain (not gzipped) NIfTI named .nii.gz still reads
+    _write_sitk(sitk.GetImageFromArray(arr + 3), tmp_path / "plain.nii")
+    (tmp_path / "plain.nii").rename(tmp_path / "plain.nii.gz")
+    assert read_image(tmp_path / "plain.nii.gz").array.max() == 3
     # a 4D file holding a single volume is fine
     _write_sitk(sitk.JoinSeries([vol]), tmp_path / "single4d.nii.gz")
     assert read_image(tmp_path / "single4d.nii.gz").shape == (6, 7, 8)

@@ -93,6 +93,10 @@ class LabelMap:
         except where the new mask overlaps them (the newest result wins)."""
         if mask.shape != self.array.shape:
             raise ValueError(f"mask shape {mask.shape} != label shape {self.array.shape}")
+        if isinstance(lesion_id, bool) or int(lesion_id) != lesion_id or lesion_id < 1:
+            # 0 would silently erase the mask's voxels from every other lesion.
+            raise ValueError(f"lesion ids are positive integers, got {lesion_id!r}")
+        lesion_id = int(lesion_id)
         if lesion_id > np.iinfo(self.array.dtype).max:
             self.array = self.array.astype(np.uint32)
         self.array[self.array == lesion_id] = 0

@@ -124,6 +124,14 @@ class Timepoint:
         """Ids with at least one voxel in the label map (empty when there is none), ascending."""
         return self.labels.ids if self.labels is not None else []
 
+    def set_date(self, value: str | _dt.date | None) -> None:
+        """Set (or clear, with ``None``) the acquisition date; StudyError when it cannot be parsed.
+
+        The study keeps its order; call :meth:`Study.sort_by_date` to re-sort.
+        """
+        date = parse_date(value)
+        self.acquisition_date = date.isoformat() if date else None
+
     def set_labels(self, labels: LabelMap | None) -> None:
         """Attach (or drop, with ``None``) the label map after checking its grid."""
         if labels is not None:

@@ -74,6 +74,9 @@ def _check_gzip_complete(path: Path) -> None:
     """
     import zlib
 
+    with path.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return  # named .gz but stored plain (some tools do this); the image reader copes
     decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         with path.open("rb") as fh:

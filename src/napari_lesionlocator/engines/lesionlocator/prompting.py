@@ -95,8 +95,9 @@ def map_point(prompt: PointPrompt, pre: Preprocessed) -> PromptPP:
     prompt.validate(pre.shape_before_cropping)
     old = np.asarray(pre.shape_after_cropping, dtype=np.int64)
     p = np.clip(np.asarray(prompt.zyx, dtype=np.int64) - pre.crop_offset, 0, old - 1)
+    # No clip after rounding (as the official tool): (shape - 1) * scale can round up to the new
+    # shape; the ball is then clipped at the border when painted.
     q = np.round(p * _scale(pre)).astype(np.int64)
-    q = np.clip(q, 0, np.asarray(pre.new_shape) - 1)
     return PromptPP(prompt.lesion_id, "point", tuple(int(v) for v in q), tuple(int(v) + 1 for v in q))
 
 
@@ -141,10 +142,16 @@ def prompt_extent(p: PromptPP, shape) -> tuple[np.ndarray, np.ndarray]:
     shape = np.asarray(shape)
     if p.kind == "box":
         return np.asarray(p.lo), np.asarray(p.hi)
-    ball = point_ball()
-    r = ball.shape[0] // 2
+    # Paint the ball into its own clipped box and take the non-zero bounds: exact at borders.
+    r = point_ball().shape[0] // 2
     c = np.asarray(p.point)
-    return np.clip(c - r, 0, shape), np.clip(c + r + 1, 0, shape)
+    lo, hi = np.clip(c - r, 0, shape), np.clip(c + r + 1, 0, shape)
+    if np.any(hi <= lo):
+        raise PromptError(f"lesion {p.lesion_id}: the point prompt lies outside the preprocessed volume")
+    small = np.zeros(tuple(int(v) for v in hi - lo), dtype=bool)
+    paint_prompt(p, small, lo, True)
+    nz = np.argwhere(small)
+    return lo + nz.min(axis=0), lo + nz.max(axis=0) + 1
 
 
 def paint_prompt(p: PromptPP, out: np.ndarray, origin, value: float = 1.0) -> None:

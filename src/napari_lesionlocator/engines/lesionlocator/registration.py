@@ -203,13 +203,20 @@ class FieldCache:
     """A-to-B fields keyed by (image pair, flip, fold); counts how many were computed.
 
     The field depends on the two images, the mirroring and the fold's weights, never on the
-    lesion, so every lesion of a pair reuses it. ``max_entries`` bounds memory (a 175^3 field is
-    64 MB in float32); the oldest entries are dropped first.
+    lesion: within one tracking call every lesion reuses the field of the current (flip, fold),
+    and a cache kept across calls (the engine keeps one per session) serves a re-run on the
+    same pair. Keys hold the image objects themselves (identity-hashed), so a key can never
+    match another pair. ``max_bytes`` bounds memory (a 175^3 field is 64 MB in float32); the
+    oldest entries are dropped first.
     """
 
-    max_entries: int = 64
+    max_bytes: int = 1 << 30
     computed: int = 0
     _fields: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.element_size() * v.nelement() for v in self._fields.values())
 
     def get(self, key: Hashable, compute):
         """Return the cached field for ``key``, computing it with ``compute()`` on a miss."""
@@ -217,9 +224,11 @@ class FieldCache:
             return self._fields[key]
         value = compute()
         self.computed += 1
-        if len(self._fields) >= self.max_entries:
+        size = value.element_size() * value.nelement()
+        while self._fields and self.nbytes + size > self.max_bytes:
             self._fields.pop(next(iter(self._fields)))
-        self._fields[key] = value
+        if size <= self.max_bytes:
+            self._fields[key] = value
         return value
 
     def clear(self) -> None:

@@ -177,3 +177,20 @@ def test_nested_patient_study_series_folders(tmp_path, two_series) -> None:
     (layout / "Baseline" / "images").mkdir(parents=True)
     with pytest.raises(InputImageError, match="read_study_layout"):
         read_volumes(layout)
+
+
+def test_stored_values_are_rescaled_to_hu(tmp_path) -> None:
+    """Scanners often store unsigned values with RescaleIntercept -1024: the reader must give HU."""
+    img = _image(ROT, 10)
+    paths = write_dicom_series(img, tmp_path / "u")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        stored = (ds.pixel_array.astype(np.int32) + 1024).astype(np.uint16)
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = stored.tobytes()
+        ds.save_as(p)
+    (out,) = read_dicom_folder(tmp_path / "u")
+    np.testing.assert_array_equal(out.array, img.array)
+    assert check_ct(out) is None

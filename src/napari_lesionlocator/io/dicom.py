@@ -217,6 +217,12 @@ def read_dicom_series(info: DicomSeriesInfo, *, name: str | None = None) -> Imag
     """
     sitk = _sitk()
     if len(info.files) < 2:
+        frames = _header_getter(info.files[0])("0028|0008").strip()
+        if frames and frames.isdigit() and int(frames) > 1:
+            raise InputImageError(
+                f"{info.describe()}: one multi-frame (enhanced) file with {frames} frames; this reader needs "
+                "one file per slice (convert it, e.g. with dcm2niix, or export classic DICOM)"
+            )
         raise InputImageError(f"{info.describe()}: a single slice (e.g. a scout/localizer), not a 3D volume")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))

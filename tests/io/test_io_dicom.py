@@ -170,8 +170,10 @@ def test_nested_patient_study_series_folders(tmp_path, two_series) -> None:
     nested.mkdir(parents=True)
     folder.rename(nested / "SER")
     write_dicom_series(_image(FLIPPED, 9), tmp_path / "export" / "PAT1" / "STUDY2" / "SER", series_number=1)
+    write_dicom_series(_image(FLIPPED, 9), tmp_path / "export" / "PAT1" / "STUDY3" / "SER", series_number=1)
     images = read_volumes(tmp_path / "export")
-    assert [im.metadata["series_number"] for im in images] == ["3", "7", "1"]
+    assert [im.metadata["series_number"] for im in images] == ["3", "7", "1", "1"]
+    assert [im.name for im in images][2:] == ["SER_s1", "SER_s1_2"]
     np.testing.assert_array_equal(images[0].array, ct.array)
     layout = tmp_path / "layout"
     (layout / "Baseline" / "images").mkdir(parents=True)

@@ -251,6 +251,8 @@ def test_read_volume_picks_one(tmp_path) -> None:
     with pytest.raises(InputImageError, match="no volume 'c'"):
         read_volume(tmp_path, series="c")
     assert read_volume(tmp_path / "a.nii.gz").name == "a"
+    write_image(_ct(seed=3), tmp_path / "a.mha")  # same stem as a.nii.gz: names are made unique
+    assert [i.name for i in read_volumes(tmp_path)] == ["a", "a_2", "b"]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputImageError, match="neither image files"):

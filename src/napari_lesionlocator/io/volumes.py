@@ -62,7 +62,7 @@ def read_volumes(path: str | os.PathLike) -> list[Image]:
     kind = _folder_kind(path)
     if kind == "images":
         files = sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith("."))
-        return [read_image(p) for p in files]
+        return _unique_names([read_image(p) for p in files])
     if kind == "dicom":
         return read_dicom_folder(path)
     if (path / "Baseline").is_dir():
@@ -72,8 +72,21 @@ def read_volumes(path: str | os.PathLike) -> list[Image]:
     # Exports often nest DICOM as patient/study/series folders: read every series folder below.
     nested = _dicom_subfolders(path)
     if nested:
-        return [img for sub in nested for img in read_dicom_folder(sub)]
+        return _unique_names([img for sub in nested for img in read_dicom_folder(sub)])
     raise InputImageError(f"{path} holds neither image files (.nii.gz, .nrrd, .mha, ...) nor DICOM files")
+
+
+def _unique_names(images: list[Image]) -> list[Image]:
+    """Suffix repeated names (``a``, ``a_2``, ...) so the volumes can share a study or a viewer."""
+    taken: set[str] = set()
+    for img in images:
+        name, k = img.name, 1
+        while name in taken:
+            k += 1
+            name = f"{img.name}_{k}"
+        img.name = name
+        taken.add(name)
+    return images
 
 
 def _dicom_subfolders(root: Path, max_depth: int = 4, max_folders: int = 500) -> list[Path]:

@@ -1,0 +1,342 @@
+"""`lesionlocator segment` end to end (classical engine) + exit codes, help and engine selection."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from napari_lesionlocator.cli import build_parser, main
+from napari_lesionlocator.core.geometry import Geometry
+from napari_lesionlocator.core.image import Image, LabelMap
+from napari_lesionlocator.core.prompts import prompts_from_label_map, write_prompt_json
+from napari_lesionlocator.engines import base as engine_base
+from napari_lesionlocator.io.images import read_label_map, write_image, write_label_map
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_checkpoint(monkeypatch, tmp_path_factory):
+    """Isolate from the developer's environment: no checkpoint configured anywhere."""
+    from napari_lesionlocator.engines.lesionlocator import config
+
+    monkeypatch.delenv("LESIONLOCATOR_CHECKPOINT", raising=False)
+    cfg = tmp_path_factory.mktemp("cfg") / "config.json"
+    monkeypatch.setattr(config, "config_file", lambda: cfg)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The small synthetic study written as files: images/, gt/ (instance maps), prompts/.
+
+    Inputs are uncompressed .nii (writing .nii.gz costs seconds here); outputs are always .nii.gz.
+    """
+    from napari_lesionlocator.sample.synthetic import make_synthetic_study
+
+    s = make_synthetic_study(seed=0, size="small")
+    root = tmp_path_factory.mktemp("study")
+    (root / "images").mkdir()
+    (root / "gt").mkdir()
+    paths = {}
+    for k, (img, lab) in enumerate(zip(s.images, s.labels)):
+        paths[f"img{k}"] = write_image(img, root / "images" / f"case0_tp{k}.nii")
+        paths[f"gt{k}"] = write_label_map(lab, root / "gt" / f"case0_tp{k}.nii")
+    points = [p for p in prompts_from_label_map(s.labels[0].array, "point") if p.lesion_id in (1, 5)]
+    paths["points"] = write_prompt_json(points, root / "prompts" / "case0_tp0.json")
+    return types.SimpleNamespace(root=root, paths=paths, study=s)
+
+
+def _tiny_ct(direction=None, modality="CT", offset=0.0) -> Image:
+    """24 x 48 x 48 soft tissue (40 HU) in air with a 130 HU sphere, on an oblique, anisotropic grid."""
+    rng = np.random.default_rng(1)
+    geom = Geometry((24, 48, 48), spacing=(2.0, 0.9, 0.8), origin=(-30.0, 12.5, -7.25),
+                    direction=direction or (1.0, 0, 0, 0, 0.96, -0.28, 0, 0.28, 0.96))
+    zz, yy, xx = np.indices(geom.shape)
+    arr = np.full(geom.shape, -1000.0, np.float32)
+    arr[:, 4:44, 4:44] = 40.0
+    arr[(zz - 12) ** 2 * 4 + (yy - 24) ** 2 * 0.81 + (xx - 24) ** 2 * 0.64 <= 64] = 130.0
+    arr += rng.normal(0, 5, geom.shape).astype(np.float32) + offset
+    return Image(np.round(arr), geom, name="tiny", modality=modality)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_same_geometry(path_a, path_b):
+    a, b = sitk.ReadImage(str(path_a)), sitk.ReadImage(str(path_b))
+    assert a.GetSize() == b.GetSize()
+    assert np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    assert np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-5)
+    assert np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------- segment
+def test_segment_points_end_to_end(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "segment", "-i", study.paths["img0"], "-p", study.paths["points"], "-t", "point",
+                        "-o", out)
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["case0_tp0_lesion_1.nii.gz", "case0_tp0_lesion_5.nii.gz", "case0_tp0_lesions.nii.gz"]
+    gt = study.study.labels[0].array
+    inst = read_label_map(out / "case0_tp0_lesions.nii.gz")
+    assert inst.ids == [1, 5]
+    for lid in (1, 5):
+        f = out / f"case0_tp0_lesion_{lid}.nii.gz"
+        _assert_same_geometry(f, study.paths["img0"])
+        img = sitk.ReadImage(str(f))
+        assert img.GetPixelID() == sitk.sitkUInt8
+        arr = sitk.GetArrayFromImage(img)
+        assert set(np.unique(arr)) <= {0, 1}
+        assert np.array_equal(arr == 1, inst.array == lid)
+        assert _dice(arr == 1, gt == lid) > 0.7  # a sanity check of the pipeline; engine quality is tested elsewhere
+    _assert_same_geometry(out / "case0_tp0_lesions.nii.gz", study.paths["img0"])
+    assert "engine: classical" in err
+
+
+def test_segment_boxes_from_a_label_map(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "segment", "-i", study.paths["img0"], "-p", study.paths["gt0"], "-t", "box",
+                        "-o", out, "-q")
+    assert code == 0, err
+    gt = study.study.labels[0]
+    inst = read_label_map(out / "case0_tp0_lesions.nii.gz")
+    for lid in gt.ids:
+        assert (out / f"case0_tp0_lesion_{lid}.nii.gz").exists()
+    assert _dice(inst.array == 1, gt.array == 1) > 0.7
+    assert _dice(inst.array == 5, gt.array == 5) > 0.7
+    _assert_same_geometry(out / "case0_tp0_lesions.nii.gz", study.paths["img0"])
+
+
+def test_output_geometry_of_an_oblique_grid(tmp_path, capsys):
+    img = _tiny_ct()
+    src = write_image(img, tmp_path / "obl.nii.gz")
+    write_prompt_json(prompts_from_label_map((img.array > 100).astype(np.uint8), "box"), tmp_path / "obl.json")
+    code, _, err = _run(capsys, "segment", "-i", src, "-p", tmp_path / "obl.json", "-t", "box", "-o", tmp_path / "o")
+    assert code == 0, err
+    _assert_same_geometry(tmp_path / "o" / "obl_lesion_1.nii.gz", src)
+    _assert_same_geometry(tmp_path / "o" / "obl_lesions.nii.gz", src)
+    assert read_label_map(tmp_path / "o" / "obl_lesions.nii.gz").array.sum() > 50
+
+
+def test_folder_mode_pairs_by_name_and_reports_mismatches(tmp_path, capsys):
+    img = _tiny_ct()
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "prm").mkdir()
+    for name in ("a_0000", "b", "c"):
+        write_image(img, tmp_path / "imgs" / f"{name}.nii.gz")
+    point = {"1": {"point": [12, 24, 24]}}
+    for name in ("a", "b", "ghost"):  # a <-> a_0000 (nnU-Net channel suffix); c has no prompt; ghost no image
+        (tmp_path / "prm" / f"{name}.json").write_text(json.dumps(point))
+    args = ["segment", "-i", tmp_path / "imgs", "-p", tmp_path / "prm", "-t", "point", "-o", tmp_path / "o"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    assert "images without a prompt: c.nii.gz" in err and "prompts without an image: ghost.json" in err
+    assert not (tmp_path / "o").exists()
+    code, _, err = _run(capsys, *args, "--skip_unmatched", "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "a_lesion_1.nii.gz", "a_lesions.nii.gz", "b_lesion_1.nii.gz", "b_lesions.nii.gz"]
+
+
+def test_existing_outputs_refuse_continue_and_overwrite(tmp_path, capsys):
+    img = _tiny_ct()
+    src = write_image(img, tmp_path / "t.nii.gz")
+    (tmp_path / "t.json").write_text(json.dumps({"2": {"point": [12, 24, 24]}}))
+    args = ["segment", "-i", src, "-p", tmp_path / "t.json", "-t", "point", "-o", tmp_path / "o", "-q"]
+    assert _run(capsys, *args)[0] == 0
+    files = sorted((tmp_path / "o").iterdir())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    code, _, err = _run(capsys, *args)
+    assert code == 3 and "--continue_prediction" in err and "Traceback" not in err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+    code, _, err = _run(capsys, *args[:-1], "--continue_prediction")
+    assert code == 0 and "skipped" in err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+    # An interrupted case (one file missing) is redone with --c.
+    (tmp_path / "o" / "t_lesions.nii.gz").unlink()
+    assert _run(capsys, *args, "--c")[0] == 0
+    assert (tmp_path / "o" / "t_lesions.nii.gz").exists()
+    code, _, _ = _run(capsys, *args, "--overwrite")
+    assert code == 0
+    assert (tmp_path / "o" / "t_lesion_2.nii.gz").stat().st_mtime_ns >= before[tmp_path / "o" / "t_lesion_2.nii.gz"][1]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kind", "message"),
+    [
+        ({"1": {"point": [12, 24, 99]}}, "point", "outside the volume"),
+        ({"1": {"box": [5, 5, 10, 20, 10, 20]}}, "box", "empty along z"),
+        ({"1": {"box": [30, 40, 10, 20, 10, 20]}}, "box", "entirely outside"),
+        ({"1": {"box": [5, 9, 10, 20, 10, 20]}}, "point", "are box prompts but -t point"),
+        ({"x": {"point": [1, 2, 3]}}, "point", "not a lesion id"),
+    ],
+)
+def test_bad_prompts_exit_2_with_one_line(tmp_path, capsys, prompt, kind, message):
+    src = write_image(_tiny_ct(), tmp_path / "t.nii.gz")
+    (tmp_path / "t.json").write_text(json.dumps(prompt))
+    code, _, err = _run(capsys, "segment", "-i", src, "-p", tmp_path / "t.json", "-t", kind, "-o", tmp_path / "o")
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_files_exit_2(tmp_path, capsys):
+    img = _tiny_ct()
+    src = write_image(img, tmp_path / "t.nii.gz")
+    other = LabelMap(np.ones((24, 48, 48), np.uint8), Geometry((24, 48, 48), spacing=(2.0, 1.0, 1.0)))
+    write_label_map(other, tmp_path / "other_grid.nii.gz")
+    (tmp_path / "t.json").write_text(json.dumps({"1": {"point": [1, 2, 3]}}))
+    (tmp_path / "bad.json").write_text("{not json")
+    cases = [
+        (["-i", tmp_path / "missing.nii.gz", "-p", tmp_path / "t.json"], "no such image"),
+        (["-i", src, "-p", tmp_path / "missing.json"], "no such prompt"),
+        (["-i", src, "-p", tmp_path / "other_grid.nii.gz"], "not on the same voxel grid"),
+        (["-i", src, "-p", tmp_path / "bad.json"], "not valid JSON"),
+    ]
+    for extra, message in cases:
+        code, _, err = _run(capsys, "segment", *extra, "-t", "point", "-o", tmp_path / "o")
+        assert code == 2, (extra, err)
+        assert message in err
+    # argparse usage errors are exit 2 too.
+    assert _run(capsys, "segment", "-i", src)[0] == 2
+    assert _run(capsys, "segment", "-i", src, "-p", tmp_path / "t.json", "-t", "lasso", "-o", tmp_path)[0] == 2
+
+
+def test_non_ct_image_is_a_warning_not_an_error(tmp_path, capsys):
+    src = write_image(_tiny_ct(modality=None, offset=1100.0), tmp_path / "mr.nii.gz")  # no value below -50
+    (tmp_path / "mr.json").write_text(json.dumps({"1": {"point": [12, 24, 24]}}))
+    code, _, err = _run(capsys, "segment", "-i", src, "-p", tmp_path / "mr.json", "-t", "point", "-o",
+                        tmp_path / "o", "-q")
+    assert code == 0
+    assert "warning:" in err and "may not be CT" in err
+
+
+# ---------------------------------------------------------------- engines, errors, exit codes
+class _RecordingEngine:
+    """Stands in for the LesionLocator engine: records its settings, 'segments' a cube per prompt."""
+
+    name = "recording"
+    last_settings = None
+    fail: BaseException | None = None
+
+    def __init__(self, settings):
+        type(self).last_settings = settings
+
+    def prepare(self, image):
+        pass
+
+    def segment(self, image, prompts, *, on_progress=None, cancel=None):
+        if type(self).fail is not None:
+            raise type(self).fail
+        labels = LabelMap.empty_like(image)
+        for p in prompts:
+            z, y, x = p.zyx
+            labels.array[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = p.lesion_id
+        return engine_base.SegmentationResult(labels)
+
+    def track(self, *a, **k):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+
+@pytest.fixture
+def fake_engines(monkeypatch):
+    mod = types.ModuleType("_lesionlocator_test_engines")
+    mod.RecordingEngine = _RecordingEngine
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(engine_base.ENGINE_TABLE, "lesionlocator", f"{mod.__name__}:RecordingEngine")
+    monkeypatch.setitem(engine_base.ENGINE_TABLE, "classical", f"{mod.__name__}:RecordingEngine")
+    _RecordingEngine.last_settings = None
+    _RecordingEngine.fail = None
+    return _RecordingEngine
+
+
+def _tiny_case(tmp_path):
+    src = tmp_path / "t.nii.gz"
+    if not src.exists():
+        write_image(_tiny_ct(), src)
+    (tmp_path / "t.json").write_text(json.dumps({"1": {"point": [12, 24, 24]}}))
+    return ["segment", "-i", src, "-p", tmp_path / "t.json", "-t", "point", "-o", tmp_path / "o", "-q"]
+
+
+def test_checkpoint_selects_lesionlocator_with_tta_on_by_default(tmp_path, capsys, monkeypatch, fake_engines):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    args = _tiny_case(tmp_path)
+    assert _run(capsys, *args, "-m", ckpt, "-f", "0", "2", "-device", "cpu")[0] == 0
+    s = fake_engines.last_settings
+    assert s.checkpoint == str(ckpt) and s.tta is True and list(s.folds) == [0, 2] and s.device == "cpu"
+    monkeypatch.setenv("LESIONLOCATOR_CHECKPOINT", str(ckpt))
+    assert _run(capsys, *args, "--overwrite", "--disable_tta", "-device", "cpu")[0] == 0
+    assert fake_engines.last_settings.checkpoint == str(ckpt) and fake_engines.last_settings.tta is False
+    # --engine classical wins over a configured checkpoint.
+    assert _run(capsys, *args, "--overwrite", "--engine", "classical")[0] == 0
+    assert fake_engines.last_settings.checkpoint is None
+
+
+def test_lesionlocator_without_checkpoint_and_missing_checkpoint_are_usage_errors(tmp_path, capsys):
+    args = _tiny_case(tmp_path)
+    code, _, err = _run(capsys, *args, "--engine", "lesionlocator")
+    assert code == 2 and "download-weights" in err
+    code, _, err = _run(capsys, *args, "-m", tmp_path / "nope")
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "text"),
+    [
+        (engine_base.EngineError("device 'cuda' was requested but torch sees no CUDA GPU"), 1, "error: device"),
+        (RuntimeError("boom"), 1, "internal error: RuntimeError: boom"),
+        (KeyboardInterrupt(), 130, "cancelled"),
+    ],
+)
+def test_runtime_errors_and_cancel_exit_codes(tmp_path, capsys, fake_engines, exc, code, text):
+    fake_engines.fail = exc
+    got, _, err = _run(capsys, *_tiny_case(tmp_path))
+    assert got == code and text in err and "Traceback" not in err
+    assert not any((tmp_path / "o").glob("*.nii.gz")) if (tmp_path / "o").exists() else True
+    got, _, err = _run(capsys, *_tiny_case(tmp_path), "--debug")
+    assert got == code and "Traceback" in err
+
+
+@pytest.mark.parametrize("command", ["segment", "track", "measure", "download-weights", "generate-checkpoint"])
+def test_help_for_every_subcommand(capsys, command):
+    code, out, _ = _run(capsys, command, "--help")
+    assert code == 0
+    assert "exit codes:" in out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        for opt in action.option_strings:
+            assert opt in out
+        assert action.help, f"{command}: {action.dest} has no help"
+
+
+def test_top_level_help_and_version(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0 and "130" in out and "download-weights" in out
+    assert _run(capsys, "--version")[0] == 0
+    assert _run(capsys)[0] == 2  # a subcommand is required
+
+
+def test_entry_point_is_declared():
+    from importlib.metadata import entry_points
+
+    eps = [ep for ep in entry_points(group="console_scripts") if ep.name == "lesionlocator"]
+    assert eps and eps[0].value == "napari_lesionlocator.cli:main"
+    assert math.isfinite(1.0) and os.sep  # keep imports used

@@ -43,3 +43,14 @@ def test_paste_replaces_one_lesion_and_widens_dtype() -> None:
             lab.paste(bad, m1)
     with pytest.raises(ValueError, match="mask shape"):
         lab.paste(1, np.zeros((1, 1, 1), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_ids_fast_and_fallback_paths(dtype) -> None:
+    arr = np.zeros(G.shape, dtype)
+    assert LabelMap(arr, G).ids == []
+    arr[0, 0, 0], arr[2, 3, 4] = 9, 2
+    assert LabelMap(arr, G).ids == [2, 9]
+    if np.iinfo(dtype).max > 2_000_000:
+        arr[1, 1, 1] = 2_000_000  # beyond the find_objects range: np.unique path
+        assert LabelMap(arr, G).ids == [2, 9, 2_000_000]

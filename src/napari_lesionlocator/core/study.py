@@ -353,7 +353,7 @@ class Study:
         """Snapshots of every lesion with its status at each timepoint (in study order)."""
         per_tp = {tp.name: set(tp.lesion_ids) for tp in self._timepoints}
         out = []
-        for lid in self.lesion_ids:
+        for lid in sorted(set(self._lesion_names).union(*per_tp.values())):
             status: dict[str, LesionStatus] = {}
             for tp in self._timepoints:
                 if (lid, tp.name) in self._not_evaluable or tp.labels is None:

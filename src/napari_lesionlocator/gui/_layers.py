@@ -41,6 +41,8 @@ __all__ = [
     "lesion_ids_in",
     "is_lesion_layer",
     "is_volume_image_layer",
+    "is_timepoint_layer",
+    "layer_role",
     "apply_lesion_masks",
     "remove_lesions",
 ]
@@ -187,6 +189,17 @@ def is_volume_image_layer(layer) -> bool:
     from napari.layers import Image as ImageLayer
 
     return isinstance(layer, ImageLayer) and layer.ndim == 3 and not layer.rgb and np.asarray(layer.data).ndim == 3
+
+
+def layer_role(layer) -> str | None:
+    """Our role tag of a layer (lesions, ground_truth, point_prompts, review...), or None."""
+    meta = layer.metadata.get(META_KEY) if isinstance(layer.metadata, Mapping) else None
+    return meta.get("role") if isinstance(meta, Mapping) else None
+
+
+def is_timepoint_layer(layer) -> bool:
+    """A CT volume of the study: a 3D image layer that is not one of the review grid's views."""
+    return is_volume_image_layer(layer) and layer_role(layer) != "review"
 
 
 def is_lesion_layer(layer) -> bool:

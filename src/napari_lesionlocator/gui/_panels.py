@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import EngineError
 from ..core.progress import ProgressEvent
 from ..engines.base import EngineSettings
-from ._layers import is_volume_image_layer
+from ._layers import is_timepoint_layer
 
 if TYPE_CHECKING:
     import napari
@@ -105,7 +105,7 @@ class ImageLayerCombo(QComboBox):
 
     def refresh(self, event=None) -> None:
         current = self.current_layer()
-        layers = [layer for layer in self.viewer.layers if is_volume_image_layer(layer)]
+        layers = [layer for layer in self.viewer.layers if is_timepoint_layer(layer)]
         for layer in layers:
             if layer not in self._layers:
                 layer.events.name.connect(self.refresh)

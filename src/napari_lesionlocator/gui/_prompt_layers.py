@@ -115,15 +115,27 @@ class PromptLayers:
         return int(self.target_id) if self.target_id else int(self.next_id())
 
     def _claim_new_rows(self, layer, extra: Callable[[int], dict] | None = None) -> bool:
+        """Give rows added since the last call a lesion id and a unique pid.
+
+        napari fills a new row's features from ``feature_defaults``, which it also updates from
+        the selected row; so a new row may carry a copy of another prompt's pid. A row is new
+        when its pid is unset or repeats one seen in an earlier row.
+        """
         feats = layer.features.copy()
-        new_rows = [i for i in range(len(feats)) if int(feats["pid"].iloc[i]) <= 0]
+        seen: set[int] = set()
+        new_rows = []
+        for i in range(len(feats)):
+            pid = int(feats["pid"].iloc[i])
+            if pid <= 0 or pid in seen:
+                new_rows.append(i)
+            else:
+                seen.add(pid)
         if not new_rows:
             return False
         for i in new_rows:
             self._pid += 1
             # Each new prompt is a new lesion unless the user is re-prompting one.
-            feats.loc[feats.index[i], "lesion_id"] = self._new_id() if int(feats["lesion_id"].iloc[i]) <= 0 \
-                else int(feats["lesion_id"].iloc[i])
+            feats.loc[feats.index[i], "lesion_id"] = self._new_id()
             feats.loc[feats.index[i], "pid"] = self._pid
             feats.loc[feats.index[i], "done"] = False
             for key, value in (extra(i) if extra else {}).items():

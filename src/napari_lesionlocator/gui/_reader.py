@@ -112,8 +112,13 @@ def _read_volumes(path: Path) -> list[Image]:
     return [read_image(path)]
 
 
-def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW) -> list[tuple]:
-    """LayerData tuples (one per image) with unique names, in the order given."""
+def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW, *,
+                          first_visible_only: bool = False) -> list[tuple]:
+    """LayerData tuples (one per image) with unique names, in the order given.
+
+    With ``first_visible_only`` the other volumes start hidden: opaque CT layers would otherwise
+    cover each other, and a click would land on a scan the user does not see.
+    """
     out = []
     seen: set[str] = set()
     for image in images:
@@ -128,6 +133,8 @@ def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW)
         if not is_ct:
             # Not CT: HU windows are meaningless, let napari pick limits from the data.
             data[1].pop("contrast_limits", None)
+        if first_visible_only and out:
+            data[1]["visible"] = False
         out.append(data)
     return out
 
@@ -140,5 +147,5 @@ def read_paths(path: PathOrPaths) -> list[tuple]:
         images.extend(_read_volumes(Path(p)))
     if not images:
         raise InputImageError(f"no 3D volume found in {', '.join(str(p) for p in paths)}")
-    return layer_data_for_images(images)
+    return layer_data_for_images(images, first_visible_only=True)
 

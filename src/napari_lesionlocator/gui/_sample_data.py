@@ -30,13 +30,13 @@ def _study():
 
 def synthetic_study() -> list[tuple]:
     """All timepoints as CT image layers (in acquisition order), nothing annotated yet."""
-    return layer_data_for_images(_study().images)
+    return layer_data_for_images(_study().images, first_visible_only=True)
 
 
 def synthetic_study_with_truth() -> list[tuple]:
     """The same timepoints plus each timepoint's ground-truth lesion map (hidden; for comparison)."""
     study = _study()
-    layers = layer_data_for_images(study.images)
+    layers = layer_data_for_images(study.images, first_visible_only=True)
     for image_data, truth in zip(list(layers), study.labels, strict=True):
         image_name = image_data[1]["name"]
         layers.append(

@@ -22,7 +22,7 @@ from ._layers import (
     META_KEY,
     geometry_from_layer,
     is_lesion_layer,
-    is_volume_image_layer,
+    is_timepoint_layer,
     lesion_colormap,
     lesion_ids_in,
 )
@@ -71,8 +71,8 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------ layers
     def image_layers(self) -> list:
-        """3D image layers (CT volumes), in layer-list order."""
-        return [layer for layer in self.viewer.layers if is_volume_image_layer(layer)]
+        """3D image layers (CT volumes), in layer-list order; the review grid's view-only copies excluded."""
+        return [layer for layer in self.viewer.layers if is_timepoint_layer(layer)]
 
     def timepoints(self, order: list[str] | None = None) -> list:
         """Image layers ordered as timepoints: by acquisition date (metadata), undated ones last by name.

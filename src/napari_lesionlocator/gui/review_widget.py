@@ -1,0 +1,269 @@
+"""ReviewWidget ("Lesion review"): a per-lesion volume table and a side-by-side grid of the timepoints.
+
+Selecting a lesion centres *every* timepoint on it. napari's grid shares one camera and one slice
+position across its viewboxes, while the same lesion sits at a different world position in each
+scan (the patient lies differently). So the review grid shows *review layers*: for each timepoint
+an image layer and a labels layer that share the original layers' arrays (no copy; painting in
+the grid edits the real labels) but are shifted in world space so that the selected lesion's
+centroid lands on the same point at every timepoint. The user's own layers are hidden during the
+review (their transforms are never touched) and shown again when it ends.
+
+Volumes come from :func:`napari_lesionlocator.core.measurements.measure_lesions`, computed in a
+background worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.geometry import Geometry
+from ..core.progress import ProgressEvent
+from ._layers import META_KEY, geometry_from_layer, image_from_layer, label_map_from_layer, lesion_colour
+from ._session import AnnotationSession
+from ._workers import JobRunner
+from .prompt_widget import centre_view
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ReviewWidget", "measure_study_layers"]
+
+
+def measure_study_layers(pairs) -> Generator[ProgressEvent, None, dict[int, list[float | None]]]:
+    """Volumes (mL) of every lesion at every timepoint; ``pairs`` holds (Image, LabelMap or None).
+
+    Worker-thread safe: works on copies made on the GUI thread. Returns lesion id -> per-timepoint
+    volume (None when the timepoint has no labels layer, 0.0 when the lesion is absent there).
+    """
+    from ..core.measurements import measure_lesions
+
+    ids = sorted({i for _, lab in pairs if lab is not None for i in lab.ids})
+    table = {lid: [None] * len(pairs) for lid in ids}
+    for t, (image, labels) in enumerate(pairs):
+        yield ProgressEvent(t, len(pairs), f"measuring {image.name}")
+        if labels is None:
+            continue
+        for row in measure_lesions(image, labels, timepoint=t, lesion_ids=ids):
+            table[row.lesion_id][t] = float(row.volume_ml)
+    yield ProgressEvent(len(pairs), len(pairs), "measured")
+    return table
+
+
+class ReviewWidget(QWidget):
+    """Per-lesion volume table; a row click centres every timepoint's view on that lesion."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = AnnotationSession(napari_viewer)
+        self.runner = JobRunner(self)
+        self.volumes: dict[int, list[float | None]] = {}
+        self._timepoints: list = []
+        self._review: list[tuple] = []  # (timepoint image layer, review image layer, review labels layer)
+        self._hidden: list = []
+        self.lesion_id: int | None = None
+
+        self.table = QTableWidget()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.measure_button = QPushButton("Measure lesions")
+        self.grid_button = QPushButton("Side-by-side review")
+        self.grid_button.setCheckable(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.measure_button)
+        buttons.addWidget(self.grid_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addWidget(QLabel("Lesion volume (mL) per timepoint; click a row to centre every timepoint on it"))
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+
+        self.measure_button.clicked.connect(self.measure)
+        self.grid_button.toggled.connect(self._on_grid_toggled)
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self.runner.succeeded.connect(self._show_volumes)
+        self.runner.failed.connect(lambda exc: self.status.setText(f"Measuring failed: {exc}"))
+
+    # ------------------------------------------------------------------ table
+    def measure(self) -> bool:
+        """Measure every lesion at every timepoint in a worker; the table fills when done."""
+        if self.runner.running:
+            return False
+        self._timepoints = self.session.timepoints()
+        pairs = []
+        for tp in self._timepoints:
+            image = image_from_layer(tp)
+            labels_layer = self.session.labels_layer_for(tp, create=False)
+            labels = label_map_from_layer(labels_layer, image.geometry) if labels_layer is not None else None
+            pairs.append((image, labels))
+        self.status.setText("Measuring...")
+        self.runner.start(lambda token, cb: measure_study_layers(pairs), desc="Measuring lesions",
+                          total=len(pairs) + 1)
+        return True
+
+    def _show_volumes(self, volumes: dict[int, list[float | None]]) -> None:
+        self.volumes = volumes
+        names = [tp.name for tp in self._timepoints]
+        self.table.blockSignals(True)
+        self.table.clear()
+        self.table.setRowCount(len(volumes))
+        self.table.setColumnCount(1 + len(names))
+        self.table.setHorizontalHeaderLabels(["lesion"] + [f"{n} (mL)" for n in names])
+        for row, (lid, vols) in enumerate(sorted(volumes.items())):
+            item = QTableWidgetItem(f"{lid}")
+            item.setData(Qt.ItemDataRole.UserRole, lid)
+            item.setForeground(QColor.fromRgbF(*[float(c) for c in lesion_colour(lid)[:3]]))
+            self.table.setItem(row, 0, item)
+            for col, vol in enumerate(vols, start=1):
+                text = "n/a" if vol is None else ("absent" if vol == 0 else f"{vol:.2f}")
+                cell = QTableWidgetItem(text)
+                cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, col, cell)
+        self.table.blockSignals(False)
+        self.status.setText(f"{len(volumes)} lesion(s) at {len(names)} timepoint(s).")
+
+    def _on_row_selected(self) -> None:
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        if rows:
+            item = self.table.item(min(rows), 0)
+            if item is not None:
+                self.select_lesion(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    # ------------------------------------------------------------------ review grid
+    @property
+    def reviewing(self) -> bool:
+        return bool(self._review)
+
+    def _on_grid_toggled(self, on: bool) -> None:
+        if on and not self.reviewing:
+            self.start_review()
+        elif not on and self.reviewing:
+            self.stop_review()
+
+    def start_review(self) -> None:
+        """Show every timepoint side by side (image + lesions per grid cell)."""
+        if self.reviewing:
+            return
+        tps = self.session.timepoints()
+        if not tps:
+            self.status.setText("No CT image layers to review.")
+            self.grid_button.setChecked(False)
+            return
+        self._timepoints = tps
+        self._hidden = [layer for layer in self.viewer.layers if layer.visible]
+        for layer in self._hidden:
+            layer.visible = False
+        created = []
+        for tp in tps:
+            labels = self.session.labels_layer_for(tp)
+            geometry = geometry_from_layer(tp)
+            meta = {META_KEY: {"role": "review", "timepoint": tp.name}}
+            date = tp.metadata.get("acquisition_date") if isinstance(tp.metadata, dict) else None
+            title = f"{tp.name} ({date})" if date else tp.name
+            img = self.viewer.add_image(tp.data, name=f"review: {title}", colormap=tp.colormap.name,
+                                        contrast_limits=tp.contrast_limits, metadata=meta,
+                                        **geometry.napari_transform())
+            img.name_overlay.visible = True  # tells the grid cells apart
+            # Same array object as the real labels layer: edits in the grid are real edits.
+            lab = self.viewer.add_labels(labels.data, name=f"review: {labels.name}", metadata=dict(meta),
+                                         colormap=labels.colormap, opacity=labels.opacity,
+                                         **geometry.napari_transform())
+            lab.events.paint.connect(lambda _e, target=labels: target.refresh())
+            created.append((tp, img, lab))
+        for i, layer in enumerate(layer for _, img, lab in created for layer in (img, lab)):
+            self.viewer.layers.move(self.viewer.layers.index(layer), i)
+        self._review = created
+        grid = self.viewer.canvas.grid
+        grid.stride, grid.shape, grid.spacing, grid.enabled = 2, (-1, -1), 8, True
+        self.grid_button.blockSignals(True)
+        self.grid_button.setChecked(True)
+        self.grid_button.blockSignals(False)
+        if self.lesion_id is not None:
+            self.select_lesion(self.lesion_id)
+        else:
+            self.viewer.reset_view()
+
+    def stop_review(self) -> None:
+        """Remove the review layers and show the user's layers again."""
+        for _, img, lab in self._review:
+            for layer in (img, lab):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        self._review = []
+        self.viewer.canvas.grid.enabled = False
+        for layer in self._hidden:
+            if layer in self.viewer.layers:
+                layer.visible = True
+        self._hidden = []
+        self.grid_button.blockSignals(True)
+        self.grid_button.setChecked(False)
+        self.grid_button.blockSignals(False)
+
+    def lesion_centroids(self, lesion_id: int) -> list[np.ndarray | None]:
+        """World centroid (mm, z y x) of a lesion at each review timepoint (None where absent)."""
+        out: list[np.ndarray | None] = []
+        for tp in self._timepoints or self.session.timepoints():
+            layer = self.session.labels_layer_for(tp, create=False)
+            if layer is None:
+                out.append(None)
+                continue
+            idx = np.argwhere(np.asarray(layer.data) == lesion_id)
+            out.append(geometry_from_layer(tp).index_to_world(idx.mean(axis=0)) if len(idx) else None)
+        return out
+
+    def select_lesion(self, lesion_id: int) -> None:
+        """Centre every timepoint on ``lesion_id`` (review grid) or the main view (no grid)."""
+        self.lesion_id = int(lesion_id)
+        centroids = self.lesion_centroids(lesion_id)
+        present = [i for i, c in enumerate(centroids) if c is not None]
+        if not present:
+            self.status.setText(f"Lesion {lesion_id} has no voxels at any timepoint.")
+            return
+        anchor = centroids[present[0]]
+        if not self.reviewing:
+            centre_view(self.viewer, anchor)
+            return
+        for t, (tp, img, lab) in enumerate(self._review):
+            # Absent here: use the shift of the nearest timepoint where it is present.
+            nearest = min(present, key=lambda i: abs(i - t))
+            shift = anchor - centroids[nearest]
+            g = geometry_from_layer(tp)
+            moved = Geometry(g.shape, g.spacing, tuple(np.asarray(g.origin) + shift), g.direction)
+            for layer in (img, lab):
+                transform = moved.napari_transform()
+                layer.scale = transform["scale"]
+                layer.translate = transform["translate"]
+                if "affine" in transform:
+                    layer.affine = transform["affine"]
+            lab.selected_label = int(lesion_id)
+        self.viewer.reset_view()
+        centre_view(self.viewer, anchor)
+        g0 = geometry_from_layer(self._review[0][0])
+        extent = max(g0.extent_mm[1:])
+        self.viewer.camera.zoom = self.viewer.camera.zoom * max(1.0, extent / 90.0)
+        self.status.setText(f"Lesion {lesion_id}: centred at every timepoint.")
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        self.runner.cancel()
+        self.stop_review()
+        super().closeEvent(event)

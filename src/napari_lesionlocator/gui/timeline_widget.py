@@ -1,0 +1,262 @@
+"""TimelineWidget ("Timeline"): the study's timepoints, which lesion exists when, and Propagate.
+
+Timepoints are the viewer's 3D image layers ordered by acquisition date (layer metadata); drag
+rows to reorder. The presence table has one row per lesion id and one column per timepoint.
+"Propagate" tracks all (or the selected) lesions from the chosen timepoint to every later one,
+autoregressively (``api.iter_track_series``: the mask found at follow-up k prompts k+1), and writes
+them into each follow-up's Labels layer with the same ids and colours (one undo step per layer).
+The Labels layers are the state: manual corrections at the start timepoint are what is propagated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import api
+from ..core.errors import LesionLocatorError
+from ._layers import apply_lesion_masks, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
+from ._panels import EnginePanel, ProgressRow
+from ._session import AnnotationSession
+from ._workers import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["TimelineWidget"]
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    {"info": notifications.show_info, "warning": notifications.show_warning,
+     "error": notifications.show_error}[kind](message)
+
+
+class TimelineWidget(QWidget):
+    """Timepoints, lesion presence per timepoint, and propagation of lesions to later timepoints."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = AnnotationSession(napari_viewer)
+        self.runner = JobRunner(self)
+        self._order: list[str] = []
+        self._job = None
+        self._watched: set[int] = set()
+
+        self.timepoint_list = QListWidget()
+        self.timepoint_list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
+        self.timepoint_list.setToolTip("Timepoints ordered by acquisition date; drag to reorder.")
+        self.timepoint_list.setMaximumHeight(110)
+        self.table = QTableWidget()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.source_combo = QComboBox()
+        self.engine_panel = EnginePanel()
+        self.refresh_button = QPushButton("Refresh")
+        self.propagate_button = QPushButton("Propagate to later timepoints")
+        self.propagate_button.setToolTip("Track all lesions (or the selected rows) from the chosen timepoint onwards.")
+        self.progress = ProgressRow()
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Timepoints (drag to reorder)"))
+        layout.addWidget(self.timepoint_list)
+        layout.addWidget(QLabel("Lesions per timepoint (select rows to propagate only those)"))
+        layout.addWidget(self.table, 1)
+        form = QFormLayout()
+        form.addRow("From timepoint", self.source_combo)
+        layout.addLayout(form)
+        layout.addWidget(self.engine_panel)
+        layout.addWidget(self.propagate_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.progress.status)
+        layout.addWidget(self.refresh_button)
+
+        self.refresh_button.clicked.connect(self.refresh)
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.progress.cancel.clicked.connect(self.runner.cancel)
+        self.timepoint_list.model().rowsMoved.connect(self._on_reordered)
+        self.runner.progressed.connect(self.progress.show_event)
+        self.runner.succeeded.connect(self._apply_result)
+        self.runner.cancelled.connect(lambda: self.progress.status.setText("Cancelled: nothing was changed."))
+        self.runner.failed.connect(lambda exc: self.progress.status.setText(f"Failed: {exc}"))
+        self.runner.done.connect(self._on_done)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._on_layers_changed)
+        self.refresh()
+
+    # ------------------------------------------------------------------ model
+    def timepoints(self) -> list:
+        """Image layers in timeline order (acquisition date, or the user's drag order)."""
+        return self.session.timepoints(self._order or None)
+
+    def presence(self) -> dict[int, list[bool]]:
+        """lesion id -> present at each timepoint (in timeline order)."""
+        tps = self.timepoints()
+        per_tp = []
+        for tp in tps:
+            layer = self.session.labels_layer_for(tp, create=False)
+            per_tp.append(set(lesion_ids_in(layer)) if layer is not None else set())
+        ids = sorted(set().union(*per_tp)) if per_tp else []
+        return {lid: [lid in s for s in per_tp] for lid in ids}
+
+    # ------------------------------------------------------------------ view
+    def _on_layers_changed(self, event=None) -> None:
+        self.refresh()
+
+    def _watch_lesion_layers(self) -> None:
+        """Refresh the table whenever a lesion layer is painted or written (model results included)."""
+        for layer in self.session.lesion_layers():
+            if id(layer) not in self._watched:
+                self._watched.add(id(layer))
+                layer.events.paint.connect(self._refresh_table)
+
+    def _on_reordered(self, *_) -> None:
+        self._order = [self.timepoint_list.item(i).text() for i in range(self.timepoint_list.count())]
+        self.refresh()
+
+    def refresh(self, *_) -> None:
+        tps = self.timepoints()
+        self._order = [tp.name for tp in tps]
+        self.timepoint_list.blockSignals(True)
+        self.timepoint_list.clear()
+        for tp in tps:
+            date = tp.metadata.get("acquisition_date") if isinstance(tp.metadata, dict) else None
+            item = QListWidgetItem(tp.name)
+            item.setToolTip(f"acquired {date}" if date else "no acquisition date")
+            self.timepoint_list.addItem(item)
+        self.timepoint_list.blockSignals(False)
+        current = self.source_combo.currentText()
+        self.source_combo.blockSignals(True)
+        self.source_combo.clear()
+        self.source_combo.addItems([tp.name for tp in tps[:-1]] or [tp.name for tp in tps])
+        if current:
+            self.source_combo.setCurrentText(current)
+        self.source_combo.blockSignals(False)
+        self._refresh_table()
+
+    def _refresh_table(self, *_) -> None:
+        self._watch_lesion_layers()
+        tps = self.timepoints()
+        presence = self.presence()
+        selected = set(self.selected_lesions())
+        self.table.clear()
+        self.table.setColumnCount(len(tps))
+        self.table.setRowCount(len(presence))
+        self.table.setHorizontalHeaderLabels([tp.name for tp in tps])
+        self.table.setVerticalHeaderLabels([f"lesion {lid}" for lid in presence])
+        for row, (lid, flags) in enumerate(presence.items()):
+            colour = QColor.fromRgbF(*[float(c) for c in lesion_colour(lid)[:3]])
+            header = self.table.verticalHeaderItem(row)
+            header.setData(Qt.ItemDataRole.UserRole, lid)
+            header.setForeground(colour)
+            for col, present in enumerate(flags):
+                item = QTableWidgetItem("\u25cf" if present else "\u2013")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                if present:
+                    item.setForeground(colour)
+                self.table.setItem(row, col, item)
+            if lid in selected:
+                self.table.selectRow(row)
+
+    def selected_lesions(self) -> list[int]:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        out = []
+        for row in rows:
+            header = self.table.verticalHeaderItem(row)
+            if header is not None and header.data(Qt.ItemDataRole.UserRole) is not None:
+                out.append(int(header.data(Qt.ItemDataRole.UserRole)))
+        return out
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, source: str | None = None, lesion_ids: list[int] | None = None) -> bool:
+        """Track lesions from ``source`` (default: the chosen timepoint) to all later timepoints.
+
+        ``lesion_ids`` defaults to the selected rows, or every lesion at the source. Returns
+        whether a run started.
+        """
+        if self.runner.running:
+            _notify("info", "A propagation is already running; cancel it or wait.")
+            return False
+        tps = self.timepoints()
+        names = [tp.name for tp in tps]
+        source = source or self.source_combo.currentText()
+        if source not in names or names.index(source) == len(names) - 1:
+            _notify("warning", "Choose a timepoint that has later timepoints to propagate to.")
+            return False
+        k = names.index(source)
+        src_layer = self.session.labels_layer_for(tps[k], create=False)
+        if src_layer is None or not lesion_ids_in(src_layer):
+            _notify("warning", f"{source} has no lesions yet: segment some with the Lesion prompts widget first.")
+            return False
+        present = lesion_ids_in(src_layer)
+        wanted = lesion_ids if lesion_ids is not None else (self.selected_lesions() or present)
+        ids = [lid for lid in wanted if lid in present]
+        if not ids:
+            _notify("warning", f"None of the lesions {wanted} exists at {source}.")
+            return False
+        try:
+            engine = self.session.engine(self.engine_panel.engine_name, self.engine_panel.settings())
+            baseline = image_from_layer(tps[k])
+            baseline_labels = label_map_from_layer(src_layer, baseline.geometry)
+            followups = [image_from_layer(tp) for tp in tps[k + 1:]]
+        except LesionLocatorError as exc:
+            _notify("error", str(exc))
+            return False
+        self._job = (tps[k + 1:], ids)
+        self.progress.set_running(True)
+        self.propagate_button.setEnabled(False)
+        self.progress.status.setText(f"Tracking {len(ids)} lesion(s) from {source} to {len(followups)} timepoint(s)...")
+        self.runner.start(
+            lambda token, cb: api.iter_track_series(engine, baseline, baseline_labels, followups, lesion_ids=ids,
+                                                    cancel=token, on_progress=cb),
+            desc="Propagating lesions", total=len(followups) + 1,
+        )
+        return True
+
+    def _apply_result(self, series) -> None:
+        """GUI thread: write each follow-up's tracked masks into its Labels layer (one undo step each)."""
+        followup_layers, ids = self._job
+        lost_notes = []
+        for tp, result in zip(followup_layers, series.results, strict=True):
+            labels_layer = self.session.labels_layer_for(tp)
+            arr = result.labels.array
+            apply_lesion_masks(labels_layer, {lid: arr == lid for lid in ids})
+            if result.lost_ids:
+                lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
+        for note in lost_notes:
+            _notify("info", note)
+        self.progress.status.setText(
+            f"Propagated {len(ids)} lesion(s) to {len(followup_layers)} timepoint(s)."
+            + (" " + "; ".join(lost_notes) if lost_notes else "")
+        )
+        self.refresh()
+
+    def _on_done(self) -> None:
+        self.progress.set_running(False)
+        self.propagate_button.setEnabled(True)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        self.runner.cancel()
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.disconnect(self._on_layers_changed)
+        super().closeEvent(event)
+

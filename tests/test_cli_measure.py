@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def _check_tables(prefix):
     assert [float(r["sum_mm"]) for r in rec] == pytest.approx([35.0, 18.0, 30.0])
     assert float(rec[1]["change_vs_baseline_pct"]) == pytest.approx(100 * (18 - 35) / 35, abs=1e-3)
     assert float(rec[2]["change_vs_nadir_pct"]) == pytest.approx(100 * 12 / 18, abs=1e-3)
-    doc = json.loads(open(f"{prefix}.json").read())
+    doc = json.loads(Path(f"{prefix}.json").read_text())
     assert doc["recist"]["targets"] == [1, 2] and len(doc["lesions"]) == 6
 
 

@@ -117,7 +117,8 @@ def tile_input(data: np.ndarray, prompt: PromptPP, start_padded, patch, pad_befo
     if np.all(hi > lo):
         dst = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, origin))
         out[(slice(0, c), *dst)] = data[(slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi)))]
-    paint_prompt(prompt, out[c], origin)
+        # The prompt is clipped at the volume's border: the padding stays 0 in both channels.
+        paint_prompt(prompt, out[c][dst], lo)
     return out
 
 

@@ -1,0 +1,265 @@
+"""Segmentation numerics on tiny generated checkpoints: fast path == full-volume reference, ground truth
+from direct network calls, TTA equivariance, fold averaging, float16/float32 accumulation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nnunetv2")
+
+import _ll_helpers as H  # noqa: E402
+
+from napari_lesionlocator.core.prompts import BoxPrompt, PointPrompt  # noqa: E402
+from napari_lesionlocator.engines.lesionlocator import segmentation as S  # noqa: E402
+from napari_lesionlocator.engines.lesionlocator.checkpoint import load_model  # noqa: E402
+from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_image  # noqa: E402
+from napari_lesionlocator.engines.lesionlocator.prompting import map_prompt  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+TARGET = (1.0, 0.8, 0.8)  # the plans' spacing: no resampling at this spacing
+CENTRE = (slice(8, 24), slice(12, 36), slice(12, 36))  # where the patch's gaussian weight is >= 0.025
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def point_model():
+    return load_model(H.tiny_checkpoint(), "point", folds=[0])
+
+
+@pytest.fixture(scope="module")
+def box_model():
+    return load_model(H.tiny_checkpoint(), "box", folds=[0])
+
+
+def _fast(arr, spacing, prompt, model, **kw):
+    pre = preprocess_image(arr, spacing, model.plans_manager, model.configuration_manager)
+    return S.segment_prompt_fast(pre, map_prompt(prompt, pre), model, **kw)
+
+
+def _with_resampling(model, **conf_changes):
+    """The same model with other resampling settings in its plans (as a downloaded plans.json may name)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    m = copy.copy(model)
+    conf = copy.deepcopy(model.configuration_manager.configuration)
+    conf.update(conf_changes)
+    m.configuration_manager = ConfigurationManager(conf)
+    return m
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, prompt, border",
+    [
+        # every export ratio dyadic (2/1, 1/2, 3/2): the region export really crops
+        ((24, 120, 40), (2.0, 0.4, 1.2), PointPrompt(1, (12, 60, 20)), 0),
+        # y/x ratio 22/25 is not dyadic: whole axis exported there, z cropped
+        ((30, 50, 50), (1.5, 0.7, 0.7), PointPrompt(2, (1, 2, 48)), 0),
+        # zero border (crop offset) and a large box: sliding-window tiles
+        ((36, 70, 64), (1.5, 0.7, 0.7), BoxPrompt(3, (6, 34, 8, 66, 2, 50)), 3),
+        # box whose minimum maps to 0
+        ((24, 120, 40), (2.0, 0.4, 1.2), BoxPrompt(4, (0, 3, 0, 4, 0, 2)), 0),
+    ],
+)
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+def test_fast_path_equals_full_volume_reference(point_model, box_model, shape, spacing, prompt, border, precision):
+    arr = H.ct_volume(shape, seed=len(shape) + shape[0], border=border)
+    model = box_model if isinstance(prompt, BoxPrompt) else point_model
+    ref = S.segment_full_volume_reference(arr, spacing, prompt, model, tta=False, precision=precision)
+    fast = _fast(arr, spacing, prompt, model, tta=False, precision=precision)
+    assert ref.shape == shape and ref.any()
+    assert np.array_equal(ref, fast)
+
+
+def test_region_export_crops_when_exact(point_model):
+    arr = H.ct_volume((24, 120, 40))
+    pre = preprocess_image(arr, (2.0, 0.4, 1.2), point_model.plans_manager, point_model.configuration_manager)
+    assert pre.new_shape == (48, 60, 60)
+    plan = S.region_export_plan((20, 5, 5), (30, 40, 40), pre, point_model.configuration_manager)
+    assert all(ap.b1 - ap.b0 < n for ap, n in zip(plan, pre.shape_after_cropping))
+    pre2 = preprocess_image(
+        H.ct_volume((30, 50, 50)), (1.5, 0.7, 0.7), point_model.plans_manager, point_model.configuration_manager
+    )
+    plan2 = S.region_export_plan((5, 5, 5), (30, 40, 40), pre2, point_model.configuration_manager)
+    assert (plan2[1].b0, plan2[1].b1) == (0, 50)  # 44/50 not dyadic: whole axis
+    assert plan2[0].b1 - plan2[0].b0 < 30
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # nnU-Net's default resampling with separate z (anisotropic 3 mm slices), as older plans name it
+        dict(
+            resampling_fn_data="resample_data_or_seg_to_shape",
+            resampling_fn_data_kwargs={"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            resampling_fn_probabilities="resample_data_or_seg_to_shape",
+            resampling_fn_probabilities_kwargs={"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        ),
+        # torch resampling with forced separate z
+        dict(
+            resampling_fn_data_kwargs={"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": True},
+            resampling_fn_probabilities_kwargs={
+                "is_seg": False,
+                "memefficient_seg_resampling": True,
+                "force_separate_z": True,
+            },
+        ),
+    ],
+)
+def test_fast_equals_reference_with_other_resampling(point_model, changes):
+    model = _with_resampling(point_model, **changes)
+    arr = H.ct_volume((12, 60, 60), seed=5)
+    prompt = PointPrompt(1, (6, 30, 20))
+    ref = S.segment_full_volume_reference(arr, (3.0, 0.4, 0.4), prompt, model, tta=False)
+    fast = _fast(arr, (3.0, 0.4, 0.4), prompt, model, tta=False)
+    assert ref.any() and np.array_equal(ref, fast)
+
+
+def _net(model, fold, x):
+    model.use_fold(fold)
+    with torch.inference_mode():
+        return model.network(torch.from_numpy(x)[None]).float()[0].numpy()
+
+
+def _assert_masks_equal_except_ties(mask, logits, expected_mask, tol=1e-2):
+    """Masks agree wherever the two logits are not within ``tol`` of a tie."""
+    clear = np.abs(logits[1] - logits[0]) > tol
+    assert np.array_equal(mask[clear], expected_mask[clear])
+
+
+@pytest.mark.parametrize("prompt", [PointPrompt(1, (16, 24, 20)), BoxPrompt(1, (0, 32, 4, 40, 8, 30))])
+def test_single_tile_and_sliding_agree_with_direct_network_call(point_model, box_model, prompt):
+    # Volume == patch at the plans' spacing: the single-patch rule (point) and the sliding rule (box spanning
+    # all of z) both select the one tile at 0; the mask must be the direct network's argmax there.
+    model = box_model if isinstance(prompt, BoxPrompt) else point_model
+    arr = H.ct_volume(H.PATCH, seed=3)
+    pre = preprocess_image(arr, TARGET, model.plans_manager, model.configuration_manager)
+    pp = map_prompt(prompt, pre)
+    starts, _, _ = S.plan_tiles(pp, pre.new_shape, model.patch_size)
+    assert starts == [(0, 0, 0)]
+    x = S.tile_input(pre.data, pp, (0, 0, 0), model.patch_size, (0, 0, 0))
+    direct = _net(model, 0, x)
+    for precision in ("float32", "float16"):
+        fast = S.segment_prompt_fast(pre, pp, model, tta=False, precision=precision)
+        ref = S.segment_full_volume_reference(arr, TARGET, prompt, model, tta=False, precision=precision)
+        assert np.array_equal(fast, ref)
+        # float16 (official numerics) stores logits * gaussian: near the patch border, where the gaussian is
+        # tiny, that product underflows and the ratio is coarse; compare there only in float32.
+        inner = (slice(None), *CENTRE) if precision == "float16" else (slice(None),)
+        _assert_masks_equal_except_ties(fast[inner[1:]], direct[inner], (direct[1] > direct[0])[inner[1:]])
+
+
+def test_fold_averaging(tmp_path):
+    model = load_model(H.tiny_checkpoint(), "point")  # folds 0 and 1
+    arr = H.ct_volume(H.PATCH, seed=4)
+    pre = preprocess_image(arr, TARGET, model.plans_manager, model.configuration_manager)
+    pp = map_prompt(PointPrompt(1, (16, 24, 24)), pre)
+    x = S.tile_input(pre.data, pp, (0, 0, 0), model.patch_size, (0, 0, 0))
+    l0, l1 = _net(model, 0, x), _net(model, 1, x)
+    mean = (l0 + l1) / 2
+    m0, m1, mm = (a[1] > a[0] for a in (l0, l1, mean))
+    assert (m0 != m1).sum() > 100  # the folds really differ
+    got = S.segment_prompt_fast(pre, pp, model, tta=False, precision="float32")
+    _assert_masks_equal_except_ties(got, mean, mm)
+    assert (got != m0).sum() > 50 and (got != m1).sum() > 50
+    # float16 path: fold logits summed in float16, then halved
+    a = torch.tensor([1.0, 2.0], dtype=torch.float16)
+    assert torch.equal(S.average_folds([a, a * 3]), torch.tensor([2.0, 4.0], dtype=torch.float16))
+
+
+def test_tta_is_flip_equivariant_on_symmetric_input(point_model):
+    # A point-symmetric volume and prompt: with mirroring TTA over all axes the logits must be symmetric
+    # (the flips only permute the averaged terms); without TTA a random network is not.
+    model = point_model
+    arr = H.ct_volume(H.PATCH, seed=6)
+    arr = (arr + arr[::-1, ::-1, ::-1]) / 2
+    pre = preprocess_image(arr, TARGET, model.plans_manager, model.configuration_manager)
+    pp = map_prompt(BoxPrompt(1, (8, 24, 12, 36, 12, 36)), pre)
+    assert pp.lo == (7, 11, 11) and pp.hi == (25, 37, 37)  # symmetric in a 32x48x48 volume
+
+    def logits(tta):
+        return S.accumulate_logits(
+            model,
+            0,
+            [(0, 0, 0)],
+            lambda s: S.tile_input(pre.data, pp, s, H.PATCH, (0, 0, 0)),
+            (0, 0, 0),
+            H.PATCH,
+            tta=tta,
+            precision="float32",
+            counter=None,
+        ).numpy()
+
+    flip = (slice(None), slice(None, None, -1), slice(None, None, -1), slice(None, None, -1))
+    plain, tta = logits(False), logits(True)
+    assert np.abs(plain - plain[flip]).max() > 0.05
+    np.testing.assert_allclose(tta, tta[flip], atol=2e-4)
+    mask = S.segment_prompt_fast(pre, pp, model, tta=True, precision="float32")
+    _assert_masks_equal_except_ties(mask, tta, mask[::-1, ::-1, ::-1])
+
+
+def test_tta_counts_forwards_and_uses_checkpoint_axes(point_model):
+    arr = H.ct_volume(H.PATCH, seed=7)
+    pre = preprocess_image(arr, TARGET, point_model.plans_manager, point_model.configuration_manager)
+    pp = map_prompt(PointPrompt(1, (16, 24, 24)), pre)
+    ticks = []
+    counter = S.ForwardCounter(8, lambda d, n, left: ticks.append((d, n)))
+    S.segment_prompt_fast(pre, pp, point_model, tta=True, counter=counter)
+    assert ticks == [(i, 8) for i in range(1, 9)]
+    no_axes = copy.copy(point_model)
+    no_axes.mirror_axes = ()
+    assert S.count_forwards(1, 1, no_axes.mirror_axes, True) == 1
+    assert S.count_forwards(3, 2, (0, 1, 2), True) == 48
+
+
+def test_float16_marks_uncovered_and_float32_option(point_model):
+    arr = H.ct_volume((40, 100, 100), seed=8)
+    pre = preprocess_image(arr, TARGET, point_model.plans_manager, point_model.configuration_manager)
+    pp = map_prompt(PointPrompt(1, (20, 50, 50)), pre)
+    starts, padded, before = S.plan_tiles(pp, pre.new_shape, point_model.patch_size)
+    assert len(starts) == 1
+
+    def acc(precision):
+        return S.accumulate_logits(
+            point_model,
+            0,
+            starts,
+            lambda s: S.tile_input(pre.data, pp, s, H.PATCH, before),
+            (0, 0, 0),
+            padded,
+            tta=False,
+            precision=precision,
+            counter=None,
+        )
+
+    l16, l32 = acc("float16"), acc("float32")
+    assert l16.dtype == torch.float16 and l32.dtype == torch.float32
+    (z, y, x) = starts[0]
+    inside = (slice(None), slice(z, z + 32), slice(y, y + 48), slice(x, x + 48))
+    assert torch.isnan(l16).sum() == 2 * (np.prod(padded) - np.prod(H.PATCH))  # exactly the uncovered voxels
+    assert not torch.isnan(l16[inside]).any()
+    assert (l32 == 0).sum() >= 2 * (np.prod(padded) - np.prod(H.PATCH))
+    centre = (slice(None), *(slice(o + c.start, o + c.stop) for o, c in zip(starts[0], CENTRE)))
+    np.testing.assert_allclose(l16[centre].float().numpy(), l32[centre].numpy(), atol=0.02)
+    # at the patch border the float16 product logits * gaussian underflows (official numerics)
+    assert (l16[inside].float() - l32[inside]).abs().max() > 0.05
+    m16 = S.segment_prompt_fast(pre, pp, point_model, tta=False, precision="float16")
+    m32 = S.segment_prompt_fast(pre, pp, point_model, tta=False, precision="float32")
+    assert (m16 & m32).sum() / max(1, (m16 | m32).sum()) > 0.9
+    assert not m16[:z].any() and not m16[z + 32 :].any()
+
+
+def test_unknown_precision(point_model):
+    with pytest.raises(Exception, match="unknown precision"):
+        S.accumulate_logits(point_model, 0, [], None, (0, 0, 0), (1, 1, 1), tta=False, precision="bf16", counter=None)

@@ -100,21 +100,21 @@ def test_region_export_crops_when_exact(point_model):
     "changes",
     [
         # nnU-Net's default resampling with separate z (anisotropic 3 mm slices), as older plans name it
-        dict(
-            resampling_fn_data="resample_data_or_seg_to_shape",
-            resampling_fn_data_kwargs={"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            resampling_fn_probabilities="resample_data_or_seg_to_shape",
-            resampling_fn_probabilities_kwargs={"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        ),
+        {
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        },
         # torch resampling with forced separate z
-        dict(
-            resampling_fn_data_kwargs={"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": True},
-            resampling_fn_probabilities_kwargs={
+        {
+            "resampling_fn_data_kwargs": {"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": True},
+            "resampling_fn_probabilities_kwargs": {
                 "is_seg": False,
                 "memefficient_seg_resampling": True,
                 "force_separate_z": True,
             },
-        ),
+        },
     ],
 )
 def test_fast_equals_reference_with_other_resampling(point_model, changes):

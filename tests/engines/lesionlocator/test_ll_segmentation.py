@@ -108,7 +108,7 @@ def test_region_export_crops_when_exact(point_model):
         },
         # torch resampling with forced separate z
         {
-            "resampling_fn_data_kwargs": {"is_seg": False, "memefficient_seg_resampling": True, "force_separate_z": True},
+            "resampling_fn_data_kwargs": {"is_seg": False, "force_separate_z": True},
             "resampling_fn_probabilities_kwargs": {
                 "is_seg": False,
                 "memefficient_seg_resampling": True,

@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=[0], metavar="FOLD",
                    help="folds to write (default: 0)")
+    p.add_argument("--parts", nargs="+", choices=["bbox", "point", "track"], default=["bbox", "point", "track"],
+                   help="which models to write (default: all three; track builds the 70 M-parameter uniGradICON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LesionLocatorCheckpoint folder")
     return parser
 
@@ -245,15 +247,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise EngineError(f"generate-checkpoint needs torch and nnunetv2 ({exc}); install "
                           "'napari-lesionlocator[lesionlocator]'") from None
     target = Path(args.out) / "LesionLocatorCheckpoint"
+    if args.plans and not Path(args.plans).is_file():
+        raise InputImageError(f"plans file not found: {args.plans}")
     if target.exists():
         if not args.overwrite:
             raise OutputExistsError(f"{target} already exists; refusing to overwrite it (use --overwrite)")
         import shutil
 
         shutil.rmtree(target)
-    if args.plans and not Path(args.plans).is_file():
-        raise InputImageError(f"plans file not found: {args.plans}")
-    root = generate_checkpoint(args.out, plans_path=args.plans, tiny=args.tiny, seed=args.seed, folds=args.folds)
+    root = generate_checkpoint(args.out, plans_path=args.plans, tiny=args.tiny, seed=args.seed, folds=args.folds,
+                               parts=args.parts)
     print(root)
     return EXIT_OK
 

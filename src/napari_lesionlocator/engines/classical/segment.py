@@ -100,26 +100,34 @@ def _mode(values: np.ndarray, bin_hu: float = 10.0) -> float:
 def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> IntensityModel:
     """Accepted HU interval for a lesion sampled by ``core`` amid ``surroundings`` (1D arrays, HU).
 
-    The centre is the core's median and its spread a MAD-based sigma (floored at the CT noise
-    level). Each end of the interval lies halfway between the centre and the most common tissue
-    on that side (e.g. lung or fat below, contrast vessels or bone above), but never closer to the
-    centre than 2.5 sigma; with no such tissue around, 4 sigma. Air-like core voxels (partial
-    volume with lung) are ignored when at least a fifth of the core is tissue.
+    The lesion's own range is the core's 10th-90th percentiles less noise (heterogeneous
+    lesions such as part-solid nodules or necrotic masses span a range) and its noise a
+    MAD-based sigma, clamped to [12, 36] HU. Each end of the interval lies between the lesion and the most common tissue
+    on that side (e.g. lung or fat below, contrast vessels or bone above): a quarter of the way
+    from aerated lung (so ground-glass parts and partial volume are kept), halfway otherwise;
+    never closer than 2.5 sigma to the lesion's range; with no such tissue around, 4 sigma.
+    Air-like core voxels (partial volume with lung) are ignored when at least a fifth of the
+    core is tissue.
     """
     tissue = core[core >= AIR_LIKE_HU]
     if tissue.size >= max(5, 0.2 * core.size):
         # A loose box or a click on a small nodule also samples aerated lung: lesions are tissue.
         core = tissue
     m = float(np.median(core))
-    s = max(1.4826 * float(np.median(np.abs(core - m))), NOISE_FLOOR_HU)
-    low, high = m - 4.0 * s, m + 4.0 * s
+    s = min(max(1.4826 * float(np.median(np.abs(core - m))), NOISE_FLOOR_HU), 3 * NOISE_FLOOR_HU)
+    # The lesion's own spread beyond noise (a homogeneous lesion gives a = b = m).
+    p10, p90 = (float(v) for v in np.percentile(core, (10, 90)))
+    a, b = min(m, p10 + 1.28 * s), max(m, p90 - 1.28 * s)
+    low, high = a - 4.0 * s, b + 4.0 * s
     min_count = max(20, int(0.02 * surroundings.size))
-    dark = surroundings[surroundings < m - 3.0 * s]
+    dark = surroundings[surroundings < a - 3.0 * s]
     if dark.size >= min_count:
-        low = min((m + _mode(dark)) / 2.0, m - 2.5 * s)
-    bright = surroundings[surroundings > m + 3.0 * s]
+        dark_mode = _mode(dark)
+        frac = 0.25 if dark_mode < AIR_LIKE_HU else 0.5
+        low = min(dark_mode + frac * (m - dark_mode), a - 2.5 * s)
+    bright = surroundings[surroundings > b + 3.0 * s]
     if bright.size >= min_count:
-        high = max((m + _mode(bright)) / 2.0, m + 2.5 * s)
+        high = max((m + _mode(bright)) / 2.0, b + 2.5 * s)
     return IntensityModel(m, low, high)
 
 
@@ -180,10 +188,12 @@ def _split_by_necks(mask: np.ndarray, spacing, seed, lesion_radius: float) -> np
         peak_region = float(dist[region].max())
         for k in neighbours:
             saddle = float(dist[ring & (basins == k)].max())
-            # A neck thinner than 75 % of the smaller blob is a real constriction: keep it cut.
-            # A much bigger structure (chest wall, organ) must join through almost no neck at all.
-            ratio = 0.9 if float(peaks[k]) > 2.0 * peak_region else 0.75
-            if saddle >= ratio * min(peak_region, float(peaks[k])):
+            # A blob much thicker than the lesion (chest wall, organ, mediastinum) is never part of
+            # it: the seed is the thickest point near the prompt. Smaller blobs (lobes, spicules)
+            # join unless the neck is thinner than 75 % of the smaller blob (a real constriction).
+            if float(peaks[k]) > 1.5 * peak_region:
+                continue
+            if saddle >= 0.75 * min(peak_region, float(peaks[k])):
                 region |= basins == k
                 merged.add(k)
                 added = True

@@ -1,0 +1,258 @@
+"""Accuracy of the classical engine: Dice per lesion for point, centroid and box prompts and for tracking.
+
+Run::
+
+    .venv/bin/python benchmarks/accuracy.py                  # synthetic study (seed 0) + real cases
+    .venv/bin/python benchmarks/accuracy.py --seeds 0 1 2 --rotate   # also oblique grids
+    .venv/bin/python benchmarks/accuracy.py --no-real / --no-synthetic
+
+Prompts come from the ground truth: *box* = the lesion's bounding box; *point* = the lesion voxel
+nearest its centroid (always inside the lesion); *centroid* = the plain rounded centroid (may
+fall outside a non-convex lesion, as a careless click would).
+
+Synthetic: :func:`make_synthetic_study` (3 timepoints, exact ground truth). Segmentation is
+measured on the baseline; tracking from each timepoint's ground truth to the next one
+(single step) and autoregressively over the series, as ``api.iter_track_series`` runs it.
+
+Real: the IBSI soft-tissue-sarcoma CT crops and the pyradiomics lung CTs in
+``/work/shared/data/real`` (one labelled lesion each). Each is also resampled onto an oblique,
+anisotropic grid (generality check, same lesion). For tracking, a follow-up is made by a known
+rigid motion plus a smooth B-spline deformation onto a different grid (size, spacing, origin,
+direction); the label goes through the same transform.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_lesionlocator.api import iter_track_series, run_sync
+from napari_lesionlocator.core.geometry import Geometry
+from napari_lesionlocator.core.image import Image, LabelMap
+from napari_lesionlocator.core.prompts import BoxPrompt, PointPrompt
+from napari_lesionlocator.engines.base import EngineSettings
+from napari_lesionlocator.engines.classical import ClassicalEngine
+from napari_lesionlocator.engines.classical.register import to_sitk
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+# ---------------------------------------------------------------- helpers
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def gt_prompts(mask: np.ndarray, lesion_id: int) -> dict[str, object]:
+    idx = np.argwhere(mask)
+    c = idx.mean(axis=0)
+    inside = idx[np.argmin(((idx - c) ** 2).sum(axis=1))]
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    return {
+        "point": PointPrompt(lesion_id, tuple(int(v) for v in inside)),
+        "centroid": PointPrompt(lesion_id, tuple(int(v) for v in np.round(c))),
+        "box": BoxPrompt(lesion_id, (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])),
+    }
+
+
+def seg_row(engine, image: Image, gt: np.ndarray, lesion_id: int) -> dict[str, float]:
+    row = {}
+    for kind, prompt in gt_prompts(gt, lesion_id).items():
+        t0 = time.perf_counter()
+        res = engine.segment(image, [prompt])
+        row[kind] = dice(res.labels.array == lesion_id, gt)
+        row[f"{kind}_s"] = time.perf_counter() - t0
+    return row
+
+
+def print_table(title: str, rows: list[tuple[str, dict]], cols: list[str]) -> None:
+    print(f"\n## {title}\n")
+    print("| lesion | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, row in rows:
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    means = []
+    for c in cols:
+        vals = [r[c] for _, r in rows if isinstance(r.get(c), float)]
+        means.append(f"**{np.mean(vals):.3f}**" if vals else "-")
+    print("| **mean** | " + " | ".join(means) + " |")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- synthetic
+def synthetic(engine, seed: int, rotate: bool) -> dict[str, float]:
+    from napari_lesionlocator.sample.synthetic import make_synthetic_study
+
+    study = make_synthetic_study(seed=seed, size="small", rotate_grid=rotate)
+    tag = f"synthetic seed {seed}{' oblique grid' if rotate else ''}"
+    image, labels = study.images[0], study.labels[0]
+    rows = []
+    for rec in study.lesions:
+        gt = labels.array == rec.id
+        if not gt.any():
+            continue
+        rows.append((f"{rec.id} {rec.kind} ({rec.diameter_mm:.0f} mm)", seg_row(engine, image, gt, rec.id)))
+    print_table(f"{tag}: segmentation on the baseline (Dice)", rows, ["point", "centroid", "box"])
+
+    trows: dict[int, dict] = {}
+    for k in range(len(study.images) - 1):
+        res = engine.track(study.images[k], study.labels[k], study.images[k + 1])
+        for lid in study.labels[k].ids:
+            truth = study.labels[k + 1].array == lid
+            row = trows.setdefault(lid, {})
+            if truth.any():
+                row[f"tp{k}->tp{k + 1}"] = dice(res.labels.array == lid, truth)
+            else:
+                row[f"tp{k}->tp{k + 1}"] = "lost: ok" if lid in res.lost_ids else "FALSE MASK"
+    series = run_sync(iter_track_series(engine, study.images[0], study.labels[0], study.images[1:]))
+    for k, res in enumerate(series.results, start=1):
+        for lid in study.labels[0].ids:
+            truth = study.labels[k].array == lid
+            row = trows.setdefault(lid, {})
+            if truth.any():
+                row[f"series tp{k}"] = dice(res.labels.array == lid, truth)
+            else:
+                row[f"series tp{k}"] = "lost: ok" if lid in res.lost_ids else "FALSE MASK"
+    print_table(
+        f"{tag}: tracking (Dice; GT of the earlier scan -> next scan, and autoregressive series)",
+        [(str(lid), r) for lid, r in sorted(trows.items())],
+        ["tp0->tp1", "tp1->tp2", "series tp1", "series tp2"],
+    )
+    seg_means = {c: float(np.mean([r[c] for _, r in rows])) for c in ("point", "centroid", "box")}
+    tvals = [v for r in trows.values() for key, v in r.items() if isinstance(v, float) and "->" in key]
+    seg_means["tracking"] = float(np.mean(tvals)) if tvals else float("nan")
+    return seg_means
+
+
+# ---------------------------------------------------------------- real data
+def read(path: Path) -> tuple[np.ndarray, Geometry]:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    geo = Geometry.from_itk(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    return sitk.GetArrayFromImage(img), geo
+
+
+def real_cases() -> list[tuple[str, Image, np.ndarray]]:
+    cases = []
+    for d in sorted((REAL / "ibsi_sts_validation" / "nifti").glob("STS_*")):
+        arr, geo = read(d / "CT_image.nii.gz")
+        lab, _ = read(d / "CT_mask.nii.gz")
+        cases.append((d.name, Image(arr.astype(np.float32), geo, d.name), lab > 0))
+    for name in ("lung1", "lung2"):
+        arr, geo = read(REAL / "pyradiomics" / f"{name}_image.nrrd")
+        lab, _ = read(REAL / "pyradiomics" / f"{name}_label.nrrd")
+        cases.append((name, Image(arr.astype(np.float32), geo, name), lab > 0))
+    return cases
+
+
+def rotation(deg_zyx) -> np.ndarray:
+    out = np.eye(3)
+    for axis, deg in enumerate(deg_zyx):
+        a = np.deg2rad(deg)
+        i, j = [k for k in range(3) if k != axis]
+        r = np.eye(3)
+        r[i, i], r[i, j], r[j, i], r[j, j] = np.cos(a), -np.sin(a), np.sin(a), np.cos(a)
+        out = out @ r
+    return out
+
+
+def resample_case(image: Image, mask: np.ndarray, transform, geo: Geometry) -> tuple[Image, np.ndarray]:
+    """Image and mask on ``geo`` through a SimpleITK transform (output point -> input point)."""
+    import SimpleITK as sitk
+
+    ref = to_sitk(np.zeros(geo.shape, np.float32), geo)
+    img = sitk.Resample(to_sitk(image.array, image.geometry), ref, transform, sitk.sitkLinear, -1000.0)
+    lab = sitk.Resample(to_sitk(mask.astype(np.float32), image.geometry), ref, transform, sitk.sitkLinear, 0.0)
+    return Image(sitk.GetArrayFromImage(img), geo, image.name + "_moved"), sitk.GetArrayFromImage(lab) >= 0.5
+
+
+def oblique_grid(geo: Geometry, spacing, deg_zyx, shift_mm=(0.0, 0.0, 0.0), grow=1.0) -> Geometry:
+    """A grid around the same physical centre with another spacing and direction."""
+    centre = geo.index_to_world((np.asarray(geo.shape) - 1) / 2) + np.asarray(shift_mm)
+    d = rotation(deg_zyx) @ geo.direction_matrix
+    shape = np.maximum(8, np.round(np.asarray(geo.extent_mm) * grow / np.asarray(spacing))).astype(int)
+    origin = centre - d @ ((shape - 1) / 2 * np.asarray(spacing))
+    return Geometry(tuple(int(v) for v in shape), tuple(spacing), tuple(origin), tuple(d.reshape(-1)))
+
+
+def known_motion(image: Image, mask: np.ndarray, seed: int = 0):
+    """Rigid (3 deg, ~8 mm) + smooth B-spline deformation (~3 mm) onto a different grid."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    ref = to_sitk(image.array, image.geometry)
+    centre = ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()])
+    rigid = sitk.Euler3DTransform()
+    rigid.SetCenter(centre)
+    rigid.SetRotation(*np.deg2rad(rng.uniform(-3, 3, 3)))
+    rigid.SetTranslation(tuple(rng.uniform(-8, 8, 3)))
+    bspline = sitk.BSplineTransformInitializer(ref, [4, 4, 4])
+    params = np.asarray(bspline.GetParameters())
+    bspline.SetParameters(tuple(rng.normal(0, 3.0, params.size)))
+    motion = sitk.CompositeTransform([rigid, bspline])
+    g = image.geometry
+    spacing = tuple(np.asarray(g.spacing) * np.array([0.8, 1.15, 1.1]))
+    geo = oblique_grid(g, spacing, (4, -3, 2), shift_mm=(5.0, -6.0, 4.0), grow=1.1)
+    return resample_case(image, mask, motion, geo)
+
+
+def real(engine) -> dict[str, float]:
+    import SimpleITK as sitk
+
+    rows, orows, trows = [], [], []
+    for name, image, gt in real_cases():
+        ml = gt.sum() * image.geometry.voxel_volume_mm3 / 1000
+        rows.append((f"{name} ({ml:.1f} mL)", seg_row(engine, image, gt, 1)))
+        # Generality: the same case on an oblique, anisotropic grid (identity transform, new grid).
+        sp = np.asarray(image.geometry.spacing)
+        geo = oblique_grid(image.geometry, (sp.max() * 0.8, sp.min() * 1.3, sp.min() * 1.1), (10, 7, -5))
+        ob_img, ob_gt = resample_case(image, gt, sitk.Transform(3, sitk.sitkIdentity), geo)
+        orows.append((name, seg_row(engine, ob_img, ob_gt, 1)))
+        f_img, f_gt = known_motion(image, gt)
+        t0 = time.perf_counter()
+        res = engine.track(image, LabelMap(gt.astype(np.uint16), image.geometry), f_img)
+        trows.append((name, {"tracking": dice(res.labels.array == 1, f_gt), "s": time.perf_counter() - t0,
+                             "lost": "lost" if res.lost_ids else ""}))
+    print_table("real cases: segmentation (Dice)", rows, ["point", "centroid", "box", "point_s", "box_s"])
+    print_table("real cases on an oblique anisotropic grid (Dice)", orows, ["point", "centroid", "box"])
+    print_table("real cases: tracking to a known rigid + B-spline motion, other grid (Dice)", trows,
+                ["tracking", "s", "lost"])
+    out = {c: float(np.mean([r[c] for _, r in rows])) for c in ("point", "centroid", "box")}
+    out.update({f"oblique {c}": float(np.mean([r[c] for _, r in orows])) for c in ("point", "centroid", "box")})
+    out["tracking"] = float(np.mean([r["tracking"] for _, r in trows]))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--rotate", action="store_true", help="also run the synthetic study on oblique grids")
+    ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    engine = ClassicalEngine(EngineSettings(threads=args.threads))
+    summary: list[tuple[str, dict]] = []
+    if not args.no_synthetic:
+        for seed in args.seeds:
+            for rot in (False, True) if args.rotate else (False,):
+                summary.append((f"synthetic seed {seed}{' oblique' if rot else ''}", synthetic(engine, seed, rot)))
+    if not args.no_real and REAL.exists():
+        summary.append(("real (7 cases)", real(engine)))
+    cols = sorted({k for _, r in summary for k in r}, key=lambda c: (c.startswith("oblique"), c))
+    print_table("summary (mean Dice)", summary, cols)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

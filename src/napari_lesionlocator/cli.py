@@ -291,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt as exc:
-        print("\ncancelled; files already written are complete (writes are atomic)", file=sys.stderr)
+        if args.command == "download-weights":
+            print("\ncancelled; the partial download is kept: run the same command again to resume", file=sys.stderr)
+        else:
+            print("\ncancelled; files already written are complete (writes are atomic)", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exit_code_for(exc)

@@ -1,0 +1,183 @@
+"""The npe2 manifest, reader, writer and sample data, exercised through napari (not by calling our functions).
+
+Run under a display: xvfb-run -a .venv/bin/pytest -p no:xvfb tests/gui
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lesionlocator.core.geometry import Geometry
+from napari_lesionlocator.core.image import Image, LabelMap
+from napari_lesionlocator.core.windows import window_limits
+
+napari = pytest.importorskip("napari")
+npe2 = pytest.importorskip("npe2")
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-lesionlocator"
+
+
+def _rot(a: float, c: float) -> np.ndarray:
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+ROTATED = Geometry((6, 9, 8), (2.5, 0.8, 0.7), (10.0, -20.0, 30.0), tuple(_rot(0.25, 0.6).reshape(-1)))
+ALIGNED = Geometry((5, 7, 6), (3.0, 0.9, 0.75), (-40.0, 5.5, 12.25))
+
+
+def _ct(geom: Geometry, seed: int = 0, name: str = "ct") -> Image:
+    rng = np.random.default_rng(seed)
+    return Image(rng.integers(-1000, 1500, geom.shape).astype(np.float32), geom, name=name)
+
+
+def test_manifest_is_valid_and_complete() -> None:
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    manifest.validate_imports()  # every python_name resolves
+    ids = {c.id for c in manifest.contributions.commands}
+    assert all(i.startswith(f"{PLUGIN}.") for i in ids)
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Lesion prompts", "Timeline", "Lesion review"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_study", "synthetic_study_truth"}
+    reader = manifest.contributions.readers[0]
+    assert reader.accepts_directories
+    assert {"*.nii", "*.nii.gz", "*.nrrd", "*.mha", "*.mhd"} <= set(reader.filename_patterns)
+    assert manifest.contributions.writers[0].layer_types == ["labels"]
+    # No Qt/napari import at package import time: the manifest points into gui.* only.
+    assert all(c.python_name.startswith("napari_lesionlocator.gui.") for c in manifest.contributions.commands)
+
+
+@pytest.mark.parametrize("geom", [ALIGNED, ROTATED], ids=["aligned", "rotated"])
+def test_reader_places_volume_in_world_space(make_napari_viewer, tmp_path, geom) -> None:
+    from napari_lesionlocator.io.images import write_image
+
+    image = _ct(geom)
+    path = write_image(image, tmp_path / "scan.nii.gz")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) == 1
+    layer = layers[0]
+    np.testing.assert_array_equal(np.asarray(layer.data), image.array)
+    assert Geometry.from_metadata(layer.metadata["geometry"]).same_grid(geom, origin_tol_mm=1e-4)
+    assert layer.metadata["source"] == str(path)
+    assert layer.contrast_limits == pytest.approx(window_limits("soft tissue"))
+    # Every voxel lands where the geometry says, rotated or not (affine only when needed).
+    for idx in ([0, 0, 0], [5, 4, 3], np.asarray(geom.shape) - 1):
+        np.testing.assert_allclose(layer.data_to_world(idx), geom.index_to_world(idx), atol=1e-4)
+    assert np.allclose(layer.affine.affine_matrix, np.eye(4)) == geom.is_axis_aligned
+
+
+def test_reader_reads_a_dicom_folder_with_dates(make_napari_viewer, tmp_path) -> None:
+    from napari_lesionlocator.io import write_dicom_series
+
+    image = _ct(ROTATED)
+    write_dicom_series(image, tmp_path / "dcm", series_description="CT chest", series_number=3,
+                       acquisition_date="2024-02-29", prefix="ct")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "dcm"), plugin=PLUGIN)
+    assert layer.metadata["acquisition_date"] == "2024-02-29"
+    geom = Geometry.from_metadata(layer.metadata["geometry"])
+    assert geom.same_grid(ROTATED, origin_tol_mm=1e-3, direction_tol=1e-5)
+    np.testing.assert_array_equal(np.asarray(layer.data), image.array)
+
+
+def test_get_reader_declines_what_it_cannot_read(tmp_path) -> None:
+    from napari_lesionlocator.gui._reader import get_reader
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "junk.nii.gz").write_bytes(b"\x00garbage" * 50)
+    (tmp_path / "empty.nrrd").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("x")
+    for name in ("notes.txt", "junk.nii.gz", "empty.nrrd", "folder", "missing.nii.gz"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    assert get_reader([]) is None
+
+
+def test_reader_error_is_clear(make_napari_viewer, tmp_path) -> None:
+    """A file whose header looks fine but holds a 2D image: the error names the problem."""
+    import SimpleITK as sitk
+
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.Image(16, 16, sitk.sitkInt16), str(path))
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="2D|3D"):
+        viewer.open(str(path), plugin=PLUGIN)
+    assert len(viewer.layers) == 0
+
+
+@pytest.mark.parametrize("geom", [ALIGNED, ROTATED], ids=["aligned", "rotated"])
+def test_writer_round_trip_keeps_geometry(make_napari_viewer, tmp_path, geom) -> None:
+    """Labels tied to an opened image -> saved through napari/npe2 -> re-read: same grid, same ids."""
+    from napari_lesionlocator.io.images import read_label_map, write_image
+
+    path = write_image(_ct(geom), tmp_path / "scan.nii.gz")
+    viewer = make_napari_viewer()
+    (image_layer,) = viewer.open(str(path), plugin=PLUGIN)
+    from napari_lesionlocator.gui._session import AnnotationSession
+
+    labels = AnnotationSession(viewer).labels_layer_for(image_layer)
+    data = np.zeros(geom.shape, dtype=np.uint16)
+    data[1:3, 2:5, 1:4] = 7
+    data[4, 6, 5] = 300  # an id above 255 survives
+    labels.data = data
+    out = tmp_path / "out" / "lesions.nii.gz"
+    written = npe2.write(str(out), [labels.as_layer_data_tuple()], plugin_name=PLUGIN)
+    assert written == [str(out)]
+    back = read_label_map(out)
+    assert back.geometry.same_grid(geom, spacing_tol=1e-6, origin_tol_mm=1e-5, direction_tol=1e-6)
+    np.testing.assert_array_equal(back.array, data)
+
+
+def test_writer_uses_layer_transform_without_metadata(tmp_path) -> None:
+    """A labels layer made by hand (no metadata): the grid comes from scale/translate/affine."""
+    from napari.layers import Labels
+
+    from napari_lesionlocator.io.images import read_label_map
+
+    data = np.zeros(ROTATED.shape, dtype=np.uint8)
+    data[2, 3, 4] = 1
+    layer = Labels(data, **ROTATED.napari_transform())
+    out = tmp_path / "plain"
+    (written,) = npe2.write(str(out), [layer.as_layer_data_tuple()], plugin_name=PLUGIN)
+    assert written.endswith("plain.nii.gz")
+    back = read_label_map(written)
+    assert back.geometry.same_grid(ROTATED, origin_tol_mm=1e-4, direction_tol=1e-6)
+    np.testing.assert_array_equal(back.array, data)
+
+
+def test_sample_study_opens_through_the_manifest(make_napari_viewer) -> None:
+    from napari_lesionlocator.gui._sample_data import _cached_study
+
+    study = _cached_study()
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_study_truth")
+    images = [layer for layer in viewer.layers if layer._type_string == "image"]
+    truths = [layer for layer in viewer.layers if layer._type_string == "labels"]
+    assert [layer.metadata["acquisition_date"] for layer in images] == [im.acquisition_date for im in study.images]
+    assert [layer.visible for layer in images] == [True] + [False] * (len(images) - 1)
+    assert len(truths) == len(images) and not any(layer.visible for layer in truths)
+    for layer, truth in zip(truths, study.labels, strict=True):
+        np.testing.assert_array_equal(np.asarray(layer.data), truth.array)
+        # Ground truth overlays its image: same world placement.
+        np.testing.assert_allclose(layer.data_to_world([3, 4, 5]), truth.geometry.index_to_world([3, 4, 5]))
+    viewer2 = make_napari_viewer()
+    viewer2.open_sample(PLUGIN, "synthetic_study")
+    assert len(viewer2.layers) == len(study.images)
+
+
+def test_labels_layer_data_keeps_lesion_colours() -> None:
+    from napari_lesionlocator.gui._layers import labels_layer_data, lesion_colormap, lesion_colour
+
+    lm = LabelMap(np.zeros(ALIGNED.shape, np.uint16), ALIGNED)
+    _, kwargs, kind = labels_layer_data(lm)
+    assert kind == "labels"
+    cmap = lesion_colormap()
+    for lid in (1, 2, 7, 300):
+        np.testing.assert_allclose(kwargs["colormap"].map(lid), cmap.map(lid))
+        np.testing.assert_allclose(lesion_colour(lid), np.asarray(cmap.map(lid)).reshape(-1)[:4])
+    assert not np.allclose(lesion_colour(1), lesion_colour(2))

@@ -169,3 +169,32 @@ def test_real_ct_against_pyradiomics(real_data_dir, case, max2d_slice_mm, voxel_
     assert row.volume_ml * 1000 == pytest.approx(voxel_volume_mm3, rel=1e-9)
     assert row.long_axis_mm == pytest.approx(max2d_slice_mm, abs=tol_mm)
     assert 0 < row.short_axis_mm <= row.long_axis_mm
+
+
+def _chord_reference(hull: np.ndarray, u: np.ndarray, samples: int = 4001) -> float:
+    """Brute force: perpendicular chord length of a convex polygon at many positions along u."""
+    v = np.array([-u[1], u[0]])
+    s, w = hull @ u, hull @ v
+    best = 0.0
+    for t in np.linspace(s.min(), s.max(), samples):
+        hits = []
+        for k in range(len(hull)):
+            a, b = s[k], s[(k + 1) % len(hull)]
+            if min(a, b) <= t <= max(a, b) and a != b:
+                hits.append(w[k] + (t - a) / (b - a) * (w[(k + 1) % len(hull)] - w[k]))
+        if len(hits) >= 2:
+            best = max(best, max(hits) - min(hits))
+    return best
+
+
+def test_perpendicular_chord_matches_brute_force_on_random_polygons():
+    from napari_lesionlocator.core.measurements import _hull_vertices, _perpendicular_chord
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        hull = _hull_vertices(rng.normal(size=(40, 2)) * rng.uniform(0.5, 5, size=2))
+        angle = rng.uniform(0, np.pi)
+        u = np.array([np.cos(angle), np.sin(angle)])
+        length, a, b = _perpendicular_chord(hull, u)
+        assert length == pytest.approx(_chord_reference(hull, u), rel=2e-3, abs=1e-6)
+        assert abs((b - a) @ u) < 1e-9 and np.linalg.norm(b - a) == pytest.approx(length)

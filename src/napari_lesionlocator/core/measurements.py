@@ -145,32 +145,31 @@ def _longest_pair(pts: np.ndarray) -> tuple[float, int, int]:
 def _perpendicular_chord(hull: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Longest chord of a convex polygon (2D, ordered vertices) perpendicular to unit vector ``u``.
 
+    The chord length is a concave, piecewise-linear function of the position ``t`` along ``u``,
+    so it is evaluated at every vertex position (vectorised over vertices x edges).
     Returns the length and the two end points. Degenerate hulls (segment, point) give 0.
     """
     if len(hull) < 3:
         p = hull[0] if len(hull) else np.zeros(2)
         return 0.0, p, p
     v = np.array([-u[1], u[0]])
-    s = hull @ u
-    w = hull @ v
-    best = (0.0, hull[0], hull[0])
-    n = len(hull)
-    for t in s:
-        hits = []
-        for k in range(n):
-            s0, s1 = s[k], s[(k + 1) % n]
-            lo, hi = min(s0, s1), max(s0, s1)
-            if lo - 1e-12 <= t <= hi + 1e-12:
-                if abs(s1 - s0) < 1e-12:  # edge along the chord direction: both ends count
-                    hits.extend([w[k], w[(k + 1) % n]])
-                else:
-                    a = (t - s0) / (s1 - s0)
-                    hits.append(w[k] + a * (w[(k + 1) % n] - w[k]))
-        if len(hits) >= 2:
-            length = max(hits) - min(hits)
-            if length > best[0]:
-                best = (float(length), t * u + min(hits) * v, t * u + max(hits) * v)
-    return best
+    s, w = hull @ u, hull @ v
+    s0, s1 = s, np.roll(s, -1)  # edge k goes from vertex k to vertex k + 1
+    w0, w1 = w, np.roll(w, -1)
+    t = s[:, None]  # (positions, 1) against (edges,)
+    lo, hi = np.minimum(s0, s1), np.maximum(s0, s1)
+    crosses = (t >= lo - 1e-12) & (t <= hi + 1e-12)
+    ds = s1 - s0
+    flat = np.abs(ds) < 1e-12  # an edge along the chord direction: both of its ends are on the chord
+    a = np.where(flat, 0.0, (t - s0) / np.where(flat, 1.0, ds))
+    hit = w0 + a * (w1 - w0)
+    top = np.where(crosses, np.maximum(hit, np.where(flat, w1, hit)), -np.inf).max(axis=1)
+    bottom = np.where(crosses, np.minimum(hit, np.where(flat, w1, hit)), np.inf).min(axis=1)
+    length = np.where(np.isfinite(top) & np.isfinite(bottom), top - bottom, 0.0)
+    k = int(np.argmax(length))
+    if length[k] <= 0:
+        return 0.0, hull[0], hull[0]
+    return float(length[k]), s[k] * u + bottom[k] * v, s[k] * u + top[k] * v
 
 
 def _in_plane_basis(geometry: Geometry) -> np.ndarray:

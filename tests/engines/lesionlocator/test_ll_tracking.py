@@ -240,3 +240,20 @@ def test_track_lesions_without_lesions():
     empty = LabelMap.empty(base.geometry)
     result = tracking.track_lesions(H.model(H.echo_net()), base, empty, fu, tta=False, device="cpu")
     assert result.labels.ids == [] and result.lost_ids == [] and result.labels.geometry == fu.geometry
+
+
+def test_lesion_vanishing_in_preprocessing_is_reported_lost():
+    # 0.5 x 0.4 x 0.4 mm voxels resampled to 1.0 x 0.8 x 0.8: a one-voxel lesion disappears
+    g0 = Geometry((40, 50, 50), (0.5, 0.4, 0.4))
+    base = Image((H.smooth_volume(g0.shape, seed=13) * 200).astype(np.float32), g0, "base")
+    labels = np.zeros(g0.shape, np.uint16)
+    labels[20, 25, 25] = 4
+    labels[H.ball(g0.shape, (20, 20, 30), 6)] = 2
+    events = []
+    result = tracking.track_lesions(
+        H.model(H.echo_net()), base, LabelMap(labels, g0), base, tta=False, device="cpu", on_progress=events.append
+    )
+    assert result.lost_ids == [4]
+    assert result.labels.ids == [2]
+    assert any("lesion 4" in m and "vanished" in m for m in result.messages)
+    assert events[-1].step == events[-1].total

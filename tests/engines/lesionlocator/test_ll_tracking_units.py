@@ -150,3 +150,15 @@ def test_build_track_network_tiny_plans():
     x = torch.zeros(1, 2, 32, 32, 32)
     with torch.inference_mode():
         assert tuple(net.unet(x).shape) == (1, 2, 32, 32, 32)  # deep supervision off
+
+
+@pytest.mark.slow
+def test_benchmark_tracking_step_smoke():
+    from napari_lesionlocator.engines.lesionlocator.tracking import benchmark_tracking_step
+
+    lines = []
+    times = benchmark_tracking_step(H.plans(), shape=(32, 48, 48), tiny=True, print_fn=lines.append)
+    assert times["fields_identical"] == 1.0
+    assert times["full_over_a_to_b"] > 1.0  # the training forward does strictly more work
+    assert {"registration_a_to_b_s", "registration_full_forward_s", "tracking_step_s"} <= set(times)
+    assert "registration grid 65^3" in lines[0] and len(lines) == 1 + len(times)

@@ -285,11 +285,14 @@ def _predict_patch(net, image: torch.Tensor, warped: torch.Tensor, patch, device
     center = np.round(idx).astype(int)  # half to even, as numpy rounds
     shape = tuple(image.shape[2:])
     pad, start, valid, inner = patch_box(center, patch, shape)
-    x = torch.cat([image, warped.to(image.dtype)], 1)
-    if any(b or a for b, a in pad):
-        flat = [v for b_a in reversed(pad) for v in b_a]  # F.pad wants the last axis first
+    # Cut first, then zero-pad the cut up to the patch: the same values as padding the whole
+    # volume and cutting, without copying the volume.
+    box = (slice(None), slice(None), *valid)
+    x = torch.cat([image[box], warped[box].to(image.dtype)], 1)
+    widths = [(i.start, p - i.stop) for i, p in zip(inner, patch)]
+    if any(b or a for b, a in widths):
+        flat = [v for b_a in reversed(widths) for v in b_a]  # F.pad wants the last axis first
         x = torch.nn.functional.pad(x, flat, mode="constant", value=0.0)
-    x = x[(slice(None), slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))]
     with torch.inference_mode(), _autocast(device):
         out = net.unet(x.contiguous())
     out = out[0].float()[(slice(None), *inner)]
@@ -363,15 +366,22 @@ def track_lesions(
         else:
             lost.append(i)
             messages.append(f"lesion {i}: its baseline mask vanished when resampled to the model spacing; not tracked")
-    sums = track_preprocessed(
-        track_model, pre0.data, pre1.data, prompts, tta=tta, device=device, field_cache=field_cache,
-        pair_key=(baseline, followup), on_progress=on_progress, cancel=cancel,
-        progress_offset=2, progress_total=total,
-    )
-    step = 2 + len(folds) * n_flips * (1 + len(ids))
+    step = 2
+    sums = {}
+    if prompts:
+        total = 2 + len(folds) * n_flips * (1 + len(prompts)) + len(ids)
+        sums = track_preprocessed(
+            track_model, pre0.data, pre1.data, prompts, tta=tta, device=device, field_cache=field_cache,
+            pair_key=(baseline, followup), on_progress=on_progress, cancel=cancel,
+            progress_offset=2, progress_total=total,
+        )
+        step += len(folds) * n_flips * (1 + len(prompts))
+    else:
+        total = 2 + len(ids)
     for i in ids:
         if i not in sums:
             step += 1
+            report(on_progress, step, total, f"lesion {i} not tracked")
             continue
         s = sums[i]
         if cancel is not None:
@@ -435,49 +445,58 @@ def benchmark_tracking_step(
     device="cpu",
     seed: int = 0,
     full_forward: bool = True,
+    tiny: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, float]:
-    """Time one tracking step with the real networks (random weights): ResEnc-L UNet from
-    ``plans`` and uniGradICON on 175^3, one fold, TTA off, on a synthetic preprocessed pair of
-    ``shape`` (z, y, x) with one lesion. Also times the full two-direction training forward and
-    checks that its A-to-B field equals the inference-only one. Returns the seconds measured."""
+    """Time one tracking step with the real networks and random weights.
+
+    The UNet is the one ``plans`` describes (the ResEnc-L reference plans for real figures) and
+    uniGradICON runs on 175^3 (``tiny``: 65^3, for a smoke test); one fold, TTA off, a synthetic
+    preprocessed pair of ``shape`` (z, y, x) voxels with one lesion. Also times the network's full
+    two-direction training forward and checks that its A-to-B field equals the inference-only
+    one. Each figure is printed as soon as it is measured; returns them (seconds, ratio, flag).
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     t = time.perf_counter()
-    net = build_track_network(plans).to(device)
+    net = build_track_network(plans, tiny=tiny).to(device)
     times = {"build_s": time.perf_counter() - t}
+    g = net.grid
+    print_fn(
+        f"tracking step on {device} (torch threads {torch.get_num_threads()}), follow-up {tuple(shape)}, "
+        f"registration grid {g}^3, UNet patch {net.patch_size}, one fold, TTA off"
+    )
+
+    def record(key: str, value: float) -> None:
+        times[key] = value
+        print_fn(f"  {key}: {value:.3f}")
+
+    record("build_s", times["build_s"])
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal((1, *shape)).astype(np.float32)
     x1 = np.roll(x0, 3, axis=1)
     zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
     c = np.array(shape) // 2
     mask = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 10**2
-    g = net.grid
     a = reg.resize_image(torch.from_numpy(x0)[None].to(device), (g,) * 3)
     b = reg.resize_image(torch.from_numpy(x1)[None].to(device), (g,) * 3)
     with torch.inference_mode(), _autocast(device):
         t = time.perf_counter()
         phi = reg.compute_field_a_to_b(net.reg_net, a, b)
         _sync(device)
-        times["registration_a_to_b_s"] = time.perf_counter() - t
+        record("registration_a_to_b_s", time.perf_counter() - t)
         if full_forward:
             t = time.perf_counter()
             phi_full = reg.full_forward_field(net.reg_net, a, b)
             _sync(device)
-            times["registration_full_forward_s"] = time.perf_counter() - t
-            times["full_over_a_to_b"] = times["registration_full_forward_s"] / times["registration_a_to_b_s"]
-            times["fields_identical"] = float(torch.equal(phi, phi_full))
+            record("registration_full_forward_s", time.perf_counter() - t)
+            record("full_over_a_to_b", times["registration_full_forward_s"] / times["registration_a_to_b_s"])
+            record("fields_identical", float(torch.equal(phi, phi_full)))
     model = TrackModel(_load_plans(plans), [net], [0])
     t = time.perf_counter()
     track_preprocessed(model, x0, x1, {1: mask}, tta=False, device=device)
     _sync(device)
-    times["tracking_step_s"] = time.perf_counter() - t
-    print_fn(
-        f"tracking step on {device} (threads {torch.get_num_threads()}), follow-up {tuple(shape)}, "
-        f"registration grid {g}^3, UNet patch {net.patch_size}, one fold, TTA off"
-    )
-    for k, v in times.items():
-        print_fn(f"  {k}: {v:.3f}")
+    record("tracking_step_s", time.perf_counter() - t)
     return times
 
 

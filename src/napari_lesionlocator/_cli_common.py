@@ -49,14 +49,22 @@ class UsageError(PromptError):
 
 def warn(message: str) -> None:
     """One warning line on stderr (kept out of stdout, which scripts may parse)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    _write_line(f"warning: {message}")
 
 
 def info(message: str, args: argparse.Namespace | None = None) -> None:
     """A progress/status line on stderr unless ``--quiet``."""
     if args is not None and getattr(args, "quiet", False):
         return
-    print(message, file=sys.stderr, flush=True)
+    _write_line(message)
+
+
+def _write_line(text: str) -> None:
+    """Print to stderr without breaking an active tqdm bar."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+    sys.stderr.flush()
 
 
 # ------------------------------------------------------------------ engines

@@ -18,20 +18,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.geometry import Geometry
-from .frames import PatientPose, box_in_index_space
+from .frames import PatientPose, boxes_in_index_space
 
-__all__ = ["Phantom", "HU", "Capsule"]
+__all__ = ["Phantom", "Tissue", "TISSUE_HU", "Capsule", "lung_mask"]
 
-HU = {
-    "air": -1000.0, "lung": -850.0, "fat": -100.0, "skin": 30.0, "muscle": 45.0, "blood": 40.0,
-    "heart": 40.0, "liver": 60.0, "spleen": 47.0, "kidney": 32.0, "bowel": 20.0, "fluid": 8.0,
-    "cortical": 850.0, "cancellous": 250.0, "disc": 90.0, "cartilage": 130.0, "csf": 15.0,
-    "vessel": 40.0, "table": 150.0, "table_foam": -850.0,
-}
+
+class Tissue:
+    """Tissue class codes of the phantom's tissue map (uint8)."""
+
+    AIR, TABLE, TABLE_FOAM, SKIN, FAT, MUSCLE, CORTICAL, CANCELLOUS = 0, 1, 2, 3, 4, 5, 6, 7
+    LUNG, BLOOD, LIVER, SPLEEN, KIDNEY, BOWEL, FLUID, GAS = 8, 9, 10, 11, 12, 13, 14, 15
+    CARTILAGE, DISC, CSF, LUNG_VESSEL, AIRWAY, AIRWAY_WALL, LIVER_VESSEL = 16, 17, 18, 19, 20, 21, 22
+    NAMES = ("air", "table", "table_foam", "skin", "fat", "muscle", "cortical", "cancellous", "lung", "blood",
+             "liver", "spleen", "kidney", "bowel", "fluid", "gas", "cartilage", "disc", "csf", "lung_vessel",
+             "airway", "airway_wall", "liver_vessel")
+
+
+# Nominal HU per tissue class (index = class code). Lung gets a posterior density gradient and the
+# liver a faint texture on top of these; bone classes are never overwritten by tubes.
+TISSUE_HU = np.array([
+    -1000, 150, -850, 30, -100, 45, 850, 250,
+    -860, 40, 60, 47, 32, 25, 8, -1000,
+    130, 90, 15, 40, -1000, 45, 42,
+], dtype=np.float32)
+_BONE = (Tissue.CORTICAL, Tissue.CANCELLOUS, Tissue.CARTILAGE, Tissue.DISC)
 
 # Body outline (mm): semi-axes of the elliptical cross-section and layer depths from the skin.
 BODY_AX, BODY_AY = 128.0, 100.0
-SKIN, FAT, MUSCLE = 2.0, 14.0, 28.0
+SKIN, FAT = 2.0, 14.0
 CAVITY_CY, CAVITY_AX, CAVITY_AY = 5.0, BODY_AX - 28.0, 75.0
 TABLE_TOP_Y = 106.0  # world y of the table top (scanner-fixed, below the patient's back)
 HEART_C, HEART_R = np.array([-15.0, -32.0, 20.0]), np.array([40.0, 40.0, 52.0])
@@ -67,8 +81,8 @@ def diaphragm_z(py, px):
 
 
 def apex_scale(pz):
-    """Shrink factor of the thoracic cavity towards the lung apices (1 below z = 55 mm)."""
-    t = np.clip((pz - 55.0) / 50.0, 0.0, 1.0)
+    """Shrink factor of the thoracic cavity towards the lung apices (1 below z = 30 mm, 0 at 105 mm)."""
+    t = np.clip((pz - 30.0) / 75.0, 0.0, 1.0)
     return np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0))
 
 
@@ -108,6 +122,7 @@ class Phantom:
         self._airways()
         for side, hilum in (("right", np.array([15.0, 2.0, -42.0])), ("left", np.array([15.0, 4.0, 44.0]))):
             self._lung_tree(rng, side, hilum)
+        self._hepatic_veins(rng)
 
     # ---------------------------------------------------------------- building
     def _add(self, pts, radii, kind):
@@ -124,7 +139,7 @@ class Phantom:
         self._add([(120, -18, -26), (0, -22, -24)], [10, 10], "vessel")
         self._add([(-170, 12, -22), (-15, 0, -20)], [11, 12], "vessel")
         # Oesophagus (collapsed, soft tissue) behind the trachea, drifting left towards the stomach.
-        self._add([(130, 12, -2), (20, 14, 4), (-60, 10, 22)], [7, 7, 7], "vessel")
+        self._add([(130, 12, -2), (20, 14, 4), (-60, 10, 22)], [7, 7, 7], "soft")
         # Pulmonary trunk and arteries to both hila (the lung trees start there).
         self._add([(0, -50, 20), (25, -28, 12)], [13, 13], "vessel")
         self._add([(25, -28, 12), (18, -6, -20), (15, 2, -42)], [11, 10, 8], "vessel")
@@ -150,162 +165,269 @@ class Phantom:
             # Stay a few mm inside the pleura so tips do not touch the chest wall.
             inner = lung_mask(cand[:, 0] + 4, cand[:, 1], cand[:, 2] * 1.05) & lung_mask(
                 cand[:, 0] - 4, cand[:, 1] * 1.05, cand[:, 2])
-            pts = np.vstack([pts, cand[inside & inner]])
+            # No end points right next to the hilum: the central lung holds the big trunks.
+            far = np.linalg.norm(cand - hilum, axis=1) > 40.0
+            pts = np.vstack([pts, cand[inside & inner & far]])
         pts = pts[:n_targets]
 
         def radius(n: int) -> float:
             return 0.8 * n ** (1.0 / 3.0)
 
-        def grow(start: np.ndarray, targets: np.ndarray, r_start: float) -> None:
-            n = len(targets)
-            if n == 1:
-                self._add([start, targets[0]], [r_start, radius(1)], "lung_vessel")
-                return
-            centre = targets.mean(axis=0)
-            node = start + 0.5 * (centre - start)
-            r_node = radius(n)
-            self._add([start, node], [r_start, r_node], "lung_vessel")
-            centred = targets - centre
-            axis = np.linalg.svd(centred, full_matrices=False)[2][0]
-            proj = centred @ axis
-            order = np.argsort(proj)
-            half = n // 2
-            grow(node, targets[order[:half]], r_node)
-            grow(node, targets[order[half:]], r_node)
+        self._tree(hilum, pts, radius, "lung_vessel", rng, bronchi=True)
 
-        grow(hilum, pts, radius(n_targets))
+    def _tree(self, root, targets, radius, kind, rng, bronchi=False) -> None:
+        """Grow a tree from ``root`` to every target by recursive splits along the principal axis.
+
+        With ``bronchi``, branches thicker than 2 mm get a bronchus running alongside (the
+        broncho-arterial bundle), a thin-walled air tube about 0.8 times the vessel's radius.
+        """
+        stack = [(np.asarray(root, float), np.asarray(targets, float), radius(len(targets)))]
+        while stack:
+            start, pts, r_start = stack.pop()
+            n = len(pts)
+            end = pts[0] if n == 1 else start + 0.5 * (pts.mean(axis=0) - start)
+            r_end = radius(1) if n == 1 else radius(n)
+            self._add([start, end], [r_start, r_end], kind)
+            if bronchi and r_end >= 2.0:
+                axis = end - start
+                side = np.cross(axis, rng.normal(size=3))
+                side /= max(np.linalg.norm(side), 1e-9)
+                off = side * (1.8 * r_end + 1.0)
+                self.capsules.append(Capsule(start + off, end + off, 0.8 * r_start, 0.8 * r_end, "bronchus"))
+            if n == 1:
+                continue
+            centred = pts - pts.mean(axis=0)
+            order = np.argsort(centred @ np.linalg.svd(centred, full_matrices=False)[2][0])
+            stack.append((end, pts[order[: n // 2]], r_end))
+            stack.append((end, pts[order[n // 2:]], r_end))
+
+    def _hepatic_veins(self, rng, n_targets: int = 60) -> None:
+        """Hepatic veins: a tree draining into the IVC, slightly darker than liver on plain CT."""
+        lo, hi = np.array([-120.0, -70.0, -100.0]), np.array([-30.0, 60.0, 30.0])
+        pts = np.empty((0, 3))
+        while len(pts) < n_targets:
+            cand = lo + (hi - lo) * rng.random((8 * n_targets, 3))
+            ok = liver_mask(cand[:, 0], cand[:, 1], cand[:, 2]) & liver_mask(cand[:, 0] - 8, cand[:, 1] * 1.08,
+                                                                               cand[:, 2] * 1.08)
+            pts = np.vstack([pts, cand[ok]])
+        self._tree(np.array([-38.0, 4.0, -20.0]), pts[:n_targets], lambda n: 0.7 * n ** (1.0 / 3.0),
+                   "liver_vessel", rng)
 
     # ---------------------------------------------------------------- rendering
-    def render(self, pz, py, px, *, geometry: Geometry, pose: PatientPose, z_range: tuple[int, int],
-               world_y=None) -> np.ndarray:
-        """HU of the anatomy at phantom positions (arrays of one grid slab).
+    def capsule_boxes(self, geometry: Geometry, pose: PatientPose) -> tuple[np.ndarray, np.ndarray]:
+        """Index boxes (start, stop), each (n, 3), of every capsule on ``geometry`` in ``pose``."""
+        lo = np.array([c.box[0] for c in self.capsules])
+        hi = np.array([c.box[1] for c in self.capsules])
+        return boxes_in_index_space(geometry, pose, lo, hi)
+
+    def render(self, pz, py, px, *, pose: PatientPose | None = None, world_y=None, z_range=None,
+               boxes=None) -> np.ndarray:
+        """Tissue classes (uint8, see :class:`Tissue`) at phantom positions of one grid slab.
 
         Parameters
         ----------
         pz, py, px : np.ndarray
-            Phantom coordinates (mm) of the voxel centres of slab ``z_range`` of ``geometry``.
-        geometry, pose : Geometry, PatientPose
-            The scan's grid and patient pose, used to find the index boxes of small structures.
-        z_range : tuple of int
-            First and one-past-last grid z index of the slab.
+            Rigid patient coordinates (mm) of the voxel centres of grid slab ``z_range``, shape
+            (nz, ny, nx). With a breathing ``pose``, ``pz`` is updated in place to the phantom
+            coordinate (breathing undone) inside the body.
+        pose : PatientPose, optional
+            Supplies the breathing displacement (the rigid part is already in the coordinates).
         world_y : np.ndarray, optional
             World y (mm) of the voxels; places the scanner-fixed table.
+        z_range : tuple of int, optional
+            First and one-past-last grid z index of the slab (needed with ``boxes``).
+        boxes : tuple of np.ndarray, optional
+            Capsule index boxes from :meth:`capsule_boxes`; without them no tubes are drawn.
         """
-        hu = np.full(pz.shape, HU["air"], dtype=np.float32)
+        tissue = np.zeros(pz.shape, dtype=np.uint8)
         if world_y is not None:
             table = (world_y > TABLE_TOP_Y) & (world_y < TABLE_TOP_Y + 8.0)
-            hu[table] = HU["table_foam"]
-            hu[table & ((world_y < TABLE_TOP_Y + 1.5) | (world_y > TABLE_TOP_Y + 6.5))] = HU["table"]
-        rho = np.sqrt(_ell2(px, py, 0.0, 0.0, BODY_AX, BODY_AY))
-        # Depth below the skin (mm), approximated along the ellipse's mean radius.
-        depth = (1.0 - rho) * 0.5 * (BODY_AX + BODY_AY)
-        body = rho < 1.0
-        hu[body] = HU["skin"]
-        hu[body & (depth > SKIN)] = HU["fat"]
-        hu[body & (depth > FAT)] = HU["muscle"]
-        # Paraspinal muscles: a thick posterior muscle mass on both sides of the spine.
-        hu[(_ell2(np.abs(px), py, 32.0, 72.0, 28.0, 20.0) < 1.0) & body & (depth > 6.0)] = HU["muscle"]
-        self._ribs(hu, pz, py, px, depth)
-        cavity = cavity_mask(pz, py, px)
-        hu[cavity] = HU["muscle"]  # diaphragm, crura and anything not painted below
-        self._abdomen(hu, pz, py, px, cavity)
-        medi = cavity & mediastinum_mask(pz, py, px) & (pz > diaphragm_z(py, px) - 6.0)
-        hu[medi] = HU["fat"]
-        self._heart(hu, pz, py, px)
-        lungs = cavity & (pz > diaphragm_z(py, px)) & ~medi
-        hu[lungs] = HU["lung"] + 35.0 * np.clip((py + 70.0) / 150.0, 0.0, 1.0)[lungs]  # dependent density
-        self._capsules(hu, pz, py, px, lungs, geometry, pose, z_range)
-        self._spine(hu, pz, py, px)
-        self._sternum(hu, pz, py, px)
-        return hu
+            tissue[table] = Tissue.TABLE_FOAM
+            tissue[table & ((world_y < TABLE_TOP_Y + 1.5) | (world_y > TABLE_TOP_Y + 6.5))] = Tissue.TABLE
+        # The back of a supine patient is flatter than the front.
+        ay = np.where(py > 0, BODY_AY * (1.0 + 0.12 * (px / BODY_AX) ** 2), BODY_AY).astype(np.float32)
+        # Above the lung apices the trunk narrows towards the neck (the arms are raised, out of view).
+        neck = np.clip((pz - 100.0) / 50.0, 0.0, 1.0)
+        neck = neck * neck * (3.0 - 2.0 * neck)
+        rho2 = (px / (BODY_AX * (1.0 - 0.45 * neck))) ** 2 + (py / (ay * (1.0 - 0.2 * neck))) ** 2
+        body = rho2 < 1.0
+        sel = np.flatnonzero(body)
+        # Everything inside the body is evaluated on the body's voxels only (1-D arrays).
+        cz, cy, cx = pz.reshape(-1)[sel], py.reshape(-1)[sel], px.reshape(-1)[sel]
+        if pose is not None and pose.breath_mm != 0.0:
+            # Breathing is zero outside the body, so it is only evaluated inside.
+            cz = pose.unbreathe(cz, cy, cx)[0]
+            pz.reshape(-1)[sel] = cz
+        t = np.full(sel.shape, Tissue.SKIN, dtype=np.uint8)
+        self._body(t, cz, cy, cx, np.sqrt(rho2.reshape(-1)[sel]))
+        tissue.reshape(-1)[sel] = t
+        if boxes is not None:
+            self._capsules(tissue, pz, py, px, boxes, z_range)
+        return tissue
 
-    def _ribs(self, hu, pz, py, px, depth) -> None:
+    def _body(self, t, pz, py, px, rho) -> None:
+        depth = (1.0 - rho) * (0.5 * (BODY_AX + BODY_AY))  # mm below the skin, along the mean radius
+        t[depth > SKIN] = Tissue.FAT
+        # Fat thickness varies around the body (thicker laterally and at the back).
+        fat = FAT + 4.0 * (px / BODY_AX) ** 2 + 3.0 * np.clip(py / BODY_AY, 0.0, 1.0)
+        t[depth > fat] = Tissue.MUSCLE
+        para = ((np.abs(px) - 32.0) / 28.0) ** 2 + ((py - 74.0) / 20.0) ** 2 < 1.0
+        t[para & (depth > 6.0)] = Tissue.MUSCLE
+        self._scapulae(t, pz, py, px, depth)
+        self._ribs(t, pz, py, px, depth)
+        s = np.maximum(apex_scale(pz), 1e-3)
+        cav = np.flatnonzero(((px / (CAVITY_AX * s)) ** 2 + ((py - CAVITY_CY) / (CAVITY_AY * s)) ** 2) < 1.0)
+        if cav.size:
+            cz, cy, cx = pz[cav], py[cav], px[cav]
+            tc = np.full(cav.shape, Tissue.MUSCLE, dtype=np.uint8)  # diaphragm, crura, chest wall
+            self._cavity(tc, cz, cy, cx)
+            t[cav] = tc
+        self._spine(t, pz, py, px)
+        self._sternum(t, pz, py, px)
+
+    def _cavity(self, t, pz, py, px) -> None:
+        dz = diaphragm_z(py, px)
+        below = np.flatnonzero(pz < dz - 5.0)
+        if below.size:
+            ta = t[below]
+            self._abdomen(ta, pz[below], py[below], px[below])
+            t[below] = ta
+        medi = mediastinum_mask(pz, py, px) & (pz > dz - 6.0)
+        t[medi] = Tissue.FAT
+        e = (((pz - HEART_C[0]) / HEART_R[0]) ** 2 + ((py - HEART_C[1]) / HEART_R[1]) ** 2
+             + ((px - HEART_C[2]) / HEART_R[2]) ** 2)
+        t[(e < 1.0) & (pz > dz - 4.0)] = Tissue.BLOOD
+        t[(pz > dz) & ~medi] = Tissue.LUNG
+
+    def _scapulae(self, t, pz, py, px, depth) -> None:
+        """Shoulder blades: thin bony plates over the upper posterior ribs."""
+        ang = np.abs(np.arctan2(px, py - CAVITY_CY))
+        plate = (depth > 7.0) & (depth < 11.0) & (ang > 0.45) & (ang < 1.15) & (pz > 35.0) & (pz < 120.0)
+        t[plate] = Tissue.CORTICAL
+
+    def _ribs(self, t, pz, py, px, depth) -> None:
         """Ribs: periodic bony bands sloping down anteriorly, between fat and the pleura."""
         theta = np.arctan2(px, py - CAVITY_CY)  # 0 posterior, +-pi anterior
         drop = 70.0 * (1.0 - np.cos(theta)) / 2.0
         pitch = 27.0
-        phase = np.mod(pz + drop + 200.0, pitch) - pitch / 2.0
-        k = np.floor((pz + drop + 200.0) / pitch)
+        u = pz + drop + 200.0
+        phase = np.mod(u, pitch) - pitch / 2.0
+        k = np.floor(u / pitch)
         radial = depth - 21.0  # rib centre 21 mm below the skin
-        in_range = (k >= 5) & (k <= 14) & (np.abs(theta) < np.deg2rad(160))
-        e = (radial / 3.6) ** 2 + (phase / 5.5) ** 2
-        rib = in_range & (e < 1.0)
+        in_range = (k >= 5) & (k <= 14) & (np.abs(theta) < np.deg2rad(160)) & (pz < 108.0)
+        rib = in_range & ((radial / 3.6) ** 2 + (phase / 5.5) ** 2 < 1.0)
         cart = rib & (np.abs(theta) > np.deg2rad(135))
         bone = rib & ~cart
-        hu[bone] = HU["cortical"]
-        hu[bone & ((radial / 2.2) ** 2 + (phase / 4.0) ** 2 < 1.0)] = HU["cancellous"] - 30.0
-        hu[cart] = HU["cartilage"]
+        t[bone] = Tissue.CORTICAL
+        t[bone & ((radial / 2.2) ** 2 + (phase / 4.0) ** 2 < 1.0)] = Tissue.CANCELLOUS
+        t[cart] = Tissue.CARTILAGE
 
-    def _spine(self, hu, pz, py, px) -> None:
+    def _spine(self, t, pz, py, px) -> None:
         """Vertebrae (cortical shell, cancellous body, discs), canal and posterior elements."""
+        near = np.flatnonzero((np.abs(px) < 45.0) & (py > SPINE_Y - 20.0))
+        if not near.size:
+            return
+        pz, py, px = pz[near], py[near], px[near]
+        v = t[near]
         pitch = 28.0
         phase = np.mod(pz + 300.0, pitch)
         disc = phase > pitch - 6.0
         body = _ell2(px, py, 0.0, SPINE_Y, 21.0, 17.0) < 1.0
         inner = _ell2(px, py, 0.0, SPINE_Y, 18.5, 14.5) < 1.0
         endplate = (phase < 1.5) | (phase > pitch - 7.5)
-        hu[body] = HU["cortical"]
-        hu[inner & ~endplate] = HU["cancellous"]
-        hu[body & disc] = HU["disc"]
+        v[body] = Tissue.CORTICAL
+        v[inner & ~endplate] = Tissue.CANCELLOUS
+        v[body & disc] = Tissue.DISC
         arch = (_ell2(px, py, 0.0, CANAL_Y, 15.0, 14.0) < 1.0) & (phase < pitch - 9.0)
         proc = ((_ell2(px, py, 0.0, CANAL_Y + 18.0, 4.5, 10.0) < 1.0)
                 | (_ell2(np.abs(px), py, 27.0, CANAL_Y - 2.0, 14.0, 5.0) < 1.0)) & (phase < pitch - 10.0)
-        hu[arch | proc] = HU["cortical"] - 150.0
-        hu[_ell2(px, py, 0.0, CANAL_Y, 8.5, 8.0) < 1.0] = HU["csf"]
+        v[arch | proc] = Tissue.CORTICAL
+        v[(arch | proc) & ((_ell2(px, py, 0.0, CANAL_Y, 12.5, 11.5) > 1.0) & (phase > 1.5)
+                           & (phase < pitch - 10.5))] = Tissue.CANCELLOUS
+        v[_ell2(px, py, 0.0, CANAL_Y, 8.5, 8.0) < 1.0] = Tissue.CSF
+        t[near] = v
 
-    def _sternum(self, hu, pz, py, px) -> None:
+    def _sternum(self, t, pz, py, px) -> None:
         st = (_ell2(px, py, 0.0, -(BODY_AY - 21.0), 14.0, 6.0) < 1.0) & (pz > -65.0) & (pz < 85.0)
-        hu[st] = HU["cortical"] - 100.0
-        hu[st & (_ell2(px, py, 0.0, -(BODY_AY - 21.0), 11.5, 3.8) < 1.0)] = HU["cancellous"]
+        t[st] = Tissue.CORTICAL
+        t[st & (_ell2(px, py, 0.0, -(BODY_AY - 21.0), 11.5, 3.8) < 1.0)] = Tissue.CANCELLOUS
 
-    def _heart(self, hu, pz, py, px) -> None:
-        e = sum(((c - m) / r) ** 2 for c, m, r in zip((pz, py, px), HEART_C, HEART_R))
-        hu[(e < 1.0) & (pz > diaphragm_z(py, px) - 4.0)] = HU["heart"]
-
-    def _abdomen(self, hu, pz, py, px, cavity) -> None:
-        """Liver, stomach, spleen, kidneys below the diaphragm (5 mm of muscle above them)."""
-        abd = cavity & (pz < diaphragm_z(py, px) - 5.0)
-        hu[abd] = HU["bowel"]
-        retro = abd & (py > 20.0) & (np.abs(px) < 45.0)
-        hu[retro] = HU["fat"]
-        liver = abd & (px < 40.0 - 0.45 * (py + 70.0)) & (pz > -122.0 + 0.4 * (px + 100.0))
-        # Gentle low-frequency texture: real liver parenchyma is not perfectly flat.
-        tex = 3.0 * np.sin(px / 17.0 + 0.7) * np.sin(py / 23.0 + 1.3) * np.sin(pz / 19.0)
-        hu[liver] = (HU["liver"] + tex)[liver]
-        spleen = abd & ((((pz + 65.0) / 42.0) ** 2 + _ell2(px, py, 85.0, 42.0, 24.0, 36.0)) < 1.0)
-        hu[spleen] = HU["spleen"]
+    def _abdomen(self, t, pz, py, px) -> None:
+        """Liver, stomach, spleen, kidneys and bowel below the diaphragm (inside the cavity)."""
+        # Bowel loops separated by mesenteric fat: a smooth pseudo-random pattern.
+        # Oblique, incommensurate waves so the loops do not line up with the axes.
+        w1 = np.sin(0.11 * px + 0.05 * py + 0.4 * np.sin(0.07 * pz + 0.05 * px))
+        w2 = np.sin(0.09 * py - 0.06 * pz + 0.03 * px + 1.7 + 0.5 * np.sin(0.08 * px))
+        w3 = np.sin(0.10 * pz + 0.04 * px - 0.05 * py + 0.9)
+        loops = w1 * w2 + 0.6 * w3 * w1
+        t[:] = Tissue.BOWEL
+        t[loops > 0.35] = Tissue.FAT
+        t[(py > 20.0) & (np.abs(px) < 45.0)] = Tissue.FAT  # retroperitoneal fat
+        t[liver_mask_below_diaphragm(pz, py, px)] = Tissue.LIVER
+        t[(((pz + 65.0) / 42.0) ** 2 + _ell2(px, py, 85.0, 42.0, 24.0, 36.0)) < 1.0] = Tissue.SPLEEN
         st = ((pz + 70.0) / 36.0) ** 2 + _ell2(px, py, 48.0, -22.0, 38.0, 36.0)
-        stomach = abd & (st < 1.0)
-        hu[stomach] = HU["muscle"]
-        lumen = abd & (st < 0.8)
-        hu[lumen] = HU["fluid"]
-        hu[lumen & (py < -34.0)] = HU["air"]  # supine: gas rises anteriorly, flat air-fluid level
+        t[st < 1.0] = Tissue.MUSCLE
+        lumen = st < 0.8
+        t[lumen] = Tissue.FLUID
+        t[lumen & (py < -34.0)] = Tissue.GAS  # supine: gas rises anteriorly, flat air-fluid level
         for sx in (-70.0, 70.0):
             kz = ((pz + 135.0) / 45.0) ** 2
-            hu[abd & (kz + _ell2(px, py, sx, 45.0, 32.0, 34.0) < 1.0)] = HU["fat"]
-            hu[abd & (kz * 1.25 + _ell2(px, py, sx, 45.0, 22.0, 24.0) < 1.0)] = HU["kidney"]
+            t[(kz + _ell2(px, py, sx, 45.0, 32.0, 34.0)) < 1.0] = Tissue.FAT
+            t[(kz * 1.25 + _ell2(px, py, sx, 45.0, 22.0, 24.0)) < 1.0] = Tissue.KIDNEY
 
-    def _capsules(self, hu, pz, py, px, lungs, geometry: Geometry, pose: PatientPose, z_range) -> None:
+    def _capsules(self, tissue, pz, py, px, boxes, z_range) -> None:
         z0, z1 = z_range
-        for cap in sorted(self.capsules, key=lambda c: {"lung_vessel": 0, "vessel": 1, "airway": 2}[c.kind]):
-            lo, hi = cap.box
-            start, stop = box_in_index_space(geometry, pose, lo, hi)
-            s0, s1 = max(start[0], z0), min(stop[0], z1)
-            if s0 >= s1 or start[1] >= stop[1] or start[2] >= stop[2]:
-                continue
-            sl = (slice(s0 - z0, s1 - z0), slice(start[1], stop[1]), slice(start[2], stop[2]))
+        starts, stops = boxes
+        hit = np.flatnonzero((starts[:, 0] < z1) & (stops[:, 0] > z0) & np.all(starts[:, 1:] < stops[:, 1:], axis=1))
+        for i in sorted(hit, key=lambda j: _ORDER[self.capsules[j].kind]):
+            cap = self.capsules[i]
+            start, stop = starts[i], stops[i]
+            sl = (slice(max(start[0], z0) - z0, min(stop[0], z1) - z0), slice(start[1], stop[1]),
+                  slice(start[2], stop[2]))
             qz, qy, qx = pz[sl] - cap.a[0], py[sl] - cap.a[1], px[sl] - cap.a[2]
             ab = cap.b - cap.a
-            t = np.clip((qz * ab[0] + qy * ab[1] + qx * ab[2]) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
-            d2 = (qz - t * ab[0]) ** 2 + (qy - t * ab[1]) ** 2 + (qx - t * ab[2]) ** 2
-            r = cap.ra + t * (cap.rb - cap.ra)
+            s = np.clip((qz * ab[0] + qy * ab[1] + qx * ab[2]) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+            d2 = (qz - s * ab[0]) ** 2 + (qy - s * ab[1]) ** 2 + (qx - s * ab[2]) ** 2
+            r = cap.ra + s * (cap.rb - cap.ra)
             inside = d2 < r * r
-            view = hu[sl]
+            view = tissue[sl]
             if cap.kind == "lung_vessel":
-                view[inside & lungs[sl]] = HU["vessel"]
-            elif cap.kind == "vessel":
-                view[inside] = HU["blood"]
+                view[inside & (view == Tissue.LUNG)] = Tissue.LUNG_VESSEL
+            elif cap.kind == "liver_vessel":
+                view[inside & (view == Tissue.LIVER)] = Tissue.LIVER_VESSEL
+            elif cap.kind == "bronchus":
+                wall = inside & ((view == Tissue.LUNG) | (view == Tissue.AIRWAY_WALL))
+                view[wall] = Tissue.AIRWAY_WALL
+                rl = np.maximum(r - 1.2, 0.0)
+                view[wall & (d2 < rl * rl)] = Tissue.AIRWAY
             else:
-                view[inside] = HU["muscle"]
-                rl = np.maximum(r - 2.0, 0.0)
-                view[d2 < rl * rl] = HU["air"]
+                free = inside & ~np.isin(view, _BONE)
+                if cap.kind == "airway":
+                    view[free] = Tissue.AIRWAY_WALL
+                    rl = np.maximum(r - 2.0, 0.0)
+                    view[free & (d2 < rl * rl)] = Tissue.AIRWAY
+                else:
+                    view[free] = Tissue.BLOOD if cap.kind == "vessel" else Tissue.MUSCLE
+
+
+_ORDER = {"liver_vessel": 0, "lung_vessel": 1, "bronchus": 2, "soft": 3, "vessel": 4, "airway": 5}
+
+
+def liver_mask_below_diaphragm(pz, py, px):
+    """Liver inside the abdominal cavity: right upper quadrant, left lobe reaching anteriorly."""
+    return (px < 40.0 - 0.45 * (py + 70.0)) & (pz > -122.0 + 0.4 * (px + 100.0))
+
+
+def liver_mask(pz, py, px):
+    return cavity_mask(pz, py, px) & (pz < diaphragm_z(py, px) - 5.0) & liver_mask_below_diaphragm(pz, py, px)
+
+
+def hu_from_tissue(tissue: np.ndarray, pz, py, px) -> np.ndarray:
+    """Noise-free HU from tissue classes, with the lung's posterior density gradient and liver texture."""
+    hu = TISSUE_HU[tissue]
+    lung = np.flatnonzero(tissue.reshape(-1) == Tissue.LUNG)
+    hu.reshape(-1)[lung] += 40.0 * np.clip((py.reshape(-1)[lung] + 70.0) / 150.0, 0.0, 1.0)
+    liv = np.flatnonzero(tissue.reshape(-1) == Tissue.LIVER)
+    lz, ly, lx = pz.reshape(-1)[liv], py.reshape(-1)[liv], px.reshape(-1)[liv]
+    hu.reshape(-1)[liv] += 3.0 * np.sin(lx / 17.0 + 0.7) * np.sin(ly / 23.0 + 1.3) * np.sin(lz / 19.0)
+    return hu

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.geometry import Geometry
 
-__all__ = ["PatientPose", "rotation_zyx", "box_in_index_space"]
+__all__ = ["PatientPose", "rotation_zyx", "box_in_index_space", "boxes_in_index_space"]
 
 # Breathing field shape (mm): the diaphragm region sits around z = -40 in the patient frame.
 _BREATH_Z_MID = 5.0      # above this the displacement fades out (upper lungs barely move)
@@ -116,4 +116,18 @@ def box_in_index_space(geometry: Geometry, pose: PatientPose, lo_zyx, hi_zyx, ma
     idx = geometry.world_to_index(corners @ pose.rotation.T + pose.translation_mm)
     start = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
     stop = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, np.asarray(geometry.shape))
+    return start, stop
+
+
+def boxes_in_index_space(geometry: Geometry, pose: PatientPose, lo_zyx: np.ndarray, hi_zyx: np.ndarray,
+                         margin_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`box_in_index_space` for ``n`` boxes given as (n, 3) arrays of corners."""
+    m = margin_mm + abs(pose.breath_mm) + 1.0
+    lo = np.asarray(lo_zyx, dtype=float) - m
+    hi = np.asarray(hi_zyx, dtype=float) + m
+    sel = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)])  # corner pattern
+    corners = np.where(sel[None, :, :] == 0, lo[:, None, :], hi[:, None, :])  # (n, 8, 3)
+    idx = geometry.world_to_index(corners @ pose.rotation.T + pose.translation_mm)
+    start = np.maximum(np.floor(idx.min(axis=1)).astype(int), 0)
+    stop = np.minimum(np.ceil(idx.max(axis=1)).astype(int) + 1, np.asarray(geometry.shape))
     return start, stop

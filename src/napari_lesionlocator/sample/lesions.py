@@ -64,32 +64,52 @@ class LesionModel:
     bump_width: np.ndarray = field(default_factory=lambda: np.ones(0))
     necrotic_hu: float | None = None  # darker centre for large lesions
 
+    def _surface(self, u: np.ndarray) -> np.ndarray:
+        """Surface radius ``r(u)`` (normalised units) for unit vectors ``u`` (..., 3)."""
+        surf = np.ones(u.shape[:-1], dtype=u.dtype)
+        for v, a, w in zip(self.bump_dirs, self.bump_amp, self.bump_width):
+            surf += np.asarray(a, u.dtype) * np.exp((u @ v.astype(u.dtype) - 1.0) / np.asarray(w * w, u.dtype))
+        return surf
+
     @property
     def max_radius_mm(self) -> float:
-        """Bound on the distance from the centre to the surface at scale 1."""
-        return float(self.semi_axes.max() * (1.0 + self.bump_amp.clip(min=0).sum()))
+        """Bound on the distance from the centre to the surface at scale 1 (mm)."""
+        return float(self.semi_axes.max() * self._surface(_SPHERE).max() * 1.05)
 
     def radial(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised radius ``|A^-1 q|`` and the surface radius ``r(u)`` for local points (..., 3)."""
-        local = (q @ self.rotation) / self.semi_axes
+        local = (q @ self.rotation.astype(q.dtype)) / self.semi_axes.astype(q.dtype)
         rr = np.sqrt((local ** 2).sum(axis=-1))
         u = local / np.maximum(rr, 1e-9)[..., None]
-        surf = np.ones(rr.shape, dtype=np.float64)
-        for v, a, w in zip(self.bump_dirs, self.bump_amp, self.bump_width):
-            surf += a * np.exp((u @ v - 1.0) / (w * w))
-        return rr, surf
+        return rr, self._surface(u)
 
-    def nominal_volume_and_centroid(self, step_mm: float | None = None) -> tuple[float, np.ndarray]:
-        """Volume (ml) and centroid offset (mm, local patient-axis frame) at scale 1, on a fine grid."""
-        ext = self.max_radius_mm
-        h = step_mm or ext / 60.0
-        ax = np.arange(-ext, ext + h / 2, h)
-        g = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1)
-        rr, surf = self.radial(g)
-        inside = rr < surf
-        vol_ml = float(inside.sum() * h ** 3 / 1000.0)
-        centroid = g[inside].mean(axis=0) if inside.any() else np.zeros(3)
-        return vol_ml, centroid
+    def nominal_volume_and_centroid(self) -> tuple[float, np.ndarray]:
+        """Exact-to-quadrature volume (ml) and centroid offset (mm, patient axes) at scale 1.
+
+        For a star-shaped set ``{rho < r(u)}`` in the normalised frame the volume is
+        ``(1/3) int r^3 dOmega`` and the first moment ``(1/4) int r^4 u dOmega``; the map back to
+        patient axes multiplies volumes by ``prod(semi_axes)``.
+        """
+        r = self._surface(_SPHERE)
+        d_omega = 4.0 * np.pi / len(_SPHERE)
+        vol_local = (r ** 3).sum() * d_omega / 3.0
+        moment = (r[:, None] ** 4 * _SPHERE).sum(axis=0) * d_omega / 4.0
+        vol_mm3 = vol_local * float(np.prod(self.semi_axes))
+        centroid_local = moment / vol_local
+        centroid = (centroid_local * self.semi_axes) @ self.rotation.T
+        return float(vol_mm3 / 1000.0), centroid
+
+
+def _fibonacci_sphere(n: int) -> np.ndarray:
+    """``n`` nearly uniform unit vectors (equal-area quadrature nodes on the sphere)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (3.0 - np.sqrt(5.0)) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([z, r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+
+_SPHERE = _fibonacci_sphere(40_000)
 
 
 def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
@@ -119,8 +139,8 @@ def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.n
         return 0
     idx = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop)), indexing="ij"), axis=-1)
     world = geometry.index_to_world(idx.astype(float))
-    q = pose.world_to_patient_rigid(world) - centre
-    rr, surf = model.radial(q / scale)
+    q = (pose.world_to_patient_rigid(world) - centre).astype(np.float32)
+    rr, surf = model.radial(q / np.float32(scale))
     inside = rr < surf
     sl = tuple(slice(a, b) for a, b in zip(start, stop))
     view, lab = hu[sl], labels[sl]

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
-from .anatomy import Phantom, lung_mask
+from .anatomy import Phantom, hu_from_tissue, lung_mask
 from .frames import PatientPose, rotation_zyx
 from .lesions import LesionModel, render_lesion
 
@@ -56,7 +56,7 @@ _FOV_CENTRES = [(0.0, 6.0, 0.0), (4.0, 6.0, 1.0), (-3.0, 5.0, -1.0)]
 TIMEPOINT_DATES = ("2024-01-15", "2024-04-16", "2024-07-18")
 _BREATH_MM = (0.0, 6.0, -4.0)
 _PSF_MM = (1.0, 0.75, 0.75)  # partial-volume blur (Gaussian sigma, z, y, x); at least 0.4 voxel
-_SLAB_VOXELS = 4_500_000     # render this many voxels at a time to bound memory on big grids
+_SLAB_VOXELS = 1_500_000     # render this many voxels at a time to bound memory on big grids
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,11 @@ class LesionRecord:
 
 @dataclass
 class SyntheticStudy:
-    """A rendered study: images, ground-truth label maps, lesion table and the known poses."""
+    """A rendered study: images, ground-truth label maps, lesion table and the known poses.
+
+    ``tissues`` holds each scan's anatomy tissue map (uint8 codes of :class:`.anatomy.Tissue`, same
+    grid as the image, lesions not included), useful to check HU statistics or leakage.
+    """
 
     images: list[Image]
     labels: list[LabelMap]
@@ -108,6 +112,7 @@ class SyntheticStudy:
     size: str
     case: str
     noise_hu: float
+    tissues: list[np.ndarray] = field(default_factory=list)
     timings_s: dict = field(default_factory=dict)
 
     def lesion(self, lesion_id: int) -> LesionRecord:
@@ -217,25 +222,28 @@ def _grid(shape, spacing, centre, direction) -> Geometry:
 
 
 # ----------------------------------------------------------------------------- rendering
-def _render_anatomy(phantom: Phantom, geometry: Geometry, pose: PatientPose) -> np.ndarray:
-    """Noise-free HU volume (z, y, x) of the phantom as seen on ``geometry`` in ``pose``."""
+def _render_anatomy(phantom: Phantom, geometry: Geometry, pose: PatientPose) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue map (uint8) and noise-free HU (float32), both (z, y, x), of the phantom on ``geometry``."""
     m = geometry.direction_matrix @ np.diag(geometry.spacing)
     a = (pose.rotation.T @ m).astype(np.float32)   # index -> rigid patient coordinates
     b = (pose.rotation.T @ (np.asarray(geometry.origin) - pose.translation_mm)).astype(np.float32)
     nz, ny, nx = geometry.shape
     iy = np.arange(ny, dtype=np.float32)[None, :, None]
     ix = np.arange(nx, dtype=np.float32)[None, None, :]
-    out = np.empty(geometry.shape, dtype=np.float32)
+    tissue = np.empty(geometry.shape, dtype=np.uint8)
+    hu = np.empty(geometry.shape, dtype=np.float32)
+    boxes = phantom.capsule_boxes(geometry, pose)
     step = max(1, _SLAB_VOXELS // (ny * nx))
     for z0 in range(0, nz, step):
         z1 = min(nz, z0 + step)
         iz = np.arange(z0, z1, dtype=np.float32)[:, None, None]
         pz, py, px = (b[i] + a[i, 0] * iz + a[i, 1] * iy + a[i, 2] * ix for i in range(3))
-        pz, py, px = pose.unbreathe(pz, py, px)
         wy = np.float32(geometry.origin[1]) + np.float32(m[1, 0]) * iz + np.float32(m[1, 1]) * iy \
             + np.float32(m[1, 2]) * ix
-        out[z0:z1] = phantom.render(pz, py, px, geometry=geometry, pose=pose, z_range=(z0, z1), world_y=wy)
-    return out
+        t = phantom.render(pz, py, px, pose=pose, world_y=wy, z_range=(z0, z1), boxes=boxes)
+        tissue[z0:z1] = t
+        hu[z0:z1] = hu_from_tissue(t, pz, py, px)
+    return tissue, hu
 
 
 def _psf_sigma_vox(geometry: Geometry) -> tuple[float, ...]:
@@ -305,11 +313,11 @@ def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, 
     poses = _poses(seed)
     spec = SIZES[size]
     case = f"case{seed}"
-    images, labels, timings = [], [], {"phantom_s": time.perf_counter() - t_start}
+    images, labels, tissues, timings = [], [], [], {"phantom_s": time.perf_counter() - t_start}
     for k, (shape, pose) in enumerate(zip(spec["shapes"], poses)):
         t0 = time.perf_counter()
         geom = _grid(shape, spec["spacing"], _FOV_CENTRES[k], direction)
-        hu = _render_anatomy(phantom, geom, pose)
+        tissue, hu = _render_anatomy(phantom, geom, pose)
         lab = np.zeros(geom.shape, dtype=np.uint16)
         for model in models:
             if model.scales[k] > 0:
@@ -321,11 +329,13 @@ def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, 
         images.append(Image(img, geom, name=name, acquisition_date=TIMEPOINT_DATES[k], modality="CT",
                             metadata={"synthetic_seed": seed, "timepoint": k}))
         labels.append(LabelMap(lab, geom, name=f"{name}_lesions"))
+        tissues.append(tissue)
         timings[f"tp{k}_render_s"] = t1 - t0
         timings[f"tp{k}_acquire_s"] = time.perf_counter() - t1
     rows = _lesion_table(models, poses, labels)
     timings["total_s"] = time.perf_counter() - t_start
-    return SyntheticStudy(images, labels, rows, poses, models, int(seed), size, case, float(noise_hu), timings)
+    return SyntheticStudy(images, labels, rows, poses, models, int(seed), size, case, float(noise_hu), tissues,
+                          timings)
 
 
 def _lesion_table(models, poses, labels) -> list[LesionRecord]:

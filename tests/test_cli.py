@@ -286,6 +286,36 @@ def test_checkpoint_selects_lesionlocator_with_tta_on_by_default(tmp_path, capsy
     assert fake_engines.last_settings.checkpoint is None
 
 
+class _LabelPromptEngine(_RecordingEngine):
+    """Like the LesionLocator engine: derives its own prompts from a label-map prompt."""
+
+    label_calls: list = []
+
+    def segment_label_prompts(self, image, labels, kind, *, on_progress=None, cancel=None):
+        type(self).label_calls.append((image.name, sorted(labels.ids), kind))
+        return engine_base.SegmentationResult(labels.copy())
+
+
+def test_label_map_prompts_go_to_engines_that_derive_their_own(tmp_path, capsys, monkeypatch, fake_engines):
+    sys.modules["_lesionlocator_test_engines"].LabelPromptEngine = _LabelPromptEngine
+    monkeypatch.setitem(engine_base.ENGINE_TABLE, "lesionlocator", "_lesionlocator_test_engines:LabelPromptEngine")
+    _LabelPromptEngine.label_calls = []
+    img = _tiny_ct()
+    src = write_image(img, tmp_path / "t.nii.gz")
+    lab = np.zeros(img.shape, np.uint16)
+    lab[10:14, 20:28, 20:28] = 4
+    lab[2:4, 5:8, 5:8] = 300  # ids > 255 and gaps are kept
+    write_label_map(LabelMap(lab, img.geometry), tmp_path / "lab.nii.gz")
+    (tmp_path / "ckpt").mkdir()
+    code, _, err = _run(capsys, "segment", "-i", src, "-p", tmp_path / "lab.nii.gz", "-t", "box", "-o",
+                        tmp_path / "o", "-m", tmp_path / "ckpt", "-device", "cpu", "-q")
+    assert code == 0, err
+    assert _LabelPromptEngine.label_calls == [("t", [4, 300], "box")]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "t_lesion_300.nii.gz", "t_lesion_4.nii.gz", "t_lesions.nii.gz"]
+    assert read_label_map(tmp_path / "o" / "t_lesions.nii.gz").ids == [4, 300]
+
+
 def test_lesionlocator_without_checkpoint_and_missing_checkpoint_are_usage_errors(tmp_path, capsys):
     args = _tiny_case(tmp_path)
     code, _, err = _run(capsys, *args, "--engine", "lesionlocator")

@@ -26,6 +26,7 @@ __all__ = [
     "choose_engine_name",
     "make_engine",
     "read_prompt_file",
+    "run_segmentation",
     "checked_prompts",
     "lesion_file",
     "instance_file",
@@ -136,8 +137,13 @@ def strip_channel(name: str) -> str:
     return name
 
 
-def read_prompt_file(path: Path, image: Image, kind: str) -> list[Prompt]:
-    """Prompts for ``image`` from a prompt JSON, or from a label map (one prompt per lesion)."""
+def read_prompt_file(path: Path, image: Image, kind: str) -> tuple[list[Prompt], LabelMap | None]:
+    """Prompts for ``image`` from a prompt JSON, or from a label map (one prompt per lesion).
+
+    Returns the prompts and, for a label map, the map itself: engines that derive prompts from a
+    label map their own way (the LesionLocator engine resamples it with the image, as the official
+    tool does) get it through ``segment_label_prompts``.
+    """
     if not path.exists():
         raise UsageError(f"prompt file not found: {path}")
     if path.suffix.lower() == ".json":
@@ -148,11 +154,27 @@ def read_prompt_file(path: Path, image: Image, kind: str) -> list[Prompt]:
             raise UsageError(f"{path.name}: lesion(s) {wrong} are {have} prompts but -t {kind} was given")
         if not prompts:
             raise UsageError(f"{path.name}: the prompt file holds no lesion")
-        return prompts
+        return prompts, None
     if not is_image_path(path):
         raise UsageError(f"{path.name}: a prompt must be a .json file or a label map image (.nii.gz, .nrrd, ...)")
     labels = read_label_map(path, like=image)  # GeometryMismatchError (exit 2) when on another grid
-    return prompts_from_label_map(labels.array, kind)
+    return prompts_from_label_map(labels.array, kind), labels
+
+
+def run_segmentation(engine, image: Image, prompts: Sequence[Prompt], label_prompt: LabelMap | None, kind: str,
+                     bar: ProgressBar):
+    """Segment ``prompts`` on ``image`` (api.iter_segment), or hand a label-map prompt to an engine that
+    derives its own prompts from it (``segment_label_prompts``). Returns a SegmentationResult."""
+    if label_prompt is not None and hasattr(engine, "segment_label_prompts"):
+        return engine.segment_label_prompts(image, label_prompt, kind, on_progress=bar.note)
+    from .api import iter_segment
+
+    gen = iter_segment(engine, image, prompts, on_progress=bar.note)
+    while True:
+        try:
+            bar.event(next(gen))
+        except StopIteration as stop:
+            return stop.value
 
 
 def checked_prompts(prompts: Sequence[Prompt], image: Image, source: str) -> list[Prompt]:

@@ -16,6 +16,7 @@ from ._cli_common import (
     plan_outputs,
     read_one_volume,
     read_prompt_file,
+    run_segmentation,
     strip_channel,
     warn,
     warn_if_not_ct,
@@ -110,32 +111,27 @@ def run_segment(args: argparse.Namespace) -> int:
     for case in cases:
         image = read_one_volume(case.image_path)
         warn_if_not_ct(image)
-        prompts = checked_prompts(read_prompt_file(case.prompt_path, image, args.prompt_type), image,
-                                  source=case.prompt_path.name)
+        prompts, label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)
+        prompts = checked_prompts(prompts, image, source=case.prompt_path.name)
         ids = [p.lesion_id for p in prompts]
         plan = plan_outputs(case_outputs(out, case.name, ids), args, what=f"case {case.name}")
         if plan.action == "skip":
             info(f"{case.name}: outputs complete, skipped (--continue_prediction)", args)
             continue
-        jobs.append((case, prompts, plan, image if len(cases) == 1 else None))
+        keep = len(cases) == 1  # several cases: read each again when its turn comes (memory)
+        jobs.append((case, prompts, label_prompt if keep else None, plan, image if keep else None))
     if not jobs:
         info("nothing to do: every case is finished", args)
         return 0
-    from .api import iter_segment
-
     engine = make_engine(args)
     bar = ProgressBar(sum(len(j[1]) for j in jobs), "segment", args)
     try:
-        for case, prompts, plan, image in jobs:
-            image = image if image is not None else read_one_volume(case.image_path)
+        for case, prompts, label_prompt, plan, image in jobs:
+            if image is None:
+                image = read_one_volume(case.image_path)
+                label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)[1]
             bar.bar.set_description(case.name)
-            gen = iter_segment(engine, image, prompts, on_progress=bar.note)
-            while True:
-                try:
-                    bar.event(next(gen))
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+            result = run_segmentation(engine, image, prompts, label_prompt, args.prompt_type, bar)
             bar.advance(len(prompts))
             for lid in result.empty_ids:
                 warn(f"{case.name}: lesion {lid}: the mask is empty (written as an empty file)")

@@ -23,6 +23,7 @@ from ._cli_common import (
     plan_outputs,
     read_one_volume,
     read_prompt_file,
+    run_segmentation,
     warn,
     warn_if_not_ct,
     write_case_outputs,
@@ -69,7 +70,7 @@ def _drain(gen, bar: ProgressBar):
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from .api import iter_segment, iter_track_series
+    from .api import iter_track_series
 
     out = Path(args.output)
     baseline = read_one_volume(Path(args.baseline))
@@ -83,15 +84,15 @@ def run_track(args: argparse.Namespace) -> int:
     prompt_paths = [Path(p) for p in args.prompts]
 
     baseline_labels: LabelMap | None = None
-    prompts = None
+    prompts = label_prompt = None
     if args.prompt_type == "prev_mask":
         baseline_labels = prev_mask_labels(prompt_paths, baseline)
         ids = baseline_labels.ids
     else:
         if len(prompt_paths) != 1:
             raise UsageError(f"-t {args.prompt_type} takes one prompt file for the baseline, got {len(prompt_paths)}")
-        prompts = checked_prompts(read_prompt_file(prompt_paths[0], baseline, args.prompt_type), baseline,
-                                  source=prompt_paths[0].name)
+        prompts, label_prompt = read_prompt_file(prompt_paths[0], baseline, args.prompt_type)
+        prompts = checked_prompts(prompts, baseline, source=prompt_paths[0].name)
         ids = [p.lesion_id for p in prompts]
 
     # Decide everything before any work: exit 3 here leaves the folder untouched.
@@ -115,7 +116,7 @@ def run_track(args: argparse.Namespace) -> int:
         if seg_plan is not None:
             if seg_plan.action == "run":
                 bar.bar.set_description(f"segment {baseline.name}")
-                result = _drain(iter_segment(engine, baseline, prompts, on_progress=bar.note), bar)
+                result = run_segmentation(engine, baseline, prompts, label_prompt, args.prompt_type, bar)
                 baseline_labels = result.labels
                 for lid in result.empty_ids:
                     warn(f"{baseline.name}: lesion {lid}: the baseline mask is empty; it cannot be tracked")

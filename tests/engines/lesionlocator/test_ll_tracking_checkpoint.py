@@ -105,3 +105,14 @@ def test_field_cache_is_bounded_by_bytes():
     cache.get(4, lambda: pytest.fail("cached"))  # newest kept
     cache.get(0, lambda: torch.zeros(10))  # oldest evicted
     assert cache.computed == 6
+
+
+def test_field_cache_cleared_for_another_model():
+    cache = reg.FieldCache()
+    a, b = H.model(H.echo_net()), H.model(H.echo_net())
+    cache.bind(a)
+    cache.get("k", lambda: torch.zeros(3))
+    cache.bind(a)
+    assert len(cache) == 1
+    cache.bind(b)  # other weights: nothing of a's may be served
+    assert len(cache) == 0

@@ -21,6 +21,7 @@ All arrays here are torch tensors shaped (N, C, Z, Y, X); the registration grid 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,15 @@ class FieldCache:
     max_bytes: int = 1 << 30
     computed: int = 0
     _fields: dict = field(default_factory=dict)
+    _owner: object = None
+
+    def bind(self, model) -> None:
+        """Tie the cache to the model whose weights made its fields; another model clears it
+        (the keys name the fold, not the weights, so a reloaded checkpoint must not hit)."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is not model:
+            self._fields.clear()
+            self._owner = weakref.ref(model)
 
     @property
     def nbytes(self) -> int:

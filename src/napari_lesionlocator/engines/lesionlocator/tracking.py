@@ -216,6 +216,7 @@ def track_preprocessed(
     device = torch.device(device)
     _, folds, activate = _fold_runner(runner)
     cache = field_cache if field_cache is not None else reg.FieldCache()
+    cache.bind(runner)
     flips = ALL_FLIPS if tta else ((),)
     ids = list(prompts)
     sums = {i: _LogitSum(x1.shape[1:]) for i in ids}

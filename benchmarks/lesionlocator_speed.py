@@ -1,0 +1,242 @@
+"""LesionLocator engine speed: fast path vs the plain full-volume pipeline, real ResEnc-L architecture.
+
+Not part of the test suite (minutes per row on a 2-core CPU). Run in the background::
+
+    nohup .venv/bin/python benchmarks/lesionlocator_speed.py > /tmp/ll_speed.log 2>&1 &
+
+What it does: writes a checkpoint with the real plans (shared/reference, ResEnc-L, 102 M
+parameters) and seeded random weights (speed does not depend on the values; one fold), renders a
+realistic CT (``make_synthetic_study(size="realistic")``: 300 x 512 x 512 at 1.0 x 0.7 x 0.7 mm)
+and times, TTA off:
+
+* point prompt, plain full-volume pipeline (``segment_full_volume_reference``);
+* point prompt, engine cold (empty preprocessing cache) and warm (second lesion, same image);
+* box prompt, plain pipeline and engine (warm);
+* optionally (``--tta``) the engine's warm point prompt with mirroring TTA (8 forwards);
+* the tracking step of the tracking module when it provides ``benchmark_tracking_step``.
+
+Masks of the two implementations must be identical (asserted after the table is printed).
+Peak memory is the process's peak resident set size sampled during each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class PeakRSS:
+    """Samples this process's resident set size every 20 ms; ``peak_gib`` since ``reset``."""
+
+    def __init__(self) -> None:
+        self._peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, self._rss())
+
+    def reset(self) -> None:
+        self._peak = self._rss()
+
+    @property
+    def peak_gib(self) -> float:
+        return max(self._peak, self._rss()) / 2**30
+
+
+def _image(size: str):
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image
+
+    try:
+        from napari_lesionlocator.sample.synthetic import make_synthetic_study
+    except ImportError:
+        make_synthetic_study = None
+    if make_synthetic_study is not None:
+        t = time.perf_counter()
+        study = make_synthetic_study(seed=0, size=size)
+        print(f"rendered make_synthetic_study(size={size!r}) in {time.perf_counter() - t:.0f} s")
+        return study.images[0], study.labels[0].array
+    # fallback: smooth random CT-like volume with two spherical "lesions"
+    from scipy import ndimage
+
+    shape = (300, 512, 512) if size == "realistic" else (96, 192, 192)
+    rng = np.random.default_rng(0)
+    arr = (ndimage.gaussian_filter(rng.normal(0, 1, shape), 3) * 3000).astype(np.float32)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    lab = np.zeros(shape, np.uint16)
+    for lid, c, r in ((1, (0.5, 0.4, 0.4), 8), (3, (0.5, 0.6, 0.6), 15)):
+        cz, cy, cx = (int(s * f) for s, f in zip(shape, c))
+        lab[(zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = lid
+    arr[lab > 0] = 40.0
+    return Image(arr, Geometry(shape, (1.0, 0.7, 0.7)), name="synthetic"), lab
+
+
+def _prompts(labels: np.ndarray):
+    from napari_lesionlocator.core.prompts import BoxPrompt, PointPrompt
+
+    ids = [int(v) for v in np.unique(labels) if v]
+    sizes = {i: int((labels == i).sum()) for i in ids}
+    by_size = sorted(ids, key=lambda i: sizes[i])
+    pts = []
+    for lid in (by_size[len(by_size) // 2], by_size[0]):
+        c = np.round(np.argwhere(labels == lid).mean(axis=0)).astype(int)
+        pts.append(PointPrompt(lid, tuple(int(v) for v in c)))
+    box_id = by_size[-2] if len(by_size) > 1 else by_size[-1]
+    idx = np.argwhere(labels == box_id)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = BoxPrompt(box_id, (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))
+    return pts[0], pts[1], box
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="realistic", choices=("realistic", "small"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tta", action="store_true", help="also time the engine's point prompt with TTA (8 forwards)")
+    ap.add_argument("--skip-tracking", action="store_true")
+    ap.add_argument("--checkpoint", default=None, help="reuse a generated checkpoint folder")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: tiny plans instead of ResEnc-L")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_lesionlocator.engines.base import EngineSettings
+    from napari_lesionlocator.engines.lesionlocator import LesionLocatorEngine
+    from napari_lesionlocator.engines.lesionlocator import segmentation as S
+    from napari_lesionlocator.engines.lesionlocator.generate import REAL_PLANS, generate_checkpoint
+    from napari_lesionlocator.engines.lesionlocator.prompting import map_prompt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mem = PeakRSS()
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+        f"CPU count {os.cpu_count()}"
+    )
+    tmp = None
+    if args.checkpoint:
+        root = Path(args.checkpoint)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="ll_bench_"))
+        t = time.perf_counter()
+        root = generate_checkpoint(tmp, plans_path=REAL_PLANS, tiny=args.tiny, folds=(0,), parts=("bbox", "point"))
+        what = "TINY" if args.tiny else "ResEnc-L"
+        print(f"generated {what} checkpoint (1 fold, bbox + point) in {time.perf_counter() - t:.0f} s")
+    try:
+        image, labels = _image(args.size)
+        p1, p2, box = _prompts(labels)
+        print(
+            f"image {image.name}: shape {image.shape}, spacing {image.geometry.spacing} mm; prompts: "
+            f"point {p1.lesion_id} at {p1.zyx}, point {p2.lesion_id} at {p2.zyx}, box {box.lesion_id} {box.box}"
+        )
+        settings = EngineSettings(checkpoint=str(root), device=args.device, folds=[0], tta=False)
+        eng = LesionLocatorEngine(settings)
+        t = time.perf_counter()
+        pm, bm = eng.model("point"), eng.model("box")
+        print(
+            f"loaded both segmentation models in {time.perf_counter() - t:.1f} s "
+            f"({sum(p.numel() for p in pm.network.parameters()) / 1e6:.2f} M parameters each)"
+        )
+        rows, masks = [], {}
+
+        def run(name, fn, impl):
+            mem.reset()
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+            rows.append({"row": name, "impl": impl, "seconds": dt, "peak_rss_gib": mem.peak_gib})
+            print(f"  {name:<28} {impl:<10} {dt:8.1f} s   peak RSS {mem.peak_gib:5.2f} GiB", flush=True)
+            return out
+
+        arr, sp = image.array, image.geometry.spacing
+        pre0 = None
+        for prompt, model in ((p1, pm), (box, bm)):
+            pre_tmp = pre0 or eng.preprocessed(image, "point")
+            pre0 = pre_tmp
+            starts, _, _ = S.plan_tiles(map_prompt(prompt, pre_tmp), pre_tmp.new_shape, model.patch_size)
+            print(f"lesion {prompt.lesion_id} ({prompt.kind}): {len(starts)} tile(s) of {model.patch_size}")
+        eng._pre_cache.clear()  # the engine rows start cold
+
+        def ref(p, m):
+            return lambda: S.segment_full_volume_reference(arr, sp, p, m, tta=False)
+
+        def fast(p):
+            return lambda: eng.segment(image, [p]).labels.array == p.lesion_id
+
+        masks["ref_p1"] = run("point, cold", ref(p1, pm), "full")
+        masks["eng_p1"] = run("point, cold", fast(p1), "fast")
+        masks["ref_p2"] = run("point, other lesion", ref(p2, pm), "full")
+        masks["eng_p2"] = run("point, warm (cached image)", fast(p2), "fast")
+        masks["ref_box"] = run("box", ref(box, bm), "full")
+        masks["eng_box"] = run("box, warm (cached image)", fast(box), "fast")
+        if args.tta:
+            tta_eng = LesionLocatorEngine(EngineSettings(checkpoint=str(root), device=args.device, folds=[0], tta=True))
+            tta_eng._models = eng._models
+            tta_eng.preprocessed(image, "point")
+            run("point, warm, TTA (8 fwd)", lambda: tta_eng.segment(image, [p2]), "fast")
+
+        print(
+            "\n| prompt | full-volume pipeline (s) | engine fast path (s) | speed-up | masks identical | "
+            "lesion voxels | peak RSS full / fast (GiB) |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        pairs = [("point, cold", "p1", 0, 1), ("point, warm", "p2", 2, 3), ("box, warm", "box", 4, 5)]
+        identical = True
+        for label, key, i_ref, i_fast in pairs:
+            a, b = masks[f"ref_{key}"], masks[f"eng_{key}"]
+            same = bool(np.array_equal(a, b))
+            identical &= same
+            r, f = rows[i_ref], rows[i_fast]
+            print(
+                f"| {label} | {r['seconds']:.1f} | {f['seconds']:.1f} | {r['seconds'] / f['seconds']:.2f}x | "
+                f"{'yes' if same else f'NO ({int((a != b).sum())} voxels differ)'} | {int(a.sum())} | "
+                f"{r['peak_rss_gib']:.2f} / {f['peak_rss_gib']:.2f} |"
+            )
+        for row in rows[6:]:
+            print(f"| {row['row']} | - | {row['seconds']:.1f} | - | - | - | - / {row['peak_rss_gib']:.2f} |")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"\nprocess peak RSS (getrusage): {peak:.2f} GiB")
+
+        if not args.skip_tracking:
+            try:
+                from napari_lesionlocator.engines.lesionlocator import tracking
+            except ImportError:
+                tracking = None
+            bench = getattr(tracking, "benchmark_tracking_step", None) if tracking else None
+            if bench is None:
+                print("tracking: benchmark_tracking_step not available, skipped")
+            else:
+                mem.reset()
+                times = bench(REAL_PLANS, device=args.device)
+                rows.append({"row": "tracking step", "impl": "tracking", **times, "peak_rss_gib": mem.peak_gib})
+                print(f"tracking step peak RSS {mem.peak_gib:.2f} GiB")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        assert identical, "the fast path's masks differ from the full-volume pipeline's"
+        return 0
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

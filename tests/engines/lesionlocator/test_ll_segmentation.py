@@ -67,7 +67,7 @@ def _with_resampling(model, **conf_changes):
         # y/x ratio 22/25 is not dyadic: whole axis exported there, z cropped
         ((30, 50, 50), (1.5, 0.7, 0.7), PointPrompt(2, (1, 2, 48)), 0),
         # zero border (crop offset) and a large box: sliding-window tiles
-        ((36, 70, 64), (1.5, 0.7, 0.7), BoxPrompt(3, (6, 34, 8, 66, 2, 50)), 3),
+        ((26, 66, 60), (1.5, 0.7, 0.7), BoxPrompt(3, (4, 25, 30, 40, 20, 30)), 3),
         # box whose minimum maps to 0
         ((24, 120, 40), (2.0, 0.4, 1.2), BoxPrompt(4, (0, 3, 0, 4, 0, 2)), 0),
     ],

@@ -363,17 +363,17 @@ class Phantom:
         t[:] = Tissue.BOWEL
         t[loops > 0.35] = Tissue.FAT
         t[(py > 20.0) & (np.abs(px) < 45.0)] = Tissue.FAT  # retroperitoneal fat
+        for sx in (-70.0, 70.0):  # kidneys in their perirenal fat; the liver rests on the right one
+            kz = ((pz + 135.0) / 45.0) ** 2
+            t[(kz + _ell2(px, py, sx, 45.0, 32.0, 34.0)) < 1.0] = Tissue.FAT
+            t[(kz * 1.25 + _ell2(px, py, sx, 45.0, 22.0, 24.0)) < 1.0] = Tissue.KIDNEY
         t[liver_mask_below_diaphragm(pz, py, px)] = Tissue.LIVER
         t[(((pz + 65.0) / 42.0) ** 2 + _ell2(px, py, 85.0, 42.0, 24.0, 36.0)) < 1.0] = Tissue.SPLEEN
-        st = ((pz + 70.0) / 36.0) ** 2 + _ell2(px, py, 48.0, -22.0, 38.0, 36.0)
+        st = _stomach_e(pz, py, px)
         t[st < 1.0] = Tissue.MUSCLE
         lumen = st < 0.8
         t[lumen] = Tissue.FLUID
         t[lumen & (py < -34.0)] = Tissue.GAS  # supine: gas rises anteriorly, flat air-fluid level
-        for sx in (-70.0, 70.0):
-            kz = ((pz + 135.0) / 45.0) ** 2
-            t[(kz + _ell2(px, py, sx, 45.0, 32.0, 34.0)) < 1.0] = Tissue.FAT
-            t[(kz * 1.25 + _ell2(px, py, sx, 45.0, 22.0, 24.0)) < 1.0] = Tissue.KIDNEY
 
     def _capsules(self, tissue, pz, py, px, boxes, z_range) -> None:
         z0, z1 = z_range
@@ -415,7 +415,12 @@ _ORDER = {"liver_vessel": 0, "lung_vessel": 1, "bronchus": 2, "soft": 3, "vessel
 
 def liver_mask_below_diaphragm(pz, py, px):
     """Liver inside the abdominal cavity: right upper quadrant, left lobe reaching anteriorly."""
-    return (px < 40.0 - 0.45 * (py + 70.0)) & (pz > -122.0 + 0.4 * (px + 100.0))
+    liver = (px < 40.0 - 0.45 * (py + 70.0)) & (pz > -122.0 + 0.4 * (px + 100.0))
+    return liver & ~(_stomach_e(pz, py, px) < 1.0)
+
+
+def _stomach_e(pz, py, px):
+    return ((pz + 70.0) / 36.0) ** 2 + _ell2(px, py, 48.0, -22.0, 38.0, 36.0)
 
 
 def liver_mask(pz, py, px):

@@ -116,22 +116,63 @@ def test_http_404_exit_1(server, tmp_path, capsys):
     assert code == 1 and "HTTP 404" in err
 
 
-@pytest.mark.torch
-def test_generate_checkpoint_tiny(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random checkpoint written by the CLI (segmentation parts only: the tracker embeds
+    uniGradICON, 70 M parameters, seconds to build)."""
+    pytest.importorskip("torch")
     try:
         import napari_lesionlocator.engines.lesionlocator.generate  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"generate-checkpoint needs torch/nnunetv2 and the generator module: {exc}")
-    # The segmentation parts only: the tracker embeds uniGradICON (70 M parameters, seconds to build).
-    code, out, err = _run(capsys, "generate-checkpoint", tmp_path, "--tiny", "--parts", "point", "bbox", "-q")
-    assert code == 0, err
-    root = tmp_path / "LesionLocatorCheckpoint"
-    assert out.strip() == str(root)
+    out = tmp_path_factory.mktemp("ckpt")
+    code = main(["generate-checkpoint", str(out), "--tiny", "--parts", "point", "bbox", "-q"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.torch
+def test_generate_checkpoint_tiny(tiny_checkpoint, capsys):
+    root = tiny_checkpoint / "LesionLocatorCheckpoint"
     assert (root / "LesionLocatorSeg" / "point_optimized" / "fold_0" / "checkpoint_final.pth").is_file()
     assert (root / "LesionLocatorSeg" / "bbox_optimized" / "plans.json").is_file()
-    code, _, err = _run(capsys, "generate-checkpoint", tmp_path, "--tiny")
+    code, _, err = _run(capsys, "generate-checkpoint", tiny_checkpoint, "--tiny")
     assert code == 3 and "--overwrite" in err
-    code, _, err = _run(capsys, "generate-checkpoint", tmp_path, "--tiny", "--plans", tmp_path / "none.json",
-                        "--overwrite")
+    code, _, err = _run(capsys, "generate-checkpoint", tiny_checkpoint, "--tiny", "--plans",
+                        tiny_checkpoint / "none.json", "--overwrite")
     assert code == 2 and "plans file not found" in err
-    assert root.exists()  # the bad --plans was refused before anything was removed
+    assert (root / "LesionLocatorSeg" / "point_optimized" / "plans.json").is_file()  # refused before removing
+
+
+@pytest.mark.torch
+def test_segment_with_the_lesionlocator_engine(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """-m selects the LesionLocator engine; its masks are written in the source geometry (random weights:
+    the mask content is meaningless, the plumbing is what is checked)."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image
+
+    monkeypatch.delenv("LESIONLOCATOR_CHECKPOINT", raising=False)
+    geom = Geometry((20, 40, 36), spacing=(2.0, 0.9, 0.8), origin=(-30.0, 12.5, -7.25),
+                    direction=(1.0, 0, 0, 0, 0.96, -0.28, 0, 0.28, 0.96))
+    arr = np.random.default_rng(0).normal(0, 300, geom.shape).astype(np.float32) - 200
+    from napari_lesionlocator.io.images import write_image
+
+    src = write_image(Image(np.round(arr), geom, name="ll"), tmp_path / "ll.nii.gz")
+    (tmp_path / "ll.json").write_text(json.dumps({"3": {"point": [10, 20, 18]}}))
+    code, _, err = _run(capsys, "segment", "-i", src, "-p", tmp_path / "ll.json", "-t", "point", "-o", tmp_path / "o",
+                        "-m", tiny_checkpoint / "LesionLocatorCheckpoint", "-device", "cpu", "--disable_tta",
+                        "--threads", "1")
+    assert code == 0, err
+    assert "engine: lesionlocator" in err and "TTA off" in err
+    out = sitk.ReadImage(str(tmp_path / "o" / "ll_lesion_3.nii.gz"))
+    ref = sitk.ReadImage(str(src))
+    assert out.GetSize() == ref.GetSize() and out.GetPixelID() == sitk.sitkUInt8
+    assert np.allclose(out.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert np.allclose(out.GetOrigin(), ref.GetOrigin(), atol=1e-5)
+    assert np.allclose(out.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+    assert (tmp_path / "o" / "ll_lesions.nii.gz").exists()

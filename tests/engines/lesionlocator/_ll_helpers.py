@@ -20,7 +20,7 @@ from napari_lesionlocator.engines.lesionlocator.generate import generate_checkpo
 PATCH = (32, 48, 48)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_checkpoint(folds: tuple[int, ...] = (0, 1), mirror: tuple[int, ...] | None = (0, 1, 2)) -> Path:
     """A tiny Seg-only checkpoint (both segmentation parts), generated once per session."""
     tmp = Path(tempfile.mkdtemp(prefix="ll_ckpt_"))

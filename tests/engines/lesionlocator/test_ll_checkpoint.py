@@ -63,7 +63,9 @@ def test_accepts_parent_folder_of_checkpoint():
     assert ck.part_folder(parent, "point") == H.tiny_checkpoint() / SEG
 
 
-@pytest.mark.parametrize("name, message", [("plans.json", "missing plans.json"), ("dataset.json", "missing dataset.json")])
+@pytest.mark.parametrize(
+    "name, message", [("plans.json", "missing plans.json"), ("dataset.json", "missing dataset.json")]
+)
 def test_missing_json_is_named(tmp_path, name, message):
     root = H.copy_checkpoint(tmp_path)
     (root / SEG / name).unlink()

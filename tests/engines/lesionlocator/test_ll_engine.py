@@ -167,3 +167,15 @@ def test_package_imports_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cold_region_path_equals_prepared_path(image):
+    cold, warm = _engine(), _engine()
+    warm.prepare(image)
+    prompts = [PointPrompt(1, (10, 30, 30)), BoxPrompt(2, (1, 6, 2, 12, 40, 55))]
+    a = cold.segment(image, prompts).labels.array
+    b = warm.segment(image, prompts).labels.array
+    assert np.array_equal(a, b)
+    regions = [r for per_key in cold._region_cache[image].values() for r in per_key]
+    assert regions and all(not r.is_whole for r in regions)  # really only a region was preprocessed
+    assert image not in cold._pre_cache or not cold._pre_cache[image]

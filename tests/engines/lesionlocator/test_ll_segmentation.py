@@ -263,3 +263,48 @@ def test_float16_marks_uncovered_and_float32_option(point_model):
 def test_unknown_precision(point_model):
     with pytest.raises(Exception, match="unknown precision"):
         S.accumulate_logits(point_model, 0, [], None, (0, 0, 0), (1, 1, 1), tta=False, precision="bf16", counter=None)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, changes",
+    [
+        ((24, 120, 40), (2.0, 0.4, 1.2), {}),  # torch trilinear, dyadic ratios: a real region
+        ((12, 60, 60), (3.0, 0.4, 0.4), {"resampling_fn_data_kwargs": {"is_seg": False, "force_separate_z": True}}),
+    ],
+)
+def test_region_preprocessing_equals_whole_volume(point_model, shape, spacing, changes):
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_region, preprocessing_meta
+
+    model = _with_resampling(point_model, **changes)
+    pm, cm = model.plans_manager, model.configuration_manager
+    arr = H.ct_volume(shape, seed=9, border=2)
+    whole = preprocess_image(arr, spacing, pm, cm, use_nnunet_crop=True)
+    meta = preprocessing_meta(arr, spacing, pm, cm)
+    assert meta.data is None and meta.new_shape == whole.new_shape and meta.bbox == whole.bbox
+    lo, hi = np.array([3, 5, 4]), np.array([17, 25, 20])
+    reg = preprocess_region(arr, meta, lo, hi, pm, cm)
+    assert not reg.is_whole and reg.origin == tuple(lo) and reg.data.shape[1:] == tuple(hi - lo)
+    assert np.array_equal(reg.data, whole.data[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    # the fast path on the region gives the reference mask
+    prompt = PointPrompt(1, (shape[0] // 2, shape[1] // 2, shape[2] // 2))
+    pp = map_prompt(prompt, meta)
+    rlo, rhi = S.needed_region(pp, meta.new_shape, model.patch_size)
+    region = preprocess_region(arr, meta, rlo, rhi, pm, cm)
+    fast = S.segment_prompt_fast(region, pp, model, tta=False)
+    ref = S.segment_full_volume_reference(arr, spacing, prompt, model, tta=False)
+    assert ref.any() and np.array_equal(fast, ref)
+
+
+def test_region_preprocessing_falls_back_to_whole(point_model):
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_region, preprocessing_meta
+
+    # cubic-spline resampling (nnU-Net's default for images) is not local: the whole volume is preprocessed
+    model = _with_resampling(
+        point_model,
+        resampling_fn_data="resample_data_or_seg_to_shape",
+        resampling_fn_data_kwargs={"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+    )
+    arr = H.ct_volume((24, 120, 40), seed=2)
+    meta = preprocessing_meta(arr, (2.0, 0.4, 1.2), model.plans_manager, model.configuration_manager)
+    reg = preprocess_region(arr, meta, (3, 10, 7), (17, 40, 29), model.plans_manager, model.configuration_manager)
+    assert reg.is_whole and reg.origin == (0, 0, 0)

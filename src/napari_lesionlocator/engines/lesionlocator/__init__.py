@@ -63,7 +63,10 @@ class LesionLocatorEngine:
             raise EngineError(f"unknown precision {self.precision!r}: use float16 (official numerics) or float32")
         self.allow_unsafe = bool(self.settings.extra.get("allow_unsafe", False))
         self._models: dict[str, object] = {}
+        # Per image object (weak keys: forgotten with the image), per plans' preprocessing settings.
         self._pre_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._meta_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._region_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._device = None
         self._field_cache = None
         self.messages: list[str] = []
@@ -121,8 +124,21 @@ class LesionLocatorEngine:
             sort_keys=True,
         )
 
+    def meta(self, image: Image, part: str = "point"):
+        """Shapes and crop box of ``image`` under ``part``'s plans (no resampling), cached per image object."""
+        from .preprocessing import preprocessing_meta
+
+        key = self._preprocessing_key(part)
+        per_image = self._meta_cache.setdefault(image, {})
+        if key not in per_image:
+            m = self.model(part)
+            per_image[key] = preprocessing_meta(
+                image.array, image.geometry.spacing, m.plans_manager, m.configuration_manager
+            )
+        return per_image[key]
+
     def preprocessed(self, image: Image, part: str = "point"):
-        """The image preprocessed for ``part``'s plans, cached per image object (and plans)."""
+        """The whole image preprocessed for ``part``'s plans, cached per image object (and plans)."""
         from .preprocessing import preprocess_image
 
         key = self._preprocessing_key(part)
@@ -135,8 +151,37 @@ class LesionLocatorEngine:
         return per_image[key]
 
     def prepare(self, image: Image) -> None:
-        """Preprocess ``image`` once (point plans; box plans too when they differ)."""
+        """Preprocess the whole ``image`` once (point plans; box plans too when they differ), so every later
+        prompt on it skips preprocessing. Without it, each prompt preprocesses only the region its tiles need."""
         self.preprocessed(image, "point")
+        if self._preprocessing_key("box") != self._preprocessing_key("point"):
+            self.preprocessed(image, "box")
+
+    def preprocessed_for(self, image: Image, part: str, prompt):
+        """Preprocessed data covering ``prompt``'s tiles: the cached whole image when prepared, else a cached
+        region that covers them, else a new region (``preprocessing.preprocess_region``)."""
+        from .preprocessing import preprocess_region
+        from .segmentation import needed_region
+
+        key = self._preprocessing_key(part)
+        whole = self._pre_cache.get(image, {}).get(key)
+        if whole is not None:
+            return whole
+        m = self.model(part)
+        meta = self.meta(image, part)
+        lo, hi = needed_region(prompt, meta.new_shape, m.patch_size)
+        regions = self._region_cache.setdefault(image, {}).setdefault(key, [])
+        for r in regions:
+            r0 = np.asarray(r.origin)
+            if np.all(r0 <= lo) and np.all(r0 + np.asarray(r.data.shape[1:]) >= hi):
+                return r
+        r = preprocess_region(image.array, meta, lo, hi, m.plans_manager, m.configuration_manager)
+        if r.is_whole:  # the plans allow no smaller exact region: keep it as the image's preprocessing
+            self._pre_cache.setdefault(image, {})[key] = r
+        else:
+            regions.append(r)
+            del regions[:-4]  # bounded memory: the last few regions
+        return r
 
     # ---------------------------------------------------------- segmentation
     def estimate_forwards(self, image: Image, prompts: Sequence[Prompt]) -> int:
@@ -148,7 +193,7 @@ class LesionLocatorEngine:
         for p in prompts:
             part = "box" if isinstance(p, BoxPrompt) else "point"
             m = self.model(part)
-            pre = self.preprocessed(image, part)
+            pre = self.meta(image, part)
             starts, _, _ = plan_tiles(map_prompt(p, pre), pre.new_shape, m.patch_size)
             total += count_forwards(len(starts), len(m.folds), m.mirror_axes, self.settings.tta)
         return total
@@ -169,7 +214,7 @@ class LesionLocatorEngine:
             if not isinstance(p, (PointPrompt, BoxPrompt)):
                 raise PromptError(f"unsupported prompt {p!r}")
             part = "box" if isinstance(p, BoxPrompt) else "point"
-            pre = self.preprocessed(image, part)
+            pre = self.meta(image, part)
             jobs.append((p.lesion_id, part, map_prompt(p, pre)))
         return self._run_jobs(image, jobs, on_progress, cancel)
 
@@ -192,7 +237,7 @@ class LesionLocatorEngine:
             raise PromptError(f"unknown prompt kind {kind!r}: use 'point' or 'box'")
         arr = labels.array if isinstance(labels, LabelMap) else np.asarray(labels)
         inst = instance_map_from_labels(arr)
-        pre = self.preprocessed(image, kind)
+        pre = self.meta(image, kind)
         resampled = resample_label_map(inst, pre, self.model(kind).configuration_manager)
         pps = prompts_from_preprocessed_labels(resampled, kind)
         lost = sorted({int(v) for v in np.unique(inst) if v} - {p.lesion_id for p in pps})
@@ -208,7 +253,7 @@ class LesionLocatorEngine:
         counts = []
         for _lid, part, pp in jobs:
             m = self.model(part)
-            pre = self.preprocessed(image, part)
+            pre = self.meta(image, part)
             starts, _, _ = plan_tiles(pp, pre.new_shape, m.patch_size)
             counts.append(count_forwards(len(starts), len(m.folds), m.mirror_axes, self.settings.tta))
         total = sum(counts)
@@ -231,7 +276,12 @@ class LesionLocatorEngine:
             counter = ForwardCounter(n, tick, cancel)
             counter.check()
             mask = segment_prompt_fast(
-                self.preprocessed(image, part), pp, m, tta=self.settings.tta, precision=self.precision, counter=counter
+                self.preprocessed_for(image, part, pp),
+                pp,
+                m,
+                tta=self.settings.tta,
+                precision=self.precision,
+                counter=counter,
             )
             done_before[0] += n
             if not mask.any():

@@ -15,7 +15,16 @@ import numpy as np
 
 from ...core.errors import CheckpointError, InputImageError
 
-__all__ = ["Preprocessed", "nonzero_bbox", "preprocess_image", "normalize", "resample_label_map", "new_shape_for"]
+__all__ = [
+    "Preprocessed",
+    "nonzero_bbox",
+    "preprocess_image",
+    "preprocessing_meta",
+    "preprocess_region",
+    "normalize",
+    "resample_label_map",
+    "new_shape_for",
+]
 
 
 @dataclass
@@ -34,18 +43,32 @@ class Preprocessed:
         Shape after cropping, before resampling.
     original_spacing, target_spacing : tuple of float
         (z, y, x) mm.
+    origin : tuple of int
+        Preprocessed voxel where ``data`` starts: (0, 0, 0) for the whole volume; a region's start
+        (``preprocess_region``).
+    full_shape : tuple of int or None
+        Shape of the whole preprocessed volume when ``data`` is a region or None (shapes only).
     """
 
-    data: np.ndarray
+    data: np.ndarray | None
     shape_before_cropping: tuple[int, int, int]
     bbox: list[list[int]]
     shape_after_cropping: tuple[int, int, int]
     original_spacing: tuple[float, float, float]
     target_spacing: tuple[float, float, float]
+    origin: tuple[int, int, int] = (0, 0, 0)
+    full_shape: tuple[int, int, int] | None = None
 
     @property
     def new_shape(self) -> tuple[int, int, int]:
+        """Shape (z, y, x) of the whole preprocessed volume."""
+        if self.full_shape is not None:
+            return tuple(int(s) for s in self.full_shape)
         return tuple(int(s) for s in self.data.shape[1:])
+
+    @property
+    def is_whole(self) -> bool:
+        return self.data is not None and tuple(self.data.shape[1:]) == self.new_shape
 
     @property
     def crop_offset(self) -> np.ndarray:
@@ -142,6 +165,58 @@ def preprocess_image(
     data = configuration_manager.resampling_fn_data(data, new_shape, original_spacing, target)
     data = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
     return Preprocessed(data, shape_before, bbox, shape_after, original_spacing, target)
+
+
+def preprocessing_meta(array: np.ndarray, spacing_zyx, plans_manager, configuration_manager) -> Preprocessed:
+    """Shapes and crop box only (``data`` None): enough to map prompts and choose tiles without resampling."""
+    _check_plans(plans_manager)
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise InputImageError(f"expected a 3D volume (z, y, x), got shape {arr.shape}")
+    bbox = nonzero_bbox(arr[None])
+    after = tuple(int(b - a) for a, b in bbox)
+    original_spacing = tuple(float(s) for s in spacing_zyx)
+    target = tuple(float(s) for s in configuration_manager.spacing)
+    new_shape = new_shape_for(after, original_spacing, target)
+    return Preprocessed(None, tuple(arr.shape), bbox, after, original_spacing, target, (0, 0, 0), new_shape)
+
+
+def preprocess_region(
+    array: np.ndarray, meta: Preprocessed, lo, hi, plans_manager, configuration_manager
+) -> Preprocessed:
+    """Preprocess only what the preprocessed voxels ``[lo, hi)`` need, with values identical to the whole-volume
+    preprocessing (see ``regions``); axes where no exact crop exists are done whole. Returns a
+    ``Preprocessed`` whose ``data`` covers exactly ``[lo, hi)`` (``origin`` = ``lo``) or the whole volume
+    when the plans' normalisation or resampling does not allow a region."""
+    from .regions import aligned_crop, normalization_is_pointwise, resampling_is_local
+
+    local = resampling_is_local(configuration_manager, "data") and normalization_is_pointwise(configuration_manager)
+    crops = [
+        aligned_crop(int(n_in), int(n_out), int(a), int(b), local)
+        for n_in, n_out, a, b in zip(meta.shape_after_cropping, meta.new_shape, lo, hi)
+    ]
+    if not local or all(c.a0 == 0 and c.a1 == n for c, n in zip(crops, meta.shape_after_cropping)):
+        return preprocess_image(array, meta.original_spacing, plans_manager, configuration_manager)
+    off = meta.crop_offset
+    src = tuple(slice(int(o) + c.a0, int(o) + c.a1) for o, c in zip(off, crops))
+    data = np.array(np.asarray(array)[src], dtype=np.float32)[None]
+    data = normalize(data, plans_manager, configuration_manager)
+    out_shape = tuple(c.b1 - c.b0 for c in crops)
+    data = configuration_manager.resampling_fn_data(data, out_shape, meta.original_spacing, meta.target_spacing)
+    data = np.asarray(data, dtype=np.float32)
+    # keep only the requested outputs: those near the crop's edges may differ from the whole-volume values
+    keep = (slice(None), *(slice(c.k0 - c.b0, c.k1 - c.b0) for c in crops))
+    data = np.ascontiguousarray(data[keep])
+    return Preprocessed(
+        data,
+        meta.shape_before_cropping,
+        meta.bbox,
+        meta.shape_after_cropping,
+        meta.original_spacing,
+        meta.target_spacing,
+        tuple(int(c.k0) for c in crops),
+        meta.new_shape,
+    )
 
 
 def resample_label_map(labels: np.ndarray, pre: Preprocessed, configuration_manager) -> np.ndarray:

@@ -21,10 +21,8 @@ differ from the official ones near the patch border).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +31,7 @@ from ...core.progress import CancelToken
 from .checkpoint import LoadedModel
 from .preprocessing import Preprocessed, preprocess_image
 from .prompting import PromptPP, dense_prompt, paint_prompt, prompt_extent
+from .regions import AxisCrop, aligned_crop, resampling_is_local
 from .tiling import gaussian_map, mirror_combinations, padding_for, select_tiles, tile_union
 
 __all__ = [
@@ -40,6 +39,7 @@ __all__ = [
     "predict_tile",
     "tile_input",
     "plan_tiles",
+    "needed_region",
     "accumulate_logits",
     "average_folds",
     "export_full",
@@ -104,22 +104,39 @@ def predict_tile(model: LoadedModel, x, mirror_dims, counter: ForwardCounter | N
     return pred[0]
 
 
-def tile_input(data: np.ndarray, prompt: PromptPP, start_padded, patch, pad_before) -> np.ndarray:
+def tile_input(
+    data: np.ndarray, prompt: PromptPP, start_padded, patch, pad_before, data_origin=(0, 0, 0), full_shape=None
+) -> np.ndarray:
     """(c + 1, *patch) float32 network input at ``start_padded`` without building the padded volume:
-    image voxels where the tile overlaps the volume, 0 (the padding value) elsewhere, plus the prompt."""
+    image voxels where the tile overlaps the volume, 0 (the padding value) elsewhere, plus the prompt.
+
+    ``data`` may be a region of the preprocessed volume starting at ``data_origin`` (``full_shape``:
+    the whole volume's shape); it must contain the tile's part of the volume."""
     c = data.shape[0]
     patch = np.asarray(patch)
     origin = np.asarray(start_padded) - np.asarray(pad_before)  # tile origin in unpadded coordinates
     out = np.zeros((c + 1, *patch), dtype=np.float32)
-    shape = np.asarray(data.shape[1:])
+    shape = np.asarray(full_shape if full_shape is not None else data.shape[1:])
+    d0 = np.asarray(data_origin)
     lo = np.clip(origin, 0, shape)
     hi = np.clip(origin + patch, 0, shape)
     if np.all(hi > lo):
+        if np.any(lo < d0) or np.any(hi > d0 + np.asarray(data.shape[1:])):
+            raise ValueError(f"tile [{lo}, {hi}) is not inside the preprocessed region at {d0} of {data.shape[1:]}")
         dst = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, origin))
-        out[(slice(0, c), *dst)] = data[(slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi)))]
+        out[(slice(0, c), *dst)] = data[(slice(None), *(slice(int(a - z), int(b - z)) for a, b, z in zip(lo, hi, d0)))]
         # The prompt is clipped at the volume's border: the padding stays 0 in both channels.
         paint_prompt(prompt, out[c][dst], lo)
     return out
+
+
+def needed_region(prompt: PromptPP, new_shape, patch) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed voxels ``[lo, hi)`` (unpadded) the prompt's tiles read."""
+    starts, _padded, before = plan_tiles(prompt, new_shape, patch)
+    r_lo, r_hi = tile_union(starts, patch)
+    lo = np.maximum(r_lo - np.asarray(before), 0)
+    hi = np.minimum(r_hi - np.asarray(before), np.asarray(new_shape))
+    return lo, hi
 
 
 def plan_tiles(prompt: PromptPP, new_shape, patch):
@@ -213,66 +230,26 @@ def export_full(logits, pre: Preprocessed, configuration_manager) -> np.ndarray:
 
 
 # -------------------------------------------------------------- region export
-_LOCAL_TORCH_MODES = ("linear", "nearest", "nearest-exact")
-
-
-def _resampling_is_local(configuration_manager) -> bool:
-    """True when the plans' probability resampling has a 2-voxel stencil (linear / nearest), so a crop
-    computes the same numbers as the whole volume when the coordinates agree."""
-    conf = configuration_manager.configuration
-    name = conf.get("resampling_fn_probabilities", "")
-    kw = conf.get("resampling_fn_probabilities_kwargs", {}) or {}
-    if name in ("resample_torch_fornnunet", "resample_torch_simple"):
-        return (
-            kw.get("mode", "linear") in _LOCAL_TORCH_MODES
-            and kw.get("aniso_axis_mode", "nearest-exact") in _LOCAL_TORCH_MODES
-        )
-    if name == "resample_data_or_seg_to_shape":
-        return kw.get("order", 3) <= 1 and kw.get("order_z", 0) <= 1
-    return False
-
-
-@dataclass(frozen=True)
-class AxisPlan:
-    """One axis of a region export: input crop [a0, a1) -> output crop [b0, b1); keep outputs [k0, k1)."""
-
-    a0: int
-    a1: int
-    b0: int
-    b1: int
-    k0: int
-    k1: int
-
-
-def _axis_plan(n_in: int, n_out: int, u0: int, u1: int, local: bool) -> AxisPlan:
-    # Outputs whose (<= 2 voxel) stencil can touch the covered input range [u0, u1).
+def _touching_outputs(n_in: int, n_out: int, u0: int, u1: int) -> tuple[int, int]:
+    """Outputs whose (<= 2 voxel) interpolation stencil can touch the input range ``[u0, u1)``, plus 2 of slack."""
     s = n_in / n_out
     j = np.arange(n_out, dtype=np.float64)
-    src = np.maximum(s * (j + 0.5) - 0.5, 0.0)
-    i0 = np.floor(src)
+    i0 = np.floor(np.maximum(s * (j + 0.5) - 0.5, 0.0))
     touch = np.flatnonzero((i0 + 1 >= u0) & (i0 <= u1 - 1))
-    k0 = max(0, int(touch[0]) - 2) if touch.size else 0
-    k1 = min(n_out, int(touch[-1]) + 3) if touch.size else n_out
-    g = math.gcd(n_in, n_out)
-    p, q = n_in // g, n_out // g
-    # The interpolation coordinate s * (j + 0.5) - 0.5 is exact in float32 (and float64) when q is a
-    # power of two and p * 2 * n_out < 2**23; then a crop starting at a multiple of q outputs (p inputs)
-    # reproduces the whole-volume coordinates bit for bit. Otherwise keep the whole axis.
-    exact = (q & (q - 1)) == 0 and p * 2 * n_out < 2**23
-    if not local or not exact or q >= n_out:
-        return AxisPlan(0, n_in, 0, n_out, k0, k1)
-    blk0 = max(0, k0 // q - 1)
-    blk1 = min(n_out // q, -(-k1 // q) + 1)
-    return AxisPlan(blk0 * p, blk1 * p, blk0 * q, blk1 * q, k0, k1)
+    if not touch.size:
+        return 0, n_out
+    return max(0, int(touch[0]) - 2), min(n_out, int(touch[-1]) + 3)
 
 
-def region_export_plan(u_lo, u_hi, pre: Preprocessed, configuration_manager) -> list[AxisPlan]:
-    """Per-axis crops for exporting logits known only on ``[u_lo, u_hi)`` (unpadded preprocessed coords)."""
-    local = _resampling_is_local(configuration_manager)
-    return [
-        _axis_plan(int(n_in), int(n_out), int(a), int(b), local)
-        for n_in, n_out, a, b in zip(pre.new_shape, pre.shape_after_cropping, u_lo, u_hi)
-    ]
+def region_export_plan(u_lo, u_hi, pre: Preprocessed, configuration_manager) -> list[AxisCrop]:
+    """Per-axis crops for exporting logits known only on ``[u_lo, u_hi)`` (unpadded preprocessed coords);
+    outside the kept outputs every voxel is background in the whole-volume export too."""
+    local = resampling_is_local(configuration_manager, "probabilities")
+    out = []
+    for n_in, n_out, a, b in zip(pre.new_shape, pre.shape_after_cropping, u_lo, u_hi):
+        k0, k1 = _touching_outputs(int(n_in), int(n_out), int(a), int(b))
+        out.append(aligned_crop(int(n_in), int(n_out), k0, k1, local))
+    return out
 
 
 def export_region(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill=float("nan")) -> np.ndarray:
@@ -370,7 +347,7 @@ def segment_prompt_fast(
             model,
             fold,
             starts,
-            lambda s: tile_input(pre.data, prompt, s, patch, before),
+            lambda s: tile_input(pre.data, prompt, s, patch, before, pre.origin, pre.new_shape),
             r_lo,
             tuple(int(v) for v in r_hi - r_lo),
             tta=tta,

@@ -262,3 +262,17 @@ def test_not_an_archive_and_not_a_checkpoint(server, tmp_path):
     with pytest.raises(CheckpointError, match="does not hold a LesionLocator checkpoint"):
         download_weights(server.url("/other.zip"), tmp_path / "d", progress=False, log=lambda s: None)
     assert not (tmp_path / "d" / "something").exists()
+
+
+def test_not_enough_disk_space_is_refused_before_extracting(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    arc = tmp_path / "a.zip"
+    arc.write_bytes(_zip_with([("ck/big.bin", b"0" * 10_000)]))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 5_000, 5_000))
+    with pytest.raises(ArchiveError, match="only 0.00 GiB are free"):
+        safe_extract(arc, tmp_path / "out")
+    assert not (tmp_path / "out" / "ck").exists()
+    assert not list((tmp_path / "out").iterdir())

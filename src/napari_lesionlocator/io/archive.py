@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.errors import LesionLocatorError, OutputExistsError
 
-__all__ = ["ArchiveError", "archive_members", "safe_extract"]
+__all__ = ["ArchiveError", "archive_members", "safe_extract", "unpacked_size"]
 
 
 class ArchiveError(LesionLocatorError):
@@ -51,6 +51,16 @@ def _check_link(member: str, target: str, archive: str) -> None:
 
 def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def unpacked_size(path: str | os.PathLike) -> int:
+    """Total size in bytes of the archive's files once unpacked (from its headers)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return sum(i.file_size for i in zf.infolist())
+    with tarfile.open(path) as tf:
+        return sum(m.size for m in tf.getmembers() if m.isfile())
 
 
 def archive_members(path: str | os.PathLike) -> list[str]:
@@ -149,6 +159,12 @@ def safe_extract(path: str | os.PathLike, dest: str | os.PathLike, *, overwrite:
             f"{', '.join(str(dest / t) for t in clashes)} already exist(s); refusing to overwrite (use --overwrite)"
         )
     dest.mkdir(parents=True, exist_ok=True)
+    needed, free = unpacked_size(path), shutil.disk_usage(dest).free
+    if needed > free:
+        raise ArchiveError(
+            f"{path.name} unpacks to {needed / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB are free in {dest}; "
+            "free some space or choose another folder (--dest)"
+        )
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
     moved: list[Path] = []
     try:

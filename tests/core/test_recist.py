@@ -116,3 +116,36 @@ def test_select_targets_largest_measurable_first():
     assert select_targets(rows) == [4, 5, 6, 7, 9]  # the five largest, returned in id order
     assert select_targets(rows, nodes=[9]) == [3, 4, 5, 6, 7]  # node 9 has a 14 mm short axis: not measurable
     assert select_targets(rows, max_targets=2) == [7, 9]
+
+
+def test_study_level_measurements_and_recist():
+    import numpy as np
+
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image, LabelMap
+    from napari_lesionlocator.core.measurements import measure_study
+    from napari_lesionlocator.core.recist import recist_for_study
+    from napari_lesionlocator.core.study import Study, Timepoint
+
+    geom = Geometry((4, 20, 60), spacing=(3.0, 1.0, 0.5))
+    tps = []
+    for k, (n1, n2, n3) in enumerate([(40, 30, 0), (20, 30, 0), (20, 24, 30)]):  # voxels along x (0.5 mm)
+        lab = np.zeros(geom.shape, np.uint16)
+        lab[1, 5, :n1] = 1
+        lab[2, 10, :n2] = 2
+        lab[3, 15, :n3] = 3
+        img = Image(np.zeros(geom.shape, np.float32), geom, name=f"tp{k}", acquisition_date=f"2024-0{k + 1}-01")
+        tps.append(Timepoint(img, LabelMap(lab, geom)))
+    study = Study(tps, sort_by_date=False)
+    study.rename_lesion(1, "liver")
+    study.set_not_evaluable(2, "tp1")
+    rows = measure_study(study)
+    assert {(r.timepoint, r.lesion_id) for r in rows} == {(0, 1), (0, 2), (0, 3), (1, 1), (1, 3), (2, 1), (2, 2),
+                                                          (2, 3)}
+    r = next(r for r in rows if (r.timepoint, r.lesion_id) == (0, 1))
+    assert r.name == "liver" and r.date == "2024-01-01" and r.long_axis_mm == pytest.approx(20.0)
+    assert not next(r for r in rows if (r.timepoint, r.lesion_id) == (0, 3)).present
+    s = recist_for_study(study, targets=[1, 2])
+    # tp1: lesion 2 not evaluable -> NE; tp2: lesion 3 is new -> PD (although the sum fell 35 -> 22 mm).
+    assert [t.response for t in s.timepoints] == ["baseline", "NE", "PD"]
+    assert s.timepoints[2].sum_mm == pytest.approx(22.0) and s.timepoints[2].new_lesions

@@ -27,7 +27,7 @@ import numpy as np
 from .geometry import Geometry
 from .image import Image, LabelMap
 
-__all__ = ["AxialDiameters", "LesionMeasurement", "axial_diameters", "measure_lesions", "measure_mask"]
+__all__ = ["AxialDiameters", "LesionMeasurement", "axial_diameters", "measure_lesions", "measure_mask", "measure_study"]
 
 
 @dataclass(frozen=True)
@@ -351,3 +351,24 @@ def _replace(row: LesionMeasurement, **changes) -> LesionMeasurement:
     from dataclasses import replace
 
     return replace(row, **changes)
+
+
+def measure_study(study, lesion_ids: Iterable[int] | None = None) -> list[LesionMeasurement]:
+    """Lesion table of a :class:`~.study.Study`: one row per lesion per evaluable timepoint.
+
+    Timepoint indices follow the study order (0 = baseline); names and dates come from the study.
+    A lesion marked not evaluable at a timepoint, or a timepoint without a label map, gets **no
+    row** there (RECIST then reports "NE"); a lesion absent from a label map gets a row with
+    ``present=False``.
+    """
+    lesions = {les.id: les for les in study.lesions()}
+    ids = [int(i) for i in lesion_ids] if lesion_ids is not None else sorted(lesions)
+    names = {i: lesions[i].name for i in ids if i in lesions}
+    rows: list[LesionMeasurement] = []
+    for k, tp in enumerate(study.timepoints):
+        if tp.labels is None:
+            continue
+        evaluable = [i for i in ids if i not in lesions or lesions[i].status.get(tp.name) != "not_evaluable"]
+        rows.extend(measure_lesions(tp.image, tp.labels, timepoint=k, lesion_ids=evaluable, names=names,
+                                    date=tp.acquisition_date))
+    return rows

@@ -34,6 +34,7 @@ __all__ = [
     "RecistSummary",
     "evaluate_recist",
     "recist_from_measurements",
+    "recist_for_study",
     "select_targets",
 ]
 
@@ -267,3 +268,24 @@ def select_targets(
             measurable.append((size, int(r.lesion_id)))
     measurable.sort(key=lambda t: (-t[0], t[1]))
     return sorted(lid for _, lid in measurable[:max_targets])
+
+
+def recist_for_study(
+    study,
+    targets: Iterable[int] | None = None,
+    *,
+    nodes: Iterable[int] = (),
+    rows: Sequence[LesionMeasurement] | None = None,
+) -> RecistSummary:
+    """RECIST of a :class:`~.study.Study` (rows from :func:`.measurements.measure_study` unless given).
+
+    New lesions are the study's own notion (:meth:`~.study.Lesion.is_new_at`: present at a
+    follow-up and absent, not merely unevaluated, at every earlier timepoint).
+    """
+    from .measurements import measure_study
+
+    rows = list(rows) if rows is not None else measure_study(study)
+    names = study.names
+    lesions = study.lesions()
+    new = [k > 0 and any(les.is_new_at(names[k]) for les in lesions) for k in range(len(names))]
+    return recist_from_measurements(rows, targets, nodes=nodes, n_timepoints=len(names), new_lesions=new)

@@ -48,7 +48,7 @@ BODY_AX, BODY_AY = 128.0, 100.0
 SKIN, FAT = 2.0, 14.0
 CAVITY_CY, CAVITY_AX, CAVITY_AY = 5.0, BODY_AX - 28.0, 75.0
 TABLE_TOP_Y = 106.0  # world y of the table top (scanner-fixed, below the patient's back)
-HEART_C, HEART_R = np.array([-15.0, -32.0, 20.0]), np.array([40.0, 40.0, 52.0])
+HEART_C, HEART_R = np.array([-15.0, -34.0, 18.0]), np.array([40.0, 37.0, 47.0])
 SPINE_Y, CANAL_Y = 40.0, 66.0
 
 
@@ -96,7 +96,7 @@ def mediastinum_mask(pz, py, px):
              + ((px - HEART_C[2]) / (HEART_R[2] + 5)) ** 2) < 1.0
     upper = (_ell2(px, py, 0.0, -8.0, 30.0, 40.0) < 1.0) & (pz > -10.0)
     prevertebral = _ell2(px, py, 10.0, 16.0, 32.0, 16.0) < 1.0
-    paravertebral = (np.abs(px) < 25.0) & (py > 22.0)
+    paravertebral = _ell2(px, py, 0.0, SPINE_Y + 14.0, 26.0, 38.0) < 1.0  # hugs the vertebra
     return heart | upper | prevertebral | paravertebral
 
 

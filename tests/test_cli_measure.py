@@ -65,6 +65,7 @@ def _check_tables(prefix):
             assert float(r["mean_hu"]) == pytest.approx(100.0 if lid == 1 else 60.0)
             assert float(r["std_hu"]) == pytest.approx(0.0, abs=1e-6)
     r = by[(0, 1)]
+    assert r["name"] == "Lesion 1"
     centroid = GEOM.index_to_world([2, 10, 5 + (40 - 1) / 2])
     assert [float(r[f"centroid_{a}_mm"]) for a in "zyx"] == pytest.approx(list(centroid), abs=1e-4)
     with open(f"{prefix}_recist.csv", newline="") as fh:
@@ -120,6 +121,7 @@ def test_measure_bad_inputs_exit_2(files, tmp_path, capsys):
         (["-i", *imgs, "-l", *labs, "--dates", "2024-01-01"], "--dates"),
         (["-i", tmp_path / "missing.nii", "-l", labs[0]], "no such file"),
         (["-l", labs[0]], "-i IMAGE"),
+        (["-i", imgs[0], imgs[0], "-l", labs[0], labs[0]], "pt_tp0"),  # two timepoints with one name
     ]
     for extra, message in cases:
         code, _, err = _run(capsys, "measure", *extra, "-o", tmp_path / "x")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ._cli_common import UsageError, info, read_one_volume, warn
 from .core.image import Image, LabelMap
-from .core.measurements import measure_lesions
-from .core.recist import recist_from_measurements, select_targets
+from .core.measurements import measure_study
+from .core.recist import recist_for_study, select_targets
 from .core.study import parse_date
 from .io.images import read_label_map
 from .io.tables import write_lesion_table
@@ -51,6 +51,8 @@ def _timepoints(args: argparse.Namespace) -> list[tuple[Image, LabelMap]]:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    from .core.study import Study, Timepoint
+
     targets = parse_ids(args.targets, "--targets")
     nodes = parse_ids(args.nodes, "--nodes") or []
     pairs = _timepoints(args)
@@ -59,15 +61,16 @@ def run_measure(args: argparse.Namespace) -> int:
             raise UsageError(f"--dates has {len(args.dates)} value(s) for {len(pairs)} timepoint(s)")
         for (image, _), d in zip(pairs, args.dates):
             image.acquisition_date = parse_date(d).isoformat()
-    ids = sorted({i for _, lab in pairs for i in lab.ids})
+    # Timepoints stay in the order given (not re-sorted by date): the first one is the baseline.
+    study = Study([Timepoint(img, lab) for img, lab in pairs], sort_by_date=False)
+    ids = study.lesion_ids
     unknown = sorted(set(targets or []) - set(ids)) + sorted(set(nodes) - set(ids))
     if unknown:
         raise UsageError(f"lesion id(s) {sorted(set(unknown))} given in --targets/--nodes are in no label map "
                          f"(ids present: {ids})")
-    rows = []
-    for k, (image, labels) in enumerate(pairs):
+    for image, labels in pairs:
         info(f"measuring {image.name} ({len(labels.ids)} lesion(s))", args)
-        rows.extend(measure_lesions(image, labels, timepoint=k, lesion_ids=ids))
+    rows = measure_study(study)
     recist = None
     baseline_rows = [r for r in rows if r.timepoint == 0]
     chosen = targets if targets is not None else select_targets(baseline_rows, nodes=nodes)
@@ -76,8 +79,7 @@ def run_measure(args: argparse.Namespace) -> int:
              "no RECIST summary; choose targets with --targets")
     else:
         try:
-            recist = recist_from_measurements(rows, chosen, nodes=[n for n in nodes if n in chosen],
-                                              n_timepoints=len(pairs))
+            recist = recist_for_study(study, chosen, nodes=[n for n in nodes if n in chosen], rows=rows)
         except ValueError as exc:
             raise UsageError(f"RECIST: {exc}") from None
     paths = write_lesion_table(args.output, rows, recist, overwrite=args.overwrite,

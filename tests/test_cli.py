@@ -148,6 +148,10 @@ def test_folder_mode_pairs_by_name_and_reports_mismatches(tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "a_lesion_1.nii.gz", "a_lesions.nii.gz", "b_lesion_1.nii.gz", "b_lesions.nii.gz"]
+    # Two images that map to one case name would overwrite each other's outputs: refused.
+    write_image(img, tmp_path / "imgs" / "b_0000.nii.gz")
+    code, _, err = _run(capsys, *args, "--skip_unmatched", "--overwrite")
+    assert code == 2 and "b.nii.gz, b_0000.nii.gz" in err
 
 
 def test_existing_outputs_refuse_continue_and_overwrite(tmp_path, capsys):

@@ -96,6 +96,12 @@ def _cases(args: argparse.Namespace) -> list[Case]:
     if problems and not args.skip_unmatched:
         raise UsageError("cannot pair every image with its prompt by case name (" + "; ".join(problems)
                          + "). Rename the files, or pass --skip_unmatched to process only the pairs")
+    names = [c.name for c in pairs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise UsageError("several images would write the same case name(s) " + ", ".join(clash) + ": "
+                         + ", ".join(c.image_path.name for c in pairs if c.name in clash)
+                         + " (multi-channel _0000/_0001 images are not supported; keep one image per case)")
     for line in problems:
         warn(f"skipping {line}")
     if not pairs:

@@ -93,6 +93,20 @@ def test_download_resume_checksum_and_reuse(server, tmp_path, capsys):
     assert code == 0 and "already installed" in err and len(server["ranges"]) == n
 
 
+def test_set_default_stores_the_checkpoint_in_the_user_config(server, tmp_path, capsys, monkeypatch):
+    import json
+
+    from napari_lesionlocator.engines.lesionlocator import config
+
+    cfg = tmp_path / "cfg" / "config.json"
+    monkeypatch.setattr(config, "config_file", lambda: cfg)
+    code, out, err = _run(capsys, "download-weights", "--url", server["url"]("/good.zip"), "--dest", tmp_path / "d",
+                          "--set-default", "-q")
+    assert code == 0, err
+    assert json.loads(cfg.read_text())["checkpoint"] == str((tmp_path / "d" / "LesionLocatorCheckpoint").resolve())
+    assert out.strip() == str(tmp_path / "d" / "LesionLocatorCheckpoint")
+
+
 def test_checksum_mismatch_exit_1_nothing_unpacked(server, tmp_path, capsys):
     code, _, err = _run(capsys, "download-weights", "--url", server["url"]("/good.zip"), "--dest", tmp_path,
                         "--sha256", "ab" * 32, "-q")

@@ -97,6 +97,7 @@ def mediastinum_mask(pz, py, px):
     upper = (_ell2(px, py, 0.0, -8.0, 30.0, 40.0) < 1.0) & (pz > -10.0)
     prevertebral = _ell2(px, py, 10.0, 16.0, 32.0, 16.0) < 1.0
     paravertebral = _ell2(px, py, 0.0, SPINE_Y + 14.0, 26.0, 38.0) < 1.0  # hugs the vertebra
+    paravertebral |= _ell2(np.abs(px), py, 27.0, CANAL_Y - 2.0, 18.0, 9.0) < 1.0  # transverse processes
     return heart | upper | prevertebral | paravertebral
 
 

@@ -183,6 +183,7 @@ def test_segment_with_the_lesionlocator_engine(tiny_checkpoint, tmp_path, capsys
                         "--threads", "1")
     assert code == 0, err
     assert "engine: lesionlocator" in err and "TTA off" in err
+    assert "warning: LesionLocator on the CPU is slow" in err
     out = sitk.ReadImage(str(tmp_path / "o" / "ll_lesion_3.nii.gz"))
     ref = sitk.ReadImage(str(src))
     assert out.GetSize() == ref.GetSize() and out.GetPixelID() == sitk.sitkUInt8

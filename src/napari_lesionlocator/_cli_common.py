@@ -124,6 +124,10 @@ def make_engine(args: argparse.Namespace):
         info(f"engine: lesionlocator (checkpoint {checkpoint}, device {settings.device}, "
              f"folds {'all found' if args.folds is None else list(args.folds)}, TTA {'on' if settings.tta else 'off'})",
              args)
+        if settings.device == "cpu":
+            warn("LesionLocator on the CPU is slow (the real model needs about a minute per network forward; "
+                 "TTA runs 8 forwards per tile and every fold adds as many): consider --disable_tta, -f 0, "
+                 "a GPU (-device cuda), or --engine classical")
     else:
         info("engine: classical (no weights)", args)
     return create_engine(name, settings)

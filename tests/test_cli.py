@@ -130,6 +130,22 @@ def test_output_geometry_of_an_oblique_grid(tmp_path, capsys):
     assert read_label_map(tmp_path / "o" / "obl_lesions.nii.gz").array.sum() > 50
 
 
+def test_segment_a_dicom_folder(tmp_path, capsys):
+    from napari_lesionlocator.io.dicom import write_dicom_series
+
+    img = _tiny_ct()
+    write_dicom_series(img, tmp_path / "scan1")
+    (tmp_path / "p.json").write_text(json.dumps({"1": {"point": [12, 24, 24]}}))
+    code, _, err = _run(capsys, "segment", "-i", tmp_path / "scan1", "-p", tmp_path / "p.json", "-t", "point",
+                        "-o", tmp_path / "o", "-q")
+    assert code == 0, err
+    out = sitk.ReadImage(str(tmp_path / "o" / "scan1_lesions.nii.gz"))
+    assert out.GetSize() == tuple(reversed(img.shape))
+    assert np.allclose(out.GetDirection(), img.geometry.to_itk()["direction"], atol=1e-5)
+    assert np.allclose(out.GetOrigin(), img.geometry.to_itk()["origin"], atol=1e-3)
+    assert (tmp_path / "o" / "scan1_lesion_1.nii.gz").exists()
+
+
 def test_folder_mode_pairs_by_name_and_reports_mismatches(tmp_path, capsys):
     img = _tiny_ct()
     (tmp_path / "imgs").mkdir()

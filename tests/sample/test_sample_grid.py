@@ -64,3 +64,14 @@ def test_breathing_inverse_and_index_boxes():
                         for c in (lo[0, 2], hi[0, 2])])
     idx = geom.world_to_index(pose.patient_to_world(corners))
     assert np.all(idx >= s1 - 0.5) and np.all(idx <= e1 - 0.5)
+
+
+def test_oblique_study_round_trips_through_files(oblique_study, tmp_path):
+    from napari_lesionlocator.io.study_layout import read_study_layout
+
+    oblique_study.write(tmp_path)
+    for (img, lab), ref in zip(read_study_layout(tmp_path), oblique_study.images):
+        diffs = img.geometry.grid_differences(ref.geometry, origin_tol_mm=1e-4, direction_tol=1e-6)
+        assert not diffs, diffs
+        assert np.array_equal(img.array, ref.array)
+        assert lab is not None and lab.geometry.same_grid(ref.geometry, origin_tol_mm=1e-4, direction_tol=1e-6)

@@ -22,10 +22,20 @@ import numpy as np
 from ...core.errors import Cancelled
 from ...core.geometry import Geometry
 
-__all__ = ["to_sitk", "downsampled", "global_affine", "local_affine", "apply", "invert", "sitk_affine"]
+__all__ = [
+    "to_sitk",
+    "downsampled",
+    "global_affine",
+    "local_affine",
+    "similarity",
+    "apply",
+    "invert",
+    "sitk_affine",
+]
 
 CLAMP_HU = (-1000.0, 1500.0)
 GLOBAL_SPACING_MM = 4.0
+LOCAL_SPACING_MM = 1.5
 
 
 def _sitk():
@@ -45,14 +55,17 @@ def to_sitk(array: np.ndarray, geometry: Geometry, dtype=np.float32):
     return img
 
 
-def downsampled(array: np.ndarray, geometry: Geometry, target_mm: float = GLOBAL_SPACING_MM):
-    """Strided ~``target_mm`` view of a volume as a clamped float32 SimpleITK image.
+def downsampled(array: np.ndarray, geometry: Geometry, target_mm: float = GLOBAL_SPACING_MM, start=None, stop=None):
+    """Strided ~``target_mm`` view of a volume (or of its crop ``[start, stop)``) as a clamped float32 SimpleITK image.
 
-    Voxel (0, 0, 0) keeps its centre, so the origin is unchanged and the spacing multiplies.
+    The crop's first voxel keeps its centre, so the origin is that voxel's and the spacing multiplies.
     """
+    start = np.zeros(3, dtype=int) if start is None else np.asarray(start, dtype=int)
+    stop = np.asarray(geometry.shape) if stop is None else np.asarray(stop, dtype=int)
     step = np.maximum(1, np.round(target_mm / np.asarray(geometry.spacing))).astype(int)
-    view = array[:: step[0], :: step[1], :: step[2]]
-    geo = Geometry(view.shape, tuple(np.asarray(geometry.spacing) * step), geometry.origin, geometry.direction)
+    view = array[start[0] : stop[0] : step[0], start[1] : stop[1] : step[1], start[2] : stop[2] : step[2]]
+    origin = geometry.index_to_world(start.astype(float))
+    geo = Geometry(view.shape, tuple(np.asarray(geometry.spacing) * step), tuple(origin), geometry.direction)
     return to_sitk(np.clip(view, *CLAMP_HU), geo)
 
 
@@ -126,9 +139,13 @@ def _run(reg, state, fixed, moving):
     return tx, reg.GetMetricValue()
 
 
-def _rigid_then_affine(fixed, moving, init: np.ndarray, center_xyz, check, *, sampling, levels, iterations):
-    """Rigid then affine, both on top of ``init`` (4x4); returns (matrix, final metric)."""
+def _rigid_then_affine(fixed, moving, init: np.ndarray, center_xyz, check, *, samples, levels, iterations):
+    """Rigid then affine, both on top of ``init`` (4x4); returns (matrix, final metric).
+
+    ``samples`` bounds the metric's random samples per iteration (cost does not grow with the image).
+    """
     sitk = _sitk()
+    sampling = float(min(0.5, samples / max(1, fixed.GetNumberOfPixels())))
     reg, state = _method(check, sampling, levels, iterations)
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(tuple(float(v) for v in center_xyz))
@@ -170,7 +187,7 @@ def global_affine(fixed, moving, check: Callable[[], None] = lambda: None) -> np
     best = None
     for init in (np.eye(4), shift):
         m, metric = _rigid_then_affine(
-            fixed, moving, init, c_fixed, check, sampling=0.15, levels=(2, 1), iterations=80
+            fixed, moving, init, c_fixed, check, samples=40_000, levels=(2, 1), iterations=60
         )
         if best is None or metric < best[1]:
             best = (m, metric)
@@ -182,6 +199,24 @@ def global_affine(fixed, moving, check: Callable[[], None] = lambda: None) -> np
 def local_affine(fixed_crop, moving_crop, init: np.ndarray, center_xyz, check: Callable[[], None] = lambda: None):
     """Refine ``init`` (baseline -> follow-up, 4x4) on a region around one lesion."""
     m, _ = _rigid_then_affine(
-        fixed_crop, moving_crop, init, center_xyz, check, sampling=0.25, levels=(2, 1), iterations=60
+        fixed_crop, moving_crop, init, center_xyz, check, samples=25_000, levels=(2, 1), iterations=50
     )
     return m
+
+
+def similarity(fixed, moving, m: np.ndarray) -> float:
+    """Normalised cross-correlation cost (lower is better, -1 = perfect) of ``moving`` through ``m`` on ``fixed``.
+
+    Used to choose between the global and the local estimate on the lesion's own region: a local
+    fit that drifted (homogeneous organ, lesion at a field-of-view edge) scores worse.
+    """
+    sitk = _sitk()
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsCorrelation()
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetInitialTransform(sitk_affine(m))
+    try:
+        return float(reg.MetricEvaluate(fixed, moving))
+    except RuntimeError:  # no overlap at all
+        return 0.0

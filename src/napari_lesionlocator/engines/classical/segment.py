@@ -105,7 +105,7 @@ def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> Intens
     MAD-based sigma, clamped to [12, 36] HU. Each end of the interval lies between the lesion and the most common tissue
     on that side (e.g. lung or fat below, contrast vessels or bone above): a quarter of the way
     from aerated lung (so ground-glass parts and partial volume are kept), halfway otherwise;
-    never closer than 2.5 sigma to the lesion's range; with no such tissue around, 4 sigma.
+    never closer than 2 sigma to the lesion's range; with no such tissue around, 4 sigma.
     Air-like core voxels (partial volume with lung) are ignored when at least a fifth of the
     core is tissue.
     """
@@ -124,10 +124,10 @@ def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> Intens
     if dark.size >= min_count:
         dark_mode = _mode(dark)
         frac = 0.25 if dark_mode < AIR_LIKE_HU else 0.5
-        low = min(dark_mode + frac * (m - dark_mode), a - 2.5 * s)
+        low = min(dark_mode + frac * (m - dark_mode), a - 2.0 * s)
     bright = surroundings[surroundings > b + 3.0 * s]
     if bright.size >= min_count:
-        high = max((m + _mode(bright)) / 2.0, b + 2.5 * s)
+        high = max((m + _mode(bright)) / 2.0, b + 2.0 * s)
     return IntensityModel(m, low, high)
 
 
@@ -211,8 +211,11 @@ def _segment_in_roi(
     prior: IntensityModel | None,
     check: CancelCheck,
     core_box: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, str]:
-    """Lesion mask on ``roi``'s working grid, from a seed (working voxel) and an optional box (working bounds)."""
+) -> tuple[np.ndarray, str, float]:
+    """Lesion mask on ``roi``'s working grid, from a seed (working voxel) and an optional box (working bounds).
+
+    Returns the mask, a message (why it is empty) and the lesion's inscribed radius (mm).
+    """
     sp = roi.spacing
     img = _smooth(roi.work, sp)
     shape = img.shape
@@ -231,7 +234,7 @@ def _segment_in_roi(
     else:
         model = prior
     if model.center < AIR_LIKE_HU:
-        return np.zeros(shape, dtype=bool), f"the prompt's core is air or lung parenchyma ({model.center:.0f} HU)"
+        return np.zeros(shape, dtype=bool), f"the prompt's core is air or lung parenchyma ({model.center:.0f} HU)", 0.0
     within = (img >= model.low) & (img <= model.high)
     if inside_box is not None:
         within &= inside_box
@@ -242,13 +245,13 @@ def _segment_in_roi(
         d_in = _edt(within, sp)
         cand = np.where(core, d_in, 0)
         if cand.max() <= 0:
-            return np.zeros(shape, dtype=bool), "no lesion-like tissue in the box core"
+            return np.zeros(shape, dtype=bool), "no lesion-like tissue in the box core", 0.0
         seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(cand)), shape))
     elif not within[seed]:
         # A click a little off the lesion (edge, partial volume): take the nearest lesion-like voxel within 3 mm.
         dist, idx = ndimage.distance_transform_edt(~within, sampling=sp, return_indices=True)
         if dist[seed] > 3.0:
-            return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point"
+            return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0
         seed = tuple(int(idx[a][seed]) for a in range(3))
 
     comp = _component_at(within, seed)
@@ -268,7 +271,7 @@ def _segment_in_roi(
         mask = _split_by_necks(mask, sp, seed, radius)
     check()
     mask = ndimage.binary_fill_holes(mask)
-    return _component_at(mask, seed), ""
+    return _component_at(mask, seed), "", radius
 
 
 # ---------------------------------------------------------------- public entry points
@@ -286,7 +289,8 @@ def segment_point(
     """Segment the lesion under a point (voxel index z, y, x) of ``array`` (HU, spacing mm).
 
     The search region starts ``start_radius_mm`` around the point and grows (x1.7) until the
-    mask no longer touches its inner faces, up to ``max_radius_mm``. ``limit`` optionally bounds
+    mask no longer touches its inner faces, up to 3.5 inscribed radii of the lesion + 10 mm
+    and at most ``max_radius_mm``. ``limit`` optionally bounds
     the region (half-open full-volume indices).
     """
     spacing = np.asarray(spacing, dtype=float)
@@ -300,15 +304,19 @@ def segment_point(
             lo, hi = np.maximum(lo, limit[0]), np.minimum(hi, limit[1])
         roi = Roi.extract(array, spacing, lo, hi)
         seed = roi.to_work_voxel(point)
-        work_mask, message = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
+        work_mask, message, inscribed = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
         touching = roi.touches_inner_faces(work_mask, shape)
         enclosed = touching == 0 or (limit is not None and np.all(lo == limit[0]) and np.all(hi == limit[1]))
         if enclosed or not work_mask.any():
             break
-        if radius >= max_radius_mm:
-            message = f"the lesion may extend beyond the {max_radius_mm:.0f} mm search region"
+        # A lesion rarely reaches further than ~3.5 inscribed radii from its thickest point; beyond
+        # that the mask has leaked into a structure of the same density, and growing would only
+        # make it worse (and slower).
+        limit_mm = min(max_radius_mm, max(start_radius_mm, 3.5 * inscribed + 10.0))
+        if radius >= limit_mm:
+            message = f"the mask reaches the {radius:.0f} mm search limit (low contrast to its surroundings?)"
             break
-        radius = min(radius * 1.7, max_radius_mm)
+        radius = min(radius * 1.7, limit_mm)
     return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
 
 
@@ -345,7 +353,7 @@ def segment_box(
     wlo, whi = to_work_bounds(start, stop)
     core_w = to_work_bounds(*core) if core is not None else None
     center = roi.to_work_voxel((start + stop - 1) / 2.0)
-    work_mask, message = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
+    work_mask, message, _ = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
     mask = roi.mask_to_crop(work_mask)
     # The box is a hard limit (resampling can blur a voxel across it).
     rel_lo, rel_hi = start - lo, stop - lo

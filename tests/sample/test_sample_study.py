@@ -109,11 +109,11 @@ def test_breathing_moves_the_liver_lesion_more_than_the_rigid_pose(small_study):
 
 
 def test_same_seed_same_arrays_other_seed_differs(small_study):
-    again = make_synthetic_study(seed=0, size="small")
+    again = make_synthetic_study(seed=0, size="small", use_cache=False)
     for a, b in zip(small_study.images + small_study.labels, again.images + again.labels):
         assert np.array_equal(a.array, b.array)
         assert a.geometry == b.geometry
-    other = make_synthetic_study(seed=1, size="small")
+    other = make_synthetic_study(seed=1, size="small", use_cache=False)
     assert not np.array_equal(other.images[0].array, small_study.images[0].array)
     assert not np.array_equal(other.labels[0].array, small_study.labels[0].array)
 
@@ -123,3 +123,17 @@ def test_rejects_bad_arguments():
         make_synthetic_study(size="huge")
     with pytest.raises(ValueError, match="orthonormal"):
         make_synthetic_study(direction=np.diag([1.0, 2.0, 1.0]))
+
+
+def test_cached_studies_are_independent_copies():
+    a = make_synthetic_study(seed=0, size="small")
+    b = make_synthetic_study(seed=0, size="small")
+    assert a.images[0].array is not b.images[0].array
+    assert np.array_equal(a.images[0].array, b.images[0].array)
+    a.images[0].array[:] = 0
+    a.labels[0].array[:] = 0
+    a.models[0].centre[:] = 0
+    c = make_synthetic_study(seed=0, size="small")
+    assert np.array_equal(c.images[0].array, b.images[0].array)
+    assert np.array_equal(c.labels[0].array, b.labels[0].array)
+    assert np.array_equal(c.models[0].centre, b.models[0].centre)

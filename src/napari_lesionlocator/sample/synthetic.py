@@ -31,9 +31,10 @@ id    kind               organ        scales               meaning
 
 from __future__ import annotations
 
+import copy
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -362,7 +363,7 @@ def _acquire(hu: np.ndarray, geometry: Geometry, rng, noise_hu: float) -> np.nda
 
 
 def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, rotate_grid: bool = False,
-                         noise_hu: float | None = None) -> SyntheticStudy:
+                         noise_hu: float | None = None, use_cache: bool = True) -> SyntheticStudy:
     """Render the three-timepoint synthetic study.
 
     Parameters
@@ -378,6 +379,10 @@ def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, 
         Use a fixed oblique (non-identity) direction for every grid (ignored when ``direction`` is given).
     noise_hu : float, optional
         Noise std in HU (default: drawn from the seed between 12 and 18).
+    use_cache : bool
+        ``"small"`` studies are kept in a small per-process cache (a render takes seconds and
+        tests ask for the same study often); every call still returns its own array copies.
+        ``False`` always renders.
 
     Returns
     -------
@@ -385,12 +390,42 @@ def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, 
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    t_start = time.perf_counter()
     if direction is None:
         direction = rotation_zyx((12.0, 5.0, -4.0)) if rotate_grid else np.eye(3)
     direction = np.asarray(direction, float).reshape(3, 3)
     if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-6):
         raise ValueError("direction must be an orthonormal 3x3 matrix")
+    if not (use_cache and size == "small"):
+        return _render_study(int(seed), size, direction, noise_hu)
+    key = (int(seed), size, tuple(np.round(direction, 12).ravel()), noise_hu)
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _render_study(int(seed), size, direction, noise_hu)
+    return _copy_study(_CACHE[key])
+
+
+_CACHE: dict[tuple, SyntheticStudy] = {}
+_CACHE_SIZE = 4
+
+
+def _copy_study(study: SyntheticStudy) -> SyntheticStudy:
+    """An independent copy: callers may edit arrays, metadata and models freely."""
+    return replace(
+        study,
+        images=[im.with_array(im.array.copy(), metadata=copy.deepcopy(im.metadata)) for im in study.images],
+        labels=[lab.copy() for lab in study.labels],
+        tissues=[t.copy() for t in study.tissues],
+        models=copy.deepcopy(study.models),
+        poses=list(study.poses),
+        lesions=list(study.lesions),
+        timings_s=dict(study.timings_s),
+    )
+
+
+def _render_study(seed: int, size: str, direction: np.ndarray, noise_hu: float | None) -> SyntheticStudy:
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
     rng_noise = np.random.default_rng([seed, 4])
     if noise_hu is None:
         noise_hu = float(rng_noise.uniform(12.0, 18.0))
@@ -420,6 +455,7 @@ def make_synthetic_study(seed: int = 0, size: str = "small", *, direction=None, 
         timings[f"tp{k}_acquire_s"] = time.perf_counter() - t1
     rows = _lesion_table(models, poses, labels)
     timings["total_s"] = time.perf_counter() - t_start
+    timings["cpu_s"] = time.process_time() - cpu_start
     return SyntheticStudy(images, labels, rows, poses, models, int(seed), size, case, float(noise_hu), tissues,
                           timings)
 

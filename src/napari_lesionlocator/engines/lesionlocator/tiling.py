@@ -28,7 +28,9 @@ def select_tiles(extent_lo, extent_hi, padded_shape, patch) -> list[tuple[int, i
     One centred patch when ``max_inclusive - min < patch`` on every axis (start
     ``int((min + max_inclusive - patch) / 2)``, shifted inside the volume); otherwise every tile
     of nnU-Net's 0.5-step sliding-window grid that overlaps the prompt (a tile whose first index
-    equals the prompt's last index is not counted, as in the official selection).
+    equals the prompt's last index is not counted, as in the official selection). On an axis where
+    that rule leaves no tile at all (a prompt one voxel thick at index 0), the tiles that merely
+    touch the prompt are used instead of running none.
     """
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 

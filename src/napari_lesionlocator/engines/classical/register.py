@@ -178,22 +178,28 @@ def _body_centroid_xyz(img) -> np.ndarray:
     return np.asarray(img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in c)))
 
 
+def _metric_at(fixed, moving, m: np.ndarray, samples: int) -> float:
+    reg, _ = _method(lambda: None, float(min(0.5, samples / max(1, fixed.GetNumberOfPixels()))), (1,), 1)
+    reg.SetInitialTransform(sitk_affine(m))
+    try:
+        return float(reg.MetricEvaluate(fixed, moving))
+    except RuntimeError:  # too little overlap to evaluate
+        return 0.0
+
+
 def global_affine(fixed, moving, check: Callable[[], None] = lambda: None) -> np.ndarray:
-    """Baseline -> follow-up world matrix from downsampled whole scans (see :func:`downsampled`)."""
+    """Baseline -> follow-up world matrix from downsampled whole scans (see :func:`downsampled`).
+
+    Two starting points are scored (scanner coordinates as they are, and body centroids
+    matched) and the optimisation runs from the better one.
+    """
     c_fixed = _body_centroid_xyz(fixed)
     c_moving = _body_centroid_xyz(moving)
     shift = np.eye(4)
     shift[:3, 3] = c_moving - c_fixed
-    best = None
-    for init in (np.eye(4), shift):
-        m, metric = _rigid_then_affine(
-            fixed, moving, init, c_fixed, check, samples=40_000, levels=(2, 1), iterations=60
-        )
-        if best is None or metric < best[1]:
-            best = (m, metric)
-        if np.allclose(shift, np.eye(4), atol=1.0):
-            break  # both initialisations coincide
-    return best[0]
+    init = min((np.eye(4), shift), key=lambda m: _metric_at(fixed, moving, m, 20_000))
+    m, _ = _rigid_then_affine(fixed, moving, init, c_fixed, check, samples=20_000, levels=(2, 1), iterations=50)
+    return m
 
 
 def local_affine(fixed_crop, moving_crop, init: np.ndarray, center_xyz, check: Callable[[], None] = lambda: None):

@@ -20,7 +20,7 @@ __all__ = ["Roi", "roi_bounds_mm", "ellipsoid_mask", "ball_mask"]
 
 # Working grids above this many voxels are resampled to a coarser spacing (keeps a prompt
 # well under half a second on 2 cores whatever the lesion size).
-MAX_WORK_VOXELS = 1_200_000
+MAX_WORK_VOXELS = 600_000
 
 
 def roi_bounds_mm(

@@ -39,6 +39,8 @@ BOX_MARGIN_MM = 8.0
 MAX_OPEN_RADIUS_MM = 5.0
 # Lesions are tissue: a core darker than this is air or aerated lung, not a lesion (HU).
 AIR_LIKE_HU = -600.0
+# Ground glass is searched for only when the lesion's lower threshold is this far above the lung (HU).
+GGO_GAP_HU = 250.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class IntensityModel:
     center: float
     low: float
     high: float
+    dark: float | None = None  # most common darker tissue around (HU), when there is one
 
 
 @dataclass
@@ -102,10 +105,10 @@ def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> Intens
 
     The lesion's own range is the core's 10th-90th percentiles less noise (heterogeneous
     lesions such as part-solid nodules or necrotic masses span a range) and its noise a
-    MAD-based sigma, clamped to [12, 36] HU. Each end of the interval lies between the lesion and the most common tissue
-    on that side (e.g. lung or fat below, contrast vessels or bone above): a quarter of the way
-    from aerated lung (so ground-glass parts and partial volume are kept), halfway otherwise;
-    never closer than 2 sigma to the lesion's range; with no such tissue around, 4 sigma.
+    MAD-based sigma, clamped to [12, 36] HU. Each end of the interval lies halfway between the
+    lesion's range and the most common tissue on that side (e.g. lung or fat below, contrast
+    vessels or bone above), the level where a blurred edge crosses the true boundary; never
+    closer than 2 sigma to the lesion's range; with no such tissue around, 4 sigma.
     Air-like core voxels (partial volume with lung) are ignored when at least a fifth of the
     core is tissue.
     """
@@ -121,14 +124,14 @@ def lesion_intensity_model(core: np.ndarray, surroundings: np.ndarray) -> Intens
     low, high = a - 4.0 * s, b + 4.0 * s
     min_count = max(20, int(0.02 * surroundings.size))
     dark = surroundings[surroundings < a - 3.0 * s]
+    dark_mode = None
     if dark.size >= min_count:
         dark_mode = _mode(dark)
-        frac = 0.25 if dark_mode < AIR_LIKE_HU else 0.5
-        low = min(dark_mode + frac * (m - dark_mode), a - 2.0 * s)
+        low = min((a + dark_mode) / 2.0, a - 2.0 * s)
     bright = surroundings[surroundings > b + 3.0 * s]
     if bright.size >= min_count:
-        high = max((m + _mode(bright)) / 2.0, b + 2.0 * s)
-    return IntensityModel(m, low, high)
+        high = max((b + _mode(bright)) / 2.0, b + 2.0 * s)
+    return IntensityModel(m, low, high, dark_mode)
 
 
 # ---------------------------------------------------------------- morphology
@@ -254,7 +257,9 @@ def _segment_in_roi(
             return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0
         seed = tuple(int(idx[a][seed]) for a in range(3))
 
-    comp = _component_at(within, seed)
+    # Noise voxels outside the interval pit the lesion; filled first, so that distances (the
+    # lesion's thickness, its necks) measure its shape and not its noise.
+    comp = ndimage.binary_fill_holes(_component_at(within, seed))
     check()
     dist = _edt(comp, sp)
     # Inscribed radius near the seed, and the deepest point there as the working seed.
@@ -271,7 +276,37 @@ def _segment_in_roi(
         mask = _split_by_necks(mask, sp, seed, radius)
     check()
     mask = ndimage.binary_fill_holes(mask)
+    # Only when the lesion's lower bound sits well above the lung (a solid core): a core that
+    # already holds ground glass has its rim inside [low, high] anyway.
+    if prior is None and model.dark is not None and model.dark < AIR_LIKE_HU and model.low - model.dark > GGO_GAP_HU:
+        mask = _add_ground_glass(img, mask, model, sp, seed, radius, inside_box)
     return _component_at(mask, seed), "", radius
+
+
+def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float, inside_box) -> np.ndarray:
+    """Extend a lung lesion by a ground-glass rim when one surrounds it (part-solid nodules).
+
+    Ground glass lies between aerated lung and solid tissue. A blurred solid edge crosses that
+    density band within about a millimetre; a ground-glass component covers most of the
+    1.5-3 mm shell around the solid part. Only then is the lesion grown into the band (up to
+    max(10 mm, 2 radii) from the solid part), opened by 1.5 mm to drop vessel edges and lung
+    texture, and its holes filled.
+    """
+    ggo_low = model.dark + 0.2 * (model.low - model.dark) if model.dark is not None else model.low
+    band = (img >= ggo_low) & (img < model.low)
+    dist = _edt(~solid, sp)
+    shell = (dist > 1.5) & (dist <= 3.0)
+    if inside_box is not None:
+        shell &= inside_box
+    if shell.sum() == 0 or band[shell].mean() < 0.4:
+        return solid
+    grow = (band | solid) & (img <= model.high) & (dist <= max(10.0, 2.0 * radius))
+    if inside_box is not None:
+        grow &= inside_box
+    grown = _component_at(grow, seed)
+    opened = _edt(grown, sp) > 1.5
+    grown = (_edt(~opened, sp) <= 1.5) | solid
+    return ndimage.binary_fill_holes(_component_at(grown & (grow | solid), seed))
 
 
 # ---------------------------------------------------------------- public entry points
@@ -288,9 +323,9 @@ def segment_point(
 ) -> LesionMask:
     """Segment the lesion under a point (voxel index z, y, x) of ``array`` (HU, spacing mm).
 
-    The search region starts ``start_radius_mm`` around the point and grows (x1.7) until the
-    mask no longer touches its inner faces, up to 3.5 inscribed radii of the lesion + 10 mm
-    and at most ``max_radius_mm``. ``limit`` optionally bounds
+    The search region starts ``start_radius_mm`` around the point; when the mask touches its
+    inner faces it grows once to 3.5 inscribed radii of the lesion + 10 mm (at most
+    ``max_radius_mm``), the farthest a lesion reaches from its thickest point. ``limit`` optionally bounds
     the region (half-open full-volume indices).
     """
     spacing = np.asarray(spacing, dtype=float)
@@ -316,7 +351,8 @@ def segment_point(
         if radius >= limit_mm:
             message = f"the mask reaches the {radius:.0f} mm search limit (low contrast to its surroundings?)"
             break
-        radius = min(radius * 1.7, limit_mm)
+        # Jump straight to the limit (one more pass, not several): the inscribed radius is known.
+        radius = limit_mm
     return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
 
 

@@ -241,7 +241,12 @@ def track_lesions(
     dtype = labels_arr.dtype if np.issubdtype(labels_arr.dtype, np.unsignedinteger) else np.uint32
     out = LabelMap.empty(followup.geometry, f"{followup.name}_lesions", dtype=dtype)
     result = TrackingResult(out)
-    ids = baseline_labels.ids
+    # One pass over the label map gives both the ids and their bounding boxes.
+    slices = ndimage.find_objects(labels_arr) if labels_arr.max(initial=0) < 2**20 else None
+    if slices is not None:
+        ids = [k + 1 for k, sl in enumerate(slices) if sl is not None]
+    else:
+        ids = baseline_labels.ids
     if not ids:
         result.messages.append("the baseline label map holds no lesion: nothing to track")
         return result
@@ -252,7 +257,6 @@ def track_lesions(
     moving = reg.downsampled(followup.array, followup.geometry)
     m_global = reg.global_affine(fixed, moving, check)
     del fixed, moving
-    slices = ndimage.find_objects(labels_arr) if max(ids) < 2**20 else None
     for k, lid in enumerate(ids):
         check()
         report(on_progress, k + 1, total, f"tracking lesion {lid}")

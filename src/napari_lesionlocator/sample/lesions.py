@@ -147,7 +147,9 @@ def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.n
     if model.ggo_hu is not None:
         view[inside] = np.maximum(view[inside], model.ggo_hu)
         core = inside & (rr < model.core_fraction * surf)
-        view[core] = model.hu
+        # Spicules (the tall, narrow bumps) are solid strands reaching out through the lung.
+        spicule = inside & (surf > 1.3) & (rr > 0.85)
+        view[core | spicule] = model.hu
     else:
         # Smooth radial profile: slightly brighter/darker centre, as in real lesions.
         t = np.clip(rr / surf, 0.0, 1.0)

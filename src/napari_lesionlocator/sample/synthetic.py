@@ -235,7 +235,7 @@ def _lesion_models(phantom: Phantom, seed: int) -> list[LesionModel]:
         2, "part_solid_nodule", "lung", np.zeros(3), axes(r2, 0.08), _random_rotation(rng),
         (1.0, 1.20, 1.35), 25.0, ggo_hu=-600.0, core_fraction=0.45,
         bump_dirs=_unit(rng, 17), bump_amp=np.r_[rng.uniform(0.1, 0.2, 3), rng.uniform(0.4, 0.9, 14)],
-        bump_width=np.r_[rng.uniform(0.5, 0.8, 3), rng.uniform(0.06, 0.1, 14)])
+        bump_width=np.r_[rng.uniform(0.5, 0.8, 3), rng.uniform(0.12, 0.17, 14)])
 
     def misfit(centre):
         # At its largest, with 5 mm to spare along z for breathing; a few spicule tips may reach

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from napari_lesionlocator.sample.anatomy import Phantom, Tissue, liver_mask, lung_mask
-from napari_lesionlocator.sample.synthetic import _lesion_models, _outside_fraction, _segment_distance
+from napari_lesionlocator.sample.catalogue import _outside_fraction, _segment_distance, lesion_models
 
 ORGAN_TISSUES = {
     "lung": {Tissue.LUNG, Tissue.LUNG_VESSEL, Tissue.AIRWAY_WALL, Tissue.AIRWAY},  # a mass may engulf a bronchus
@@ -19,7 +19,7 @@ ORGAN_TISSUES = {
 @pytest.mark.parametrize("seed", range(8))
 def test_lesion_models_fit_their_organs(seed):
     phantom = Phantom(seed)
-    models = {m.id: m for m in _lesion_models(phantom, seed)}
+    models = {m.id: m for m in lesion_models(phantom, seed)}
     for lid in (1, 5):
         assert _outside_fraction(models[lid], lung_mask, max(models[lid].scales)) == 0.0
     for lid in (3, 7):

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.geometry import Geometry
 from .frames import PatientPose, box_in_index_space
 
-__all__ = ["LesionModel", "render_lesion"]
+__all__ = ["LesionModel", "render_lesion", "fibonacci_sphere"]
 
 
 @dataclass
@@ -100,7 +100,7 @@ class LesionModel:
         return float(vol_mm3 / 1000.0), centroid
 
 
-def _fibonacci_sphere(n: int) -> np.ndarray:
+def fibonacci_sphere(n: int) -> np.ndarray:
     """``n`` nearly uniform unit vectors (equal-area quadrature nodes on the sphere)."""
     i = np.arange(n) + 0.5
     z = 1.0 - 2.0 * i / n
@@ -109,7 +109,7 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
     return np.stack([z, r * np.cos(phi), r * np.sin(phi)], axis=1)
 
 
-_SPHERE = _fibonacci_sphere(40_000)
+_SPHERE = fibonacci_sphere(40_000)
 
 
 def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.ndarray, geometry: Geometry,

@@ -37,11 +37,19 @@ def test_oblique_grid_sees_lesions_at_the_same_world_positions(oblique_study, sm
             assert rot.volume_ml[k] == pytest.approx(rot.nominal_volume_ml[k], rel=tol)
 
 
-def test_explicit_direction_is_used():
-    d = rotation_zyx((0.0, 0.0, 90.0))
-    study = make_synthetic_study(seed=3, direction=d)
+def test_explicit_flipped_direction_is_used(small_study):
+    # A left-handed grid (one axis flipped, |det| = 1) as some scanners write them.
+    d = np.diag([1.0, -1.0, 1.0]) @ rotation_zyx((0.0, 0.0, 3.0))
+    study = make_synthetic_study(seed=0, direction=d)
     assert np.allclose(study.images[0].geometry.direction_matrix, d)
-    assert set(study.labels[0].ids) == {r.id for r in study.lesions if r.present[0]}
+    assert np.linalg.det(study.images[0].geometry.direction_matrix) < 0
+    lab = study.labels[0]
+    assert set(lab.ids) == {r.id for r in study.lesions if r.present[0]}
+    for r in study.lesions:
+        if r.present[0]:
+            idx = np.argwhere(lab.array == r.id).astype(float).mean(axis=0)
+            got = lab.geometry.index_to_world(idx)
+            assert np.linalg.norm(got - np.asarray(small_study.lesion(r.id).centre_world[0])) < 1.0
 
 
 def test_breathing_inverse_and_index_boxes():

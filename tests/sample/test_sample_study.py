@@ -118,11 +118,22 @@ def test_same_seed_same_arrays_other_seed_differs(small_study):
     assert not np.array_equal(other.labels[0].array, small_study.labels[0].array)
 
 
-def test_rejects_bad_arguments():
+def test_rejects_bad_arguments(small_study):
     with pytest.raises(ValueError, match="size must be one of"):
         make_synthetic_study(size="huge")
     with pytest.raises(ValueError, match="orthonormal"):
         make_synthetic_study(direction=np.diag([1.0, 2.0, 1.0]))
+    with pytest.raises(KeyError, match="no lesion with id 99"):
+        small_study.lesion(99)
+
+
+def test_a_lesion_that_cannot_fit_is_reported():
+    from napari_lesionlocator.sample.anatomy import Phantom
+    from napari_lesionlocator.sample.catalogue import _fit_inside, lesion_models
+
+    model = lesion_models(Phantom(0), 0)[0]
+    with pytest.raises(RuntimeError, match="does not fit in its organ"):
+        _fit_inside(model, lambda pz, py, px: np.zeros(np.shape(pz), bool), model.centre + 20.0)
 
 
 def test_cached_studies_are_independent_copies():

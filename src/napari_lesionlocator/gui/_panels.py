@@ -24,7 +24,7 @@ from ._layers import is_timepoint_layer
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["EnginePanel", "ImageLayerCombo", "ProgressRow", "configured_checkpoint"]
+__all__ = ["EnginePanel", "ImageLayerCombo", "ProgressRow", "configured_checkpoint", "show_end_state"]
 
 
 def configured_checkpoint() -> str | None:
@@ -164,3 +164,11 @@ class ProgressRow(QWidget):
         self.cancel.setEnabled(running)
         if running:
             self.bar.setValue(0)
+
+
+def show_end_state(runner, row: ProgressRow) -> None:
+    """Status line after a job: the error or the cancellation (success messages come from the widget)."""
+    if runner.last_state == "failed":
+        row.status.setText(f"Failed: {runner.last_error}")
+    elif runner.last_state == "cancelled":
+        row.status.setText("Cancelled: nothing was changed.")

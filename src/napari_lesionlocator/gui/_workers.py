@@ -9,8 +9,8 @@ Why this shape:
   not an error notification.
 * Engine progress callbacks run in the worker thread; they are forwarded to the GUI through a Qt
   signal (queued connection), never by touching widgets from the worker.
-* Real errors reach the user through napari's worker error relay (a notification with the
-  message); the runner only updates its widget's state.
+* Real errors become napari notifications (our own errors by their message, bugs with their
+  traceback); the widget also shows the message in its status line.
 * ``returned`` handlers run on the GUI thread; they are skipped when the user cancelled, so a
   cancelled job never writes into a layer.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator
 
 from qtpy.QtCore import QObject, Signal
 
-from ..core.errors import Cancelled
+from ..core.errors import Cancelled, LesionLocatorError
 from ..core.progress import CancelToken, ProgressEvent
 
 __all__ = ["JobRunner", "CANCELLED"]
@@ -42,6 +42,20 @@ def _guarded(job: Generator) -> Generator:
     except Cancelled:
         return CANCELLED
     return result
+
+
+def _notify_error(exc: BaseException) -> None:
+    """Show a worker error in napari: our own errors by their message, bugs with their traceback.
+
+    (napari 0.9.2's GeneratorWorker does not relay errors itself: its notifying mixin is never
+    initialised, so this is the only relay.)
+    """
+    from napari.utils.notifications import notification_manager, show_error
+
+    if isinstance(exc, LesionLocatorError):
+        show_error(str(exc))
+    else:
+        notification_manager.receive_error(type(exc), exc, exc.__traceback__)
 
 
 class JobRunner(QObject):
@@ -75,6 +89,7 @@ class JobRunner(QObject):
         self.token: CancelToken | None = None
         self._engine_progress.connect(self.progressed.emit)
         self._finished_state: str | None = None
+        self.last_error: BaseException | None = None
 
     @property
     def running(self) -> bool:
@@ -90,14 +105,22 @@ class JobRunner(QObject):
         Raises RuntimeError when a job is already running (the widgets disable their buttons, so
         this only guards programming errors).
         """
-        from napari.qt.threading import create_worker
+        from napari.qt.threading import GeneratorWorker
 
         if self.running:
             raise RuntimeError("a job is already running; cancel it or wait for it to finish")
         self.token = CancelToken()
         self._finished_state = None
+        self.last_error = None
         job = make_job(self.token, self.engine_callback)
-        worker = create_worker(_guarded, job, _progress={"total": max(int(total), 0), "desc": desc})
+        # Built directly rather than with create_worker, which re-raises errors on the GUI thread
+        # unless "errored" is pre-connected and, with a current viewer, hooks a status callback
+        # that itself fails on the errored signal (napari 0.9.2). Errors are shown by _on_errored.
+        # No napari ``progress`` bar either: updating it processes events re-entrantly, which
+        # delivered later worker signals inside earlier handlers (out of order). The widget's
+        # own progress bar shows the progress.
+        worker = GeneratorWorker(_guarded, job)
+        self.desc, self.total = desc, int(total)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -127,13 +150,20 @@ class JobRunner(QObject):
 
     def _on_errored(self, exc) -> None:
         self._finished_state = "failed"
+        self.last_error = exc
+        _notify_error(exc)
         self.failed.emit(exc)
 
     def _on_aborted(self) -> None:
         self._finished_state = "cancelled"
 
+    @property
+    def last_state(self) -> str | None:
+        """How the last job ended: "succeeded", "cancelled" or "failed" (None while running)."""
+        return None if self.running else self._finished_state
+
     def _on_finished(self) -> None:
-        state = self._finished_state or "cancelled"
+        state = self._finished_state = self._finished_state or "cancelled"
         self.worker = None
         if state == "cancelled":
             self.cancelled.emit()

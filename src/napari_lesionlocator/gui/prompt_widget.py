@@ -31,7 +31,7 @@ from superqt import QLabeledRangeSlider
 from .. import api
 from ..core.errors import LesionLocatorError
 from ._layers import apply_lesion_masks, lesion_ids_in, remove_lesions
-from ._panels import EnginePanel, ImageLayerCombo, ProgressRow
+from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
 from ._prompt_layers import PromptLayers, prompt_layer_ids
 from ._session import AnnotationSession
 from ._workers import JobRunner
@@ -134,9 +134,7 @@ class PromptWidget(QWidget):
         self.z_range.valueChanged.connect(self._on_z_range)
         self.runner.progressed.connect(self.progress.show_event)
         self.runner.succeeded.connect(self._apply_result)
-        self.runner.cancelled.connect(lambda: self.progress.status.setText("Cancelled: nothing was changed."))
-        self.runner.failed.connect(lambda exc: self.progress.status.setText(f"Failed: {exc}"))
-        self.runner.done.connect(lambda: self._set_running(False))
+        self.runner.done.connect(self._on_done)
         self._bind_keys()
 
     # ------------------------------------------------------------------ keys
@@ -255,6 +253,10 @@ class PromptWidget(QWidget):
         self.progress.set_running(running)
         self.segment_button.setEnabled(not running)
         self.delete_button.setEnabled(not running)
+
+    def _on_done(self) -> None:
+        self._set_running(False)
+        show_end_state(self.runner, self.progress)
 
     def _apply_result(self, result) -> None:
         """GUI thread: write the new masks into the image's Labels layer as one undo step."""

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 from .. import api
 from ..core.errors import LesionLocatorError
 from ._layers import apply_lesion_masks, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
-from ._panels import EnginePanel, ProgressRow
+from ._panels import EnginePanel, ProgressRow, show_end_state
 from ._session import AnnotationSession
 from ._workers import JobRunner
 
@@ -96,8 +96,6 @@ class TimelineWidget(QWidget):
         self.timepoint_list.model().rowsMoved.connect(self._on_reordered)
         self.runner.progressed.connect(self.progress.show_event)
         self.runner.succeeded.connect(self._apply_result)
-        self.runner.cancelled.connect(lambda: self.progress.status.setText("Cancelled: nothing was changed."))
-        self.runner.failed.connect(lambda exc: self.progress.status.setText(f"Failed: {exc}"))
         self.runner.done.connect(self._on_done)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._on_layers_changed)
@@ -252,6 +250,7 @@ class TimelineWidget(QWidget):
 
     def _on_done(self) -> None:
         self.progress.set_running(False)
+        show_end_state(self.runner, self.progress)
         self.propagate_button.setEnabled(True)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming

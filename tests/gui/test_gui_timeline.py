@@ -1,0 +1,136 @@
+"""Timeline (propagation to follow-ups) and review (volumes, side-by-side grid) widgets, end to end.
+
+One propagation run (the classical engine registers each follow-up, which takes tens of seconds
+on a shared CPU) serves several checks. Run under a display:
+xvfb-run -a .venv/bin/pytest -p no:xvfb tests/gui
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-lesionlocator"
+TRACK_TIMEOUT_MS = 240_000
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+@pytest.fixture
+def study():
+    from napari_lesionlocator.gui._sample_data import _cached_study
+
+    return _cached_study()
+
+
+@pytest.fixture
+def annotated(make_napari_viewer, study):
+    """Sample study with two baseline lesions entered by hand (as a user would paint/correct them):
+    ground-truth lesion 1 as id 1 and ground-truth lesion 5 as id 9."""
+    from napari_lesionlocator.gui._layers import apply_lesion_masks
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_study_truth")
+    _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
+    tps = [viewer.layers[im.name] for im in study.images]
+    baseline = timeline.session.labels_layer_for(tps[0])
+    apply_lesion_masks(baseline, {1: study.labels[0].array == 1, 9: study.labels[0].array == 5})
+    return viewer, timeline, tps
+
+
+def test_timepoints_follow_dates_and_can_be_reordered(annotated, study) -> None:
+    viewer, timeline, tps = annotated
+    assert [tp.name for tp in timeline.timepoints()] == [im.name for im in study.images]
+    # The baseline's lesions are listed as present at the baseline only.
+    assert timeline.presence() == {1: [True, False, False], 9: [True, False, False]}
+    assert timeline.table.rowCount() == 2 and timeline.table.columnCount() == 3
+    # Drag the last timepoint to the top: the order (and the propagation source list) follows.
+    lst = timeline.timepoint_list
+    item = lst.takeItem(2)
+    lst.insertItem(0, item)
+    timeline._on_reordered()
+    assert [tp.name for tp in timeline.timepoints()] == [study.images[i].name for i in (2, 0, 1)]
+
+
+def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> None:
+    from napari_lesionlocator.gui._heartbeat import StallMonitor
+    from napari_lesionlocator.gui._layers import lesion_colour
+
+    viewer, timeline, tps = annotated
+    assert timeline.propagate(source=tps[0].name)
+    with StallMonitor() as monitor:
+        qtbot.waitUntil(lambda: not timeline.runner.running, timeout=TRACK_TIMEOUT_MS)
+    assert timeline.runner.last_state == "succeeded", timeline.progress.status.text()
+    assert monitor.ticks > 10 and monitor.max_stall_ms < 1000, monitor.max_stall_ms
+    for t in (1, 2):
+        layer = timeline.session.labels_layer_for(tps[t], create=False)
+        assert layer is not None, f"no labels layer for {tps[t].name}"
+        data = np.asarray(layer.data)
+        assert set(np.unique(data)) - {0} <= {1, 9}
+        for our_id, gt_id in ((1, 1), (9, 5)):
+            d = dice(data == our_id, study.labels[t].array == gt_id)
+            assert d > 0.6, (t, our_id, d)
+            np.testing.assert_allclose(layer.colormap.map(our_id), lesion_colour(our_id))
+        # On the follow-up's own grid.
+        np.testing.assert_allclose(layer.data_to_world([5, 6, 7]), tps[t].data_to_world([5, 6, 7]))
+    assert timeline.presence() == {1: [True, True, True], 9: [True, True, True]}
+    # A propagation is one undo step per follow-up layer.
+    follow = timeline.session.labels_layer_for(tps[1])
+    follow.undo()
+    assert not np.asarray(follow.data).any()
+    follow.redo()
+    assert np.any(np.asarray(follow.data) == 9)
+
+    # ---- review: volumes per timepoint, then the side-by-side grid centred on a lesion.
+    _, review = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion review")
+    assert review.measure()
+    qtbot.waitUntil(lambda: not review.runner.running, timeout=60_000)
+    assert sorted(review.volumes) == [1, 9]
+    truth_ml = next(r for r in study.lesions if r.id == 5).volume_ml[0]
+    assert review.volumes[9][0] == pytest.approx(truth_ml, rel=1e-6)  # baseline = the ground-truth mask
+    assert all(v is not None and v > 0 for v in review.volumes[1])
+    assert review.table.rowCount() == 2
+
+    user_layers = list(viewer.layers)
+    visible_before = {layer.name: layer.visible for layer in user_layers}
+    review.start_review()
+    grid = viewer.canvas.grid
+    assert grid.enabled and grid.stride == 2
+    assert grid.actual_shape(viewer.layers) in ((2, 2), (1, 3), (3, 1))
+    assert not any(layer.visible for layer in user_layers)  # only the review pairs are shown
+    review.select_lesion(9)
+    # Every timepoint's lesion 9 now sits at the same world point (the camera centre).
+    centres = []
+    for _, img, lab in review._review:
+        idx = np.argwhere(np.asarray(lab.data) == 9).mean(axis=0)
+        centres.append(np.asarray(lab.data_to_world(idx)))
+        np.testing.assert_allclose(img.data_to_world([1, 2, 3]), lab.data_to_world([1, 2, 3]))
+    for c in centres[1:]:
+        np.testing.assert_allclose(c, centres[0], atol=1e-6)
+    np.testing.assert_allclose(viewer.camera.center[-2:], centres[0][-2:], atol=1e-3)
+    assert viewer.dims.point[0] == pytest.approx(centres[0][0], abs=1.5)
+    # Review layers share the real arrays: an edit there is an edit of the real labels.
+    assert review._review[1][2].data is timeline.session.labels_layer_for(tps[1]).data
+    review.stop_review()
+    assert not viewer.canvas.grid.enabled
+    assert list(viewer.layers) == user_layers
+    assert {layer.name: layer.visible for layer in user_layers} == visible_before
+
+
+def test_propagate_refuses_without_lesions(make_napari_viewer, study) -> None:
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_study")
+    _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
+    n = len(notification_manager.records)
+    assert not timeline.propagate()
+    assert not timeline.runner.running
+    assert any("no lesions" in str(r.message) for r in notification_manager.records[n:])

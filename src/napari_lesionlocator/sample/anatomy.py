@@ -1,11 +1,13 @@
-"""Analytic chest/upper-abdomen CT phantom in the patient frame (HU, noise free).
+"""Analytic chest/upper-abdomen CT phantom in the patient frame (tissue classes, noise-free HU).
 
 Every structure is a closed-form shape in patient coordinates (mm, LPS, written (z, y, x):
-+z superior, +y posterior, +x patient-left). ``Phantom.render`` evaluates the phantom at
-arbitrary patient positions, so a scan is rendered by mapping each voxel centre into the
-patient frame (see :mod:`.frames`) and painting structures in order, outer to inner
-(painter's algorithm). Small structures (vessels, airways) are capsules painted only inside
-their index bounding box, which keeps the whole render vectorised and fast.
++z superior, +y posterior, +x patient-left). ``Phantom.render`` evaluates the phantom's tissue
+classes (:class:`Tissue`) at arbitrary patient positions, so a scan is rendered by mapping each
+voxel centre into the patient frame (see :mod:`.frames`) and painting structures in order, outer
+to inner (painter's algorithm); :func:`hu_from_tissue` turns classes into HU. Everything inside the
+body is evaluated on the body's voxels only (1-D arrays, nested for the cavity and abdomen), and
+small structures (vessels, airways) are capsules painted only inside their index bounding box,
+which keeps the whole render vectorised and fast.
 
 HU values follow typical non-contrast CT: air -1000, lung -850 (denser posteriorly), fat -100,
 muscle and blood 40-45, liver 60, cortical bone 700-1000, cancellous bone about 250.
@@ -20,7 +22,8 @@ import numpy as np
 from ..core.geometry import Geometry
 from .frames import PatientPose, boxes_in_index_space
 
-__all__ = ["Phantom", "Tissue", "TISSUE_HU", "Capsule", "lung_mask"]
+__all__ = ["Phantom", "Tissue", "TISSUE_HU", "Capsule", "hu_from_tissue", "lung_mask", "liver_mask",
+           "mediastinum_mask", "cavity_mask", "diaphragm_z"]
 
 
 class Tissue:
@@ -60,7 +63,9 @@ class Capsule:
     b: np.ndarray
     ra: float
     rb: float
-    kind: str  # "lung_vessel" (painted inside the lungs), "vessel" (anywhere), "airway"
+    # "lung_vessel"/"liver_vessel"/"bronchus": painted only inside lung/liver/lung; "vessel", "soft"
+    # and "airway" (wall plus air lumen): painted anywhere except bone.
+    kind: str
 
     @property
     def box(self) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +92,13 @@ def apex_scale(pz):
 
 
 def cavity_mask(pz, py, px):
+    """Inside the ribcage/abdominal wall (the pleural and peritoneal cavities together)."""
     s = np.maximum(apex_scale(pz), 1e-3)
     return _ell2(px, py, 0.0, CAVITY_CY, CAVITY_AX * s, CAVITY_AY * s) < 1.0
 
 
 def mediastinum_mask(pz, py, px):
+    """Heart with its fat, upper mediastinum, prevertebral strip and the spine's surroundings."""
     heart = (((pz - HEART_C[0]) / (HEART_R[0] + 5)) ** 2 + ((py - HEART_C[1]) / (HEART_R[1] + 5)) ** 2
              + ((px - HEART_C[2]) / (HEART_R[2] + 5)) ** 2) < 1.0
     upper = (_ell2(px, py, 0.0, -8.0, 30.0, 40.0) < 1.0) & (pz > -10.0)
@@ -155,7 +162,7 @@ class Phantom:
         """Space-filling tree: recursive median splits of random target points in one lung.
 
         Radii follow Murray-like scaling with the number of end points each branch feeds, so
-        tubes narrow towards the periphery (about 4.5 mm at the hilum, 0.7 mm at the tips).
+        tubes narrow towards the periphery (about 6 mm at the hilum, 0.8 mm at the tips).
         """
         lo = np.array([-75.0, -70.0, 0.0 if side == "left" else -CAVITY_AX])
         hi = np.array([100.0, 80.0, CAVITY_AX if side == "left" else 0.0])

@@ -8,11 +8,12 @@ Usage::
     study.write("/tmp/study")
 
 Three scans (baseline and two follow-ups) of one analytic patient (:mod:`.anatomy`) with
-seven lesions (:mod:`.lesions`). Every scan is rendered directly from the phantom: each voxel
-centre is mapped from scanner space into the patient frame through that scan's rigid pose and
-breathing (:mod:`.frames`), so images and label maps are geometrically exact at every
-timepoint; nothing is resampled. Then a Gaussian point-spread function (partial volume) and
-white noise filtered by the same PSF (correlated, about 15 HU std) are applied.
+seven lesions (models in :mod:`.lesions`, placement in :mod:`.catalogue`). Every scan is
+rendered directly from the phantom: each voxel centre is mapped from scanner space into the
+patient frame through that scan's rigid pose and breathing (:mod:`.frames`), so images and
+label maps are geometrically exact at every timepoint; nothing is resampled. Then a Gaussian
+point-spread function (partial volume) and white noise filtered by the same PSF (correlated,
+about 15 HU std) are applied.
 
 Lesion timeline (ids are stable; ``scale`` is the linear size factor per timepoint):
 
@@ -117,7 +118,13 @@ class SyntheticStudy:
     tissues: list[np.ndarray] = field(default_factory=list)
     timings_s: dict = field(default_factory=dict)
 
+    @property
+    def pairs(self) -> list[tuple[Image, LabelMap]]:
+        """(image, ground-truth label map) per timepoint, baseline first."""
+        return list(zip(self.images, self.labels))
+
     def lesion(self, lesion_id: int) -> LesionRecord:
+        """The lesion table row of ``lesion_id`` (KeyError when there is none)."""
         for row in self.lesions:
             if row.id == lesion_id:
                 return row
@@ -130,7 +137,7 @@ class SyntheticStudy:
         """
         from ..io.study_layout import write_study_layout
 
-        return write_study_layout(folder, list(zip(self.images, self.labels)), case=self.case, overwrite=overwrite)
+        return write_study_layout(folder, self.pairs, case=self.case, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- poses and grids

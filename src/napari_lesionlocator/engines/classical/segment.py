@@ -214,10 +214,13 @@ def _segment_in_roi(
     prior: IntensityModel | None,
     check: CancelCheck,
     core_box: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, str, float]:
+    model: IntensityModel | None = None,
+) -> tuple[np.ndarray, str, float, IntensityModel | None]:
     """Lesion mask on ``roi``'s working grid, from a seed (working voxel) and an optional box (working bounds).
 
-    Returns the mask, a message (why it is empty) and the lesion's inscribed radius (mm).
+    ``prior`` is a known lesion model (tracking: no ground-glass search); ``model`` one estimated
+    by an earlier pass on a smaller region (more local, so it is kept). Returns the mask, a
+    message (why it is empty), the lesion's inscribed radius (mm) and the model used.
     """
     sp = roi.spacing
     img = _smooth(roi.work, sp)
@@ -232,12 +235,13 @@ def _segment_in_roi(
         core = ellipsoid_mask(shape, (clo + chi - 1) / 2.0, (chi - clo) / 4.0) & inside_box
     else:
         core = ball_mask(shape, seed, 3.0, sp)
-    if prior is None:
-        model = lesion_intensity_model(img[core], img.reshape(-1))
-    else:
+    if prior is not None:
         model = prior
+    elif model is None:
+        model = lesion_intensity_model(img[core], img.reshape(-1))
     if model.center < AIR_LIKE_HU:
-        return np.zeros(shape, dtype=bool), f"the prompt's core is air or lung parenchyma ({model.center:.0f} HU)", 0.0
+        why = f"the prompt's core is air or lung parenchyma ({model.center:.0f} HU)"
+        return np.zeros(shape, dtype=bool), why, 0.0, model
     within = (img >= model.low) & (img <= model.high)
     if inside_box is not None:
         within &= inside_box
@@ -248,19 +252,37 @@ def _segment_in_roi(
         d_in = _edt(within, sp)
         cand = np.where(core, d_in, 0)
         if cand.max() <= 0:
-            return np.zeros(shape, dtype=bool), "no lesion-like tissue in the box core", 0.0
+            return np.zeros(shape, dtype=bool), "no lesion-like tissue in the box core", 0.0, model
         seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(cand)), shape))
     elif not within[seed]:
         # A click a little off the lesion (edge, partial volume): take the nearest lesion-like voxel within 3 mm.
         dist, idx = ndimage.distance_transform_edt(~within, sampling=sp, return_indices=True)
         if dist[seed] > 3.0:
-            return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0
+            return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0, model
         seed = tuple(int(idx[a][seed]) for a in range(3))
 
     # Noise voxels outside the interval pit the lesion; filled first, so that distances (the
     # lesion's thickness, its necks) measure its shape and not its noise.
     comp = ndimage.binary_fill_holes(_component_at(within, seed))
     check()
+    if prior is None:
+        # Second look: the tissue right around the first estimate (1.5-6 mm) is the lesion's real
+        # neighbour (liver around a liver lesion...); the whole region mixes in distant organs.
+        ring = _edt(~comp, sp)
+        ring = (ring > 1.5) & (ring <= 6.0)
+        # The first estimate's interior (at least half its depth) samples the lesion better than
+        # the small ball or box core, away from partial volume.
+        depth = _edt(comp, sp)
+        interior = depth >= 0.5 * float(depth.max())
+        core2 = interior if interior.sum() >= 20 and interior.sum() > core.sum() else core
+        if ring.sum() >= 50:
+            model = lesion_intensity_model(img[core2], img[ring])
+            within = (img >= model.low) & (img <= model.high)
+            if inside_box is not None:
+                within &= inside_box
+            if within[seed]:
+                comp = ndimage.binary_fill_holes(_component_at(within, seed))
+        check()
     dist = _edt(comp, sp)
     # Inscribed radius near the seed, and the deepest point there as the working seed.
     near = ball_mask(shape, seed, max(5.0, float(dist[seed])), sp) & comp
@@ -280,25 +302,27 @@ def _segment_in_roi(
     # already holds ground glass has its rim inside [low, high] anyway.
     if prior is None and model.dark is not None and model.dark < AIR_LIKE_HU and model.low - model.dark > GGO_GAP_HU:
         mask = _add_ground_glass(img, mask, model, sp, seed, radius, inside_box)
-    return _component_at(mask, seed), "", radius
+    return _component_at(mask, seed), "", radius, model
 
 
 def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float, inside_box) -> np.ndarray:
     """Extend a lung lesion by a ground-glass rim when one surrounds it (part-solid nodules).
 
     Ground glass lies between aerated lung and solid tissue. A blurred solid edge crosses that
-    density band within about a millimetre; a ground-glass component covers most of the
-    1.5-3 mm shell around the solid part. Only then is the lesion grown into the band (up to
-    max(10 mm, 2 radii) from the solid part), opened by 1.5 mm to drop vessel edges and lung
-    texture, and its holes filled.
+    density band within about a millimetre (plus a voxel); a ground-glass component covers
+    most of the shell 1.5-3 mm (plus one voxel) around the solid part. Only then is the lesion
+    grown into the band (up to max(10 mm, 2 radii) from the solid part), opened by 1.5 mm to
+    drop vessel edges and lung texture, and its holes filled.
     """
     ggo_low = model.dark + 0.2 * (model.low - model.dark) if model.dark is not None else model.low
     band = (img >= ggo_low) & (img < model.low)
     dist = _edt(~solid, sp)
-    shell = (dist > 1.5) & (dist <= 3.0)
+    # The blurred edge of a solid lesion spans about a voxel more on coarse grids.
+    vox = float(np.min(sp))
+    shell = (dist > 1.5 + vox) & (dist <= 3.0 + 1.5 * vox)
     if inside_box is not None:
         shell &= inside_box
-    if shell.sum() == 0 or band[shell].mean() < 0.4:
+    if shell.sum() == 0 or band[shell].mean() < 0.5:
         return solid
     grow = (band | solid) & (img <= model.high) & (dist <= max(10.0, 2.0 * radius))
     if inside_box is not None:
@@ -339,7 +363,9 @@ def segment_point(
             lo, hi = np.maximum(lo, limit[0]), np.minimum(hi, limit[1])
         roi = Roi.extract(array, spacing, lo, hi)
         seed = roi.to_work_voxel(point)
-        work_mask, message, inscribed = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
+        # Each pass re-estimates the lesion model: reusing the small region's one in a large region
+        # lets a lung lesion's low threshold flood the chest wall, which a coarse grid cannot cut.
+        work_mask, message, inscribed, _ = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
         touching = roi.touches_inner_faces(work_mask, shape)
         enclosed = touching == 0 or (limit is not None and np.all(lo == limit[0]) and np.all(hi == limit[1]))
         if enclosed or not work_mask.any():
@@ -389,7 +415,7 @@ def segment_box(
     wlo, whi = to_work_bounds(start, stop)
     core_w = to_work_bounds(*core) if core is not None else None
     center = roi.to_work_voxel((start + stop - 1) / 2.0)
-    work_mask, message, _ = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
+    work_mask, message, _, _ = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
     mask = roi.mask_to_crop(work_mask)
     # The box is a hard limit (resampling can blur a voxel across it).
     rel_lo, rel_hi = start - lo, stop - lo

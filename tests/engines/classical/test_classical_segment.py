@@ -151,3 +151,13 @@ def test_cancel_inside_a_prompt(case, engine):
 
     with pytest.raises(Cancelled):
         engine.segment(image, prompts_from_label_map(gt.array, "box")[:1], cancel=CancelAfter(2))
+
+
+@pytest.mark.parametrize("kind", ["box", "point"])
+def test_hypodense_lesion_in_an_organ(engine, kind):
+    """A lesion darker than the organ around it (liver-like, 40 HU contrast, noisy) on an oblique grid."""
+    scene = Scene([Lesion((0, 0, 0), (9, 11, 8), hu=20.0)], lung_hu=60.0, noise=15.0)
+    geo = centered_geometry((24, 64, 64), (2.0, 0.9, 0.9), direction=rotation(2, 20))
+    image, gt = render(scene, geo, seed=8)
+    result = engine.segment(image, prompts_from_label_map(gt.array, kind))
+    assert dice(result.labels.array == 1, gt.array == 1) >= 0.85

@@ -16,6 +16,7 @@ Run: ``python -m napari_lesionlocator.demo [--out demo_output] [--no-viewer]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -37,9 +38,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
-def run_pipeline(out: Path) -> tuple[list[Path], list[Path]]:
-    """Headless part; returns (image paths, predicted label map paths) per timepoint."""
+def run_pipeline(out: Path) -> list[Path]:
+    """Headless part; returns the predicted instance-map paths, one per timepoint."""
     from .core.measurements import measure_lesions
+    from .core.recist import recist_from_measurements
     from .io.tables import write_lesion_table
     from .sample.synthetic import make_synthetic_study
 
@@ -66,6 +68,9 @@ def run_pipeline(out: Path) -> tuple[list[Path], list[Path]]:
     predicted = [seg.labels, *series.label_maps]
     label_paths = []
     rows = []
+    # Every lesion seen anywhere gets a row at every timepoint: a tracked lesion that vanished is
+    # measured as absent (0 mm for RECIST), not as "not evaluated".
+    all_ids = sorted({lid for labels in predicted for lid in labels.ids})
     print("\n  timepoint        lesion  Dice vs ground truth")
     for image, labels, gt in zip(study.images, predicted, study.labels, strict=True):
         path = write_label_map(labels, masks_dir / f"{image.name}_lesions.nii.gz", overwrite=True)
@@ -79,14 +84,26 @@ def run_pipeline(out: Path) -> tuple[list[Path], list[Path]]:
             if lid not in labels.ids:
                 note = "  (absent in prediction)"
             print(f"  {image.name:<16} {lid:>6}  {d:.3f}{note}")
-        rows.append(measure_lesions(image, labels))
+        rows.extend(measure_lesions(image, labels, timepoint=len(label_paths) - 1, lesion_ids=all_ids,
+                                    date=image.acquisition_date))
     for r in series.results:
         for msg in r.messages:
             print(f"  note: {msg}")
-    table_paths = write_lesion_table(rows, out / "lesion_table", images=study.images, overwrite=True)
-    print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths)}")
-    image_paths = [out / "study" / p for p in study.image_relpaths] if hasattr(study, "image_relpaths") else []
-    return image_paths, label_paths
+    recist = recist_from_measurements(rows, n_timepoints=len(predicted))
+    table_paths = write_lesion_table(out / "lesion_table", rows, recist, overwrite=True)
+    print("\n  RECIST 1.1 (targets: " + ", ".join(str(t) for t in recist.targets) + ")")
+    for tp in recist.timepoints:
+        change = "" if tp.change_vs_baseline_pct is None else f"{tp.change_vs_baseline_pct:+.1f} % vs baseline"
+        total = "n/a" if tp.sum_mm is None else f"{tp.sum_mm:.1f} mm"
+        print(f"  timepoint {tp.timepoint}: sum {total:<9} {change:<22} {tp.response}")
+    naming = (out / "study" / "naming.csv").read_text().splitlines()[1:]
+    manifest = [
+        {"name": image.name, "image": str(out / "study" / row.split(",")[3]), "labels": str(path)}
+        for image, row, path in zip(study.images, naming, label_paths, strict=True)
+    ]
+    (out / "demo_manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths.values())}")
+    return label_paths
 
 
 def render_screenshot(out: Path) -> Path | None:
@@ -103,18 +120,13 @@ def render_screenshot(out: Path) -> Path | None:
         return png if png.exists() else None
     from .gui.screenshot import render_study_screenshot
 
-    masks = sorted((out / "masks").glob("*_lesions.nii.gz"))
-    images = []
-    labels = []
-    for mask_path in masks:
-        name = mask_path.name[: -len("_lesions.nii.gz")]
-        candidates = list((out / "study").rglob(f"{name}.nii.gz"))
-        if not candidates:
-            continue
-        image = read_image(candidates[0])
-        images.append(image)
-        labels.append(read_label_map(mask_path, like=image))
-    return render_study_screenshot(images, labels, png)
+    manifest = json.loads((out / "demo_manifest.json").read_text())
+    images = [read_image(entry["image"], name=entry["name"]) for entry in manifest]
+    labels = [read_label_map(entry["labels"], like=image) for entry, image in zip(manifest, images, strict=True)]
+    # Centre every timepoint on the largest baseline lesion so the figure shows its course.
+    counts = {lid: int(labels[0].mask(lid).sum()) for lid in labels[0].ids}
+    focus = max(counts, key=counts.get) if counts else None
+    return render_study_screenshot(images, labels, png, lesion_id=focus)
 
 
 def main(argv: list[str] | None = None) -> int:

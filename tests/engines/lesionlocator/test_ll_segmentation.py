@@ -308,3 +308,33 @@ def test_region_preprocessing_falls_back_to_whole(point_model):
     meta = preprocessing_meta(arr, (2.0, 0.4, 1.2), model.plans_manager, model.configuration_manager)
     reg = preprocess_region(arr, meta, (3, 10, 7), (17, 40, 29), model.plans_manager, model.configuration_manager)
     assert reg.is_whole and reg.origin == (0, 0, 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_region_export_equals_full_export_on_random_logits(point_model, seed):
+    # Network-free: random float16 logits known on a random box (NaN elsewhere, as uncovered voxels),
+    # random shapes/ratios (dyadic and not), torch and nnU-Net-default resampling.
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import Preprocessed
+
+    rng = np.random.default_rng(seed)
+    after = tuple(int(v) for v in rng.integers(8, 40, 3))
+    new = tuple(int(v) for v in (np.array(after) * rng.choice([0.5, 0.75, 1.0, 1.5, 2.0, 0.9, 1.3], 3)).round())
+    new = tuple(max(4, v) for v in new)
+    pre = Preprocessed(None, after, [[0, a] for a in after], after, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0, 0, 0), new)
+    lo = np.array([rng.integers(0, n // 2) for n in new])
+    hi = np.array([rng.integers(lo_ + 1, n + 1) for lo_, n in zip(lo, new)])
+    logits = torch.from_numpy(rng.normal(0, 1, (2, *(hi - lo))).astype(np.float16))
+    full = torch.full((2, *new), float("nan"), dtype=torch.float16)
+    full[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))] = logits
+    models = [
+        point_model,
+        _with_resampling(
+            point_model,
+            resampling_fn_probabilities="resample_data_or_seg_to_shape",
+            resampling_fn_probabilities_kwargs={"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        ),
+    ]
+    for m in models:
+        ref = S.export_full(full, pre, m.configuration_manager)
+        got = S.export_region(logits, lo, pre, m.configuration_manager)
+        assert np.array_equal(ref, got), (after, new, lo, hi)

@@ -68,7 +68,7 @@ def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> Non
     with StallMonitor() as monitor:
         qtbot.waitUntil(lambda: not timeline.runner.running, timeout=TRACK_TIMEOUT_MS)
     assert timeline.runner.last_state == "succeeded", timeline.progress.status.text()
-    assert monitor.ticks > 10 and monitor.max_stall_ms < 1000, monitor.max_stall_ms
+    assert monitor.ticks > 2 and monitor.max_stall_ms < 1000, monitor.max_stall_ms
     for t in (1, 2):
         layer = timeline.session.labels_layer_for(tps[t], create=False)
         assert layer is not None, f"no labels layer for {tps[t].name}"
@@ -103,7 +103,7 @@ def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> Non
     review.start_review()
     grid = viewer.canvas.grid
     assert grid.enabled and grid.stride == 2
-    assert grid.actual_shape(viewer.layers) in ((2, 2), (1, 3), (3, 1))
+    assert grid.actual_shape(viewer.layers) == (1, 3)  # three timepoints side by side
     assert not any(layer.visible for layer in user_layers)  # only the review pairs are shown
     review.select_lesion(9)
     # Every timepoint's lesion 9 now sits at the same world point (the camera centre).

@@ -24,7 +24,14 @@ from ._layers import is_timepoint_layer
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["EnginePanel", "ImageLayerCombo", "ProgressRow", "configured_checkpoint", "show_end_state"]
+__all__ = [
+    "EnginePanel",
+    "ImageLayerCombo",
+    "ProgressRow",
+    "configured_checkpoint",
+    "paint_lesion_item",
+    "show_end_state",
+]
 
 
 def configured_checkpoint() -> str | None:
@@ -172,3 +179,15 @@ def show_end_state(runner, row: ProgressRow) -> None:
         row.status.setText(f"Failed: {runner.last_error}")
     elif runner.last_state == "cancelled":
         row.status.setText("Cancelled: nothing was changed.")
+
+
+def paint_lesion_item(item, lesion_id: int) -> None:
+    """Give a table item the lesion's colour as background with readable (black/white) text."""
+    from qtpy.QtGui import QBrush, QColor
+
+    from ._layers import lesion_colour
+
+    r, g, b = (float(c) for c in lesion_colour(lesion_id)[:3])
+    item.setBackground(QBrush(QColor.fromRgbF(r, g, b)))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    item.setForeground(QBrush(QColor("black" if luminance > 0.5 else "white")))

@@ -34,12 +34,13 @@ from ._layers import apply_lesion_masks, lesion_ids_in, remove_lesions
 from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
 from ._prompt_layers import PromptLayers, prompt_layer_ids
 from ._session import AnnotationSession
+from ._view import centre_view
 from ._workers import JobRunner
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["PromptWidget", "SHORTCUTS"]
+__all__ = ["PromptWidget", "SHORTCUTS", "centre_view"]
 
 # Viewer-wide shortcuts (Alt+letter: napari's defaults use none of these).
 SHORTCUTS = {
@@ -84,6 +85,7 @@ class PromptWidget(QWidget):
         self._modes.addButton(self.box_mode)
         self.z_range = QLabeledRangeSlider(Qt.Orientation.Horizontal)
         self.z_range.setEnabled(False)
+        self.z_range.setVisible(False)  # shown once a box exists
         self.z_label = QLabel("Box slices (z): draw a rectangle first")
         self.segment_button = QPushButton("Segment new prompts")
         self.lesion_spin = QSpinBox()
@@ -196,6 +198,8 @@ class PromptWidget(QWidget):
         row = self._selected_box_row(pl) if pl else None
         if row is None or row >= len(pl.boxes.features):
             self.z_range.setEnabled(False)
+            self.z_range.setVisible(False)
+            self.z_label.setText("Box slices (z): draw a rectangle first")
             return
         feats = pl.boxes.features
         self.z_range.blockSignals(True)
@@ -203,6 +207,7 @@ class PromptWidget(QWidget):
         self.z_range.setValue((int(feats["z0"].iloc[row]), int(feats["z1"].iloc[row])))
         self.z_range.blockSignals(False)
         self.z_range.setEnabled(True)
+        self.z_range.setVisible(True)
         self.z_label.setText(f"Box slices (z) of lesion {int(feats['lesion_id'].iloc[row])}")
 
     def _on_z_range(self, value) -> None:
@@ -330,12 +335,3 @@ class PromptWidget(QWidget):
         self.image_combo.disconnect_viewer()
         super().closeEvent(event)
 
-
-def centre_view(viewer, world_zyx) -> None:
-    """Move the slice and the camera to a world point (mm, z y x)."""
-    world = np.asarray(world_zyx, dtype=float)
-    for axis in range(min(len(world), viewer.dims.ndim)):
-        viewer.dims.set_point(viewer.dims.ndim - len(world) + axis, world[axis])
-    displayed = list(viewer.dims.displayed)
-    offset = viewer.dims.ndim - len(world)
-    viewer.camera.center = tuple(world[d - offset] for d in displayed if d - offset >= 0)

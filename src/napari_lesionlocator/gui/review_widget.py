@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -34,10 +33,11 @@ from qtpy.QtWidgets import (
 
 from ..core.geometry import Geometry
 from ..core.progress import ProgressEvent
-from ._layers import META_KEY, geometry_from_layer, image_from_layer, label_map_from_layer, lesion_colour
+from ._layers import META_KEY, geometry_from_layer, image_from_layer, label_map_from_layer
+from ._panels import paint_lesion_item
 from ._session import AnnotationSession
+from ._view import camera, centre_view, grid
 from ._workers import JobRunner
-from .prompt_widget import centre_view
 
 if TYPE_CHECKING:
     import napari
@@ -132,7 +132,7 @@ class ReviewWidget(QWidget):
         for row, (lid, vols) in enumerate(sorted(volumes.items())):
             item = QTableWidgetItem(f"{lid}")
             item.setData(Qt.ItemDataRole.UserRole, lid)
-            item.setForeground(QColor.fromRgbF(*[float(c) for c in lesion_colour(lid)[:3]]))
+            paint_lesion_item(item, lid)
             self.table.setItem(row, 0, item)
             for col, vol in enumerate(vols, start=1):
                 text = "n/a" if vol is None else ("absent" if vol == 0 else f"{vol:.2f}")
@@ -179,13 +179,13 @@ class ReviewWidget(QWidget):
             geometry = geometry_from_layer(tp)
             meta = {META_KEY: {"role": "review", "timepoint": tp.name}}
             date = tp.metadata.get("acquisition_date") if isinstance(tp.metadata, dict) else None
-            title = f"{tp.name} ({date})" if date else tp.name
-            img = self.viewer.add_image(tp.data, name=f"review: {title}", colormap=tp.colormap.name,
+            title = f"{tp.name} ({date})" if date else f"{tp.name} (review)"
+            img = self.viewer.add_image(tp.data, name=title, colormap=tp.colormap.name,
                                         contrast_limits=tp.contrast_limits, metadata=meta,
                                         **geometry.napari_transform())
             img.name_overlay.visible = True  # tells the grid cells apart
             # Same array object as the real labels layer: edits in the grid are real edits.
-            lab = self.viewer.add_labels(labels.data, name=f"review: {labels.name}", metadata=dict(meta),
+            lab = self.viewer.add_labels(labels.data, name=f"{title} lesions", metadata=dict(meta),
                                          colormap=labels.colormap, opacity=labels.opacity,
                                          **geometry.napari_transform())
             lab.events.paint.connect(lambda _e, target=labels: target.refresh())
@@ -193,8 +193,10 @@ class ReviewWidget(QWidget):
         for i, layer in enumerate(layer for _, img, lab in created for layer in (img, lab)):
             self.viewer.layers.move(self.viewer.layers.index(layer), i)
         self._review = created
-        grid = self.viewer.canvas.grid
-        grid.stride, grid.shape, grid.spacing, grid.enabled = 2, (-1, -1), 8, True
+        view_grid = grid(self.viewer)
+        # Up to three timepoints in one row (they read left to right in time), more in a square-ish grid.
+        shape = (1, len(created)) if len(created) <= 3 else (-1, -1)
+        view_grid.stride, view_grid.shape, view_grid.spacing, view_grid.enabled = 2, shape, 8, True
         self.grid_button.blockSignals(True)
         self.grid_button.setChecked(True)
         self.grid_button.blockSignals(False)
@@ -210,7 +212,7 @@ class ReviewWidget(QWidget):
                 if layer in self.viewer.layers:
                     self.viewer.layers.remove(layer)
         self._review = []
-        self.viewer.canvas.grid.enabled = False
+        grid(self.viewer).enabled = False
         for layer in self._hidden:
             if layer in self.viewer.layers:
                 layer.visible = True
@@ -258,9 +260,11 @@ class ReviewWidget(QWidget):
             lab.selected_label = int(lesion_id)
         self.viewer.reset_view()
         centre_view(self.viewer, anchor)
+        # reset_view fits a whole slice to a grid cell; zoom in to a ~70 mm field around the lesion.
         g0 = geometry_from_layer(self._review[0][0])
         extent = max(g0.extent_mm[1:])
-        self.viewer.camera.zoom = self.viewer.camera.zoom * max(1.0, extent / 90.0)
+        cam = camera(self.viewer)
+        cam.zoom = cam.zoom * max(1.0, extent / 70.0)
         self.status.setText(f"Lesion {lesion_id}: centred at every timepoint.")
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming

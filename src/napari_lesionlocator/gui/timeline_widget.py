@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 from .. import api
 from ..core.errors import LesionLocatorError
 from ._layers import apply_lesion_masks, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
-from ._panels import EnginePanel, ProgressRow, show_end_state
+from ._panels import EnginePanel, ProgressRow, paint_lesion_item, show_end_state
 from ._session import AnnotationSession
 from ._workers import JobRunner
 
@@ -165,7 +165,7 @@ class TimelineWidget(QWidget):
             colour = QColor.fromRgbF(*[float(c) for c in lesion_colour(lid)[:3]])
             header = self.table.verticalHeaderItem(row)
             header.setData(Qt.ItemDataRole.UserRole, lid)
-            header.setForeground(colour)
+            paint_lesion_item(header, lid)
             for col, present in enumerate(flags):
                 item = QTableWidgetItem("\u25cf" if present else "\u2013")
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)

@@ -1,0 +1,157 @@
+"""Render the README screenshots of every widget state into docs/screenshots/*.png.
+
+Run under a display (napari cannot create its canvas offscreen)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python resources/make_screenshots.py
+
+States: the sample study loaded with the prompt widget; after segmenting three point prompts;
+a box prompt (rectangle + slice range, with its 3D outline in the 3D view); the timeline after
+propagating to both follow-ups; the review grid centred on one lesion with the volume table; and
+the headless ``render_study_screenshot`` output used by ``make demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-lesionlocator"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def settle(seconds: float = 0.3) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.time() + seconds
+    while time.time() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def wait_for(runner, timeout: float = 600.0) -> None:
+    end = time.time() + timeout
+    while runner.running and time.time() < end:
+        settle(0.05)
+    if runner.running:
+        raise TimeoutError("the background job did not finish")
+    if runner.last_state != "succeeded":
+        raise RuntimeError(f"job ended as {runner.last_state}: {runner.last_error}")
+
+
+def show_only(docks: dict, name: str) -> None:
+    for key, dock in docks.items():
+        dock.setVisible(key == name)
+    settle()
+
+
+def main(out_dir: Path) -> list[Path]:
+    import napari
+
+    import napari_lesionlocator.gui  # noqa: F401 - applies the PySide6 6.12 guard before Qt work
+    from napari_lesionlocator.gui._sample_data import _cached_study
+    from napari_lesionlocator.gui.screenshot import render_study_screenshot
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    study = _cached_study()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    settle()
+
+    def shot(name: str) -> None:
+        settle(0.5)
+        path = out_dir / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        written.append(path)
+        print("wrote", path)
+
+    viewer.open_sample(PLUGIN, "synthetic_study_truth")
+    docks, widgets = {}, {}
+    for name in ("Lesion prompts", "Timeline", "Lesion review"):
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    prompts, timeline, review = widgets["Lesion prompts"], widgets["Timeline"], widgets["Lesion review"]
+    show_only(docks, "Lesion prompts")
+    baseline = viewer.layers[study.images[0].name]
+    prompts.image_combo.set_layer(baseline)
+    rec1 = next(r for r in study.lesions if r.id == 1)
+    from napari_lesionlocator.gui._view import camera, centre_view
+
+    centre_view(viewer, rec1.centre_world[0])
+    shot("01_sample_loaded.png")
+
+    # Point prompts on three lesions, segmented with the classical engine.
+    pl = prompts.prompt_layers()
+    for gt in (1, 5, 6):
+        pl.add_point_world(next(r for r in study.lesions if r.id == gt).centre_world[0])
+    prompts.activate_mode("point")
+    prompts.segment()
+    wait_for(prompts.runner)
+    prompts.lesion_spin.setValue(0)
+    prompts.next_lesion()
+    shot("02_after_segmentation.png")
+
+    # A box prompt: rectangle on the middle slice of ground-truth lesion 3, slice range from the widget.
+    truth = study.labels[0].array == 3
+    idx = np.argwhere(truth)
+    lo, hi, zc = idx.min(axis=0), idx.max(axis=0), int(round(idx[:, 0].mean()))
+    geom = study.images[0].geometry
+    a = geom.index_to_world([zc, lo[1] - 3, lo[2] - 3])
+    b = geom.index_to_world([zc, hi[1] + 3, hi[2] + 3])
+    pl.add_box_world(a, b, (int(lo[0]) - 1, int(hi[0]) + 1))
+    prompts.box_mode.setChecked(True)
+    pl.boxes.selected_data = {len(pl.boxes.data) - 1}
+    prompts._sync_z_range()
+    centre_view(viewer, geom.index_to_world([zc, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2]))
+    shot("03_box_prompt.png")
+    prompts.segment()
+    wait_for(prompts.runner)
+    viewer.dims.ndisplay = 3
+    for layer in viewer.layers:
+        layer.visible = layer in (baseline, pl.wire, prompts.session.labels_layer_for(baseline))
+    baseline.visible = False
+    viewer.reset_view()
+    settle()
+    camera(viewer).angles = (0, -35, 70)
+    camera(viewer).center = tuple(geom.index_to_world([zc, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2]))
+    camera(viewer).zoom = camera(viewer).zoom * 2.5
+    shot("04_box_prompt_3d.png")
+    viewer.dims.ndisplay = 2
+    for layer in viewer.layers:
+        layer.visible = layer.name in {baseline.name, f"{baseline.name} lesions", pl.points.name}
+
+    # Propagate every baseline lesion to both follow-ups.
+    show_only(docks, "Timeline")
+    timeline.refresh()
+    assert timeline.propagate(source=baseline.name)
+    wait_for(timeline.runner)
+    follow = viewer.layers[study.images[1].name]
+    for layer in viewer.layers:
+        layer.visible = layer.name in {follow.name, f"{follow.name} lesions"}
+    centre_view(viewer, rec1.centre_world[1])
+    shot("05_timeline_propagated.png")
+
+    # Review: volumes and the side-by-side grid centred on lesion 1.
+    show_only(docks, "Lesion review")
+    review.measure()
+    wait_for(review.runner)
+    review.start_review()
+    settle()
+    review.table.selectRow(0)
+    settle()
+    shot("06_review_grid.png")
+    review.stop_review()
+    viewer.close()
+
+    labels = list(study.labels)
+    written.append(render_study_screenshot(study.images, labels, out_dir / "07_study_overview.png", lesion_id=1))
+    print("wrote", written[-1])
+    return written
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    main(parser.parse_args().out)

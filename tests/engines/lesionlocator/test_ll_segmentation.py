@@ -338,3 +338,24 @@ def test_region_export_equals_full_export_on_random_logits(point_model, seed):
         ref = S.export_full(full, pre, m.configuration_manager)
         got = S.export_region(logits, lo, pre, m.configuration_manager)
         assert np.array_equal(ref, got), (after, new, lo, hi)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_preprocessing_equals_whole_on_random_grids(point_model, seed):
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_region, preprocessing_meta
+
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(v) for v in rng.integers(10, 40, 3))
+    spacing = tuple(float(v) for v in rng.choice([0.4, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0, 0.7], 3))
+    pm, cm = point_model.plans_manager, point_model.configuration_manager
+    arr = H.ct_volume(shape, seed=seed)
+    whole = preprocess_image(arr, spacing, pm, cm)
+    meta = preprocessing_meta(arr, spacing, pm, cm)
+    new = np.array(meta.new_shape)
+    lo = np.array([rng.integers(0, n // 2) for n in new])
+    hi = np.array([rng.integers(a + 1, n + 1) for a, n in zip(lo, new)])
+    reg = preprocess_region(arr, meta, lo, hi, pm, cm)
+    r0 = np.array(reg.origin)
+    r1 = r0 + np.array(reg.data.shape[1:])
+    assert np.all(r0 <= lo) and np.all(r1 >= hi)
+    assert np.array_equal(reg.data, whole.data[(slice(None), *(slice(a, b) for a, b in zip(r0, r1)))])

@@ -216,3 +216,15 @@ def test_devices():
     if mps is None or not mps.is_available():
         with pytest.raises(EngineError, match="mps"):
             resolve_device("mps")
+
+
+def test_real_plans_network_matches_official_key_set():
+    # Reference 6.5: the real ResEnc-L segmenter has 956 state-dict keys (aliases included), 102.35 M parameters.
+    from napari_lesionlocator.engines.lesionlocator.generate import REAL_PLANS, real_plans
+
+    if not REAL_PLANS.exists():
+        pytest.skip("shared reference plans not available")
+    net = ck.build_segmentation_network(real_plans())
+    assert len(net.state_dict()) == 956
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == 102.35
+    assert net.encoder.stem.convs[0].conv.in_channels == 2

@@ -33,11 +33,15 @@ class StallMonitor(QObject):
         self._last: float | None = None
         self.max_gap_ms = 0.0
         self.ticks = 0
+        self.gaps: list[tuple[float, float]] = []  # (perf_counter at the end of the gap, gap in ms)
 
     def _tick(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            self.max_gap_ms = max(self.max_gap_ms, (now - self._last) * 1000.0)
+            gap = (now - self._last) * 1000.0
+            self.max_gap_ms = max(self.max_gap_ms, gap)
+            if gap > 2 * self.interval_ms:
+                self.gaps.append((now, gap))
         self._last = now
         self.ticks += 1
 
@@ -46,10 +50,16 @@ class StallMonitor(QObject):
         """Longest time beyond the timer interval that the loop did not run (ms)."""
         return max(0.0, self.max_gap_ms - self.interval_ms)
 
+    def stall_between(self, t0: float, t1: float) -> float:
+        """Longest stall (ms, interval subtracted) among gaps that ended within [t0, t1] (perf_counter)."""
+        inside = [gap for end, gap in self.gaps if t0 <= end <= t1]
+        return max(0.0, max(inside, default=0.0) - self.interval_ms)
+
     def start(self) -> StallMonitor:
         self._last = None
         self.max_gap_ms = 0.0
         self.ticks = 0
+        self.gaps = []
         self._timer.start()
         return self
 

@@ -44,6 +44,8 @@ __all__ = [
     "is_timepoint_layer",
     "layer_role",
     "apply_lesion_masks",
+    "apply_lesion_labels",
+    "ids_in_array",
     "remove_lesions",
 ]
 
@@ -209,9 +211,23 @@ def is_lesion_layer(layer) -> bool:
     return isinstance(layer, Labels) and isinstance(meta, Mapping) and meta.get("role") == "lesions"
 
 
+def ids_in_array(array: np.ndarray) -> list[int]:
+    """Non-zero ids of an integer array (``find_objects`` is ~3x faster than ``np.unique`` here)."""
+    from scipy import ndimage
+
+    array = np.asarray(array)
+    if array.size == 0:
+        return []
+    top = int(array.max())
+    if top <= 0:
+        return []
+    if top < 1_000_000 and array.dtype.kind in "ui":
+        return [i + 1 for i, sl in enumerate(ndimage.find_objects(array)) if sl is not None]
+    return [int(v) for v in np.unique(array) if v != 0]
+
+
 def lesion_ids_in(layer) -> list[int]:
-    vals = np.unique(np.asarray(layer.data))
-    return [int(v) for v in vals if v != 0]
+    return ids_in_array(layer.data)
 
 
 # ----------------------------------------------------------------- undoable writes
@@ -226,7 +242,8 @@ def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(sl)
 
 
-def apply_lesion_masks(layer: napari.layers.Labels, masks: Mapping[int, np.ndarray]) -> int:
+def apply_lesion_masks(layer: napari.layers.Labels, masks: Mapping[int, np.ndarray],
+                       box: tuple[slice, ...] | None = None) -> int:
     """Replace each lesion's voxels by its new mask, as ONE undo step; returns the number of changed voxels.
 
     Only the given ids change: other lesions edited meanwhile keep their voxels, except where a
@@ -241,16 +258,18 @@ def apply_lesion_masks(layer: napari.layers.Labels, masks: Mapping[int, np.ndarr
         # Keep the layer object (and its history) and just widen the array it holds.
         layer.data = data.astype(np.uint32)
         data = layer.data
-    # Work only inside the union of the old and new extents of the touched ids.
-    touched = np.zeros(data.shape, dtype=bool)
     for lid, mask in masks.items():
         if mask.shape != data.shape:
             raise ValueError(f"mask for lesion {lid} has shape {mask.shape}, the layer {layer.name!r} {data.shape}")
-        touched |= mask.astype(bool, copy=False)
-        touched |= data == lid
-    box = _bbox(touched)
     if box is None:
-        return 0
+        # Work only inside the union of the old and new extents of the touched ids.
+        touched = np.zeros(data.shape, dtype=bool)
+        for lid, mask in masks.items():
+            touched |= mask.astype(bool, copy=False)
+            touched |= data == lid
+        box = _bbox(touched)
+        if box is None:
+            return 0
     current = np.asarray(data[box])
     target = current.copy()
     for lid in masks:
@@ -264,6 +283,40 @@ def apply_lesion_masks(layer: napari.layers.Labels, masks: Mapping[int, np.ndarr
     with layer.block_history():
         layer.data_setitem(indices, target[changed].astype(data.dtype))
     return int(changed[0].size)
+
+
+def apply_lesion_labels(layer: napari.layers.Labels, labels: np.ndarray, lesion_ids: Iterable[int]) -> int:
+    """Like :func:`apply_lesion_masks` with ``masks[i] = labels == i``, touching only the lesions' boxes.
+
+    ``labels`` is an instance map on the layer's grid (e.g. an engine result). Two passes over the
+    volume (``find_objects`` of the old and the new ids) replace one full pass per lesion, which
+    keeps the GUI thread free while results are written.
+    """
+    from scipy import ndimage
+
+    ids = sorted({int(i) for i in lesion_ids})
+    if not ids:
+        return 0
+    labels = np.asarray(labels)
+    if labels.shape != layer.data.shape:
+        raise ValueError(f"labels shape {labels.shape} != layer {layer.name!r} shape {layer.data.shape}")
+    top = max(ids)
+    boxes = []
+    for arr in (labels, np.asarray(layer.data)):
+        objs = ndimage.find_objects(np.asarray(arr), max_label=top) if arr.dtype.kind in "ui" else None
+        if objs is None:
+            return apply_lesion_masks(layer, {i: labels == i for i in ids})
+        boxes.extend(objs[i - 1] for i in ids if i - 1 < len(objs) and objs[i - 1] is not None)
+    if not boxes:
+        return 0
+    box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(labels.ndim))
+    sub = labels[box]
+    masks = {}
+    for i in ids:
+        full = np.zeros(labels.shape, dtype=bool)
+        full[box] = sub == i
+        masks[i] = full
+    return apply_lesion_masks(layer, masks, box=box)
 
 
 def remove_lesions(layer: napari.layers.Labels, lesion_ids: Iterable[int]) -> int:

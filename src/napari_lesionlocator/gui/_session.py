@@ -5,7 +5,9 @@ One session per widget (never a process-wide singleton): it holds the engines th
 Labels layer tied to each CT image layer. The layers themselves are the state: a manual edit in a
 Labels layer is what the next run starts from.
 
-Thread: GUI thread only (it reads and creates layers).
+Thread: GUI thread, except :meth:`AnnotationSession.engine`, which the widget's worker calls (so
+engines are imported and loaded off the GUI thread; a widget runs one job at a time, so the engine
+table is never used by two threads at once).
 """
 
 from __future__ import annotations

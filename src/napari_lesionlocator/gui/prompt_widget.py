@@ -30,7 +30,7 @@ from superqt import QLabeledRangeSlider
 
 from .. import api
 from ..core.errors import LesionLocatorError
-from ._layers import apply_lesion_masks, lesion_ids_in, remove_lesions
+from ._layers import apply_lesion_labels, lesion_ids_in, remove_lesions
 from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
 from ._prompt_layers import PromptLayers, prompt_layer_ids
 from ._session import AnnotationSession
@@ -232,19 +232,25 @@ class PromptWidget(QWidget):
             if not pending:
                 _notify("info", "No new prompts: click a lesion (point mode) or draw a box first.")
                 return
-            engine = self.session.engine(self.engine_panel.engine_name, self.engine_panel.settings())
+            engine_name, settings = self.engine_panel.engine_name, self.engine_panel.settings()
             image = self.session_image(image_layer)
         except LesionLocatorError as exc:
             _notify("error", str(exc))
             return
+        self.session.labels_layer_for(image_layer)  # exists before the run, so nothing is created after it
         prompts = [p for p, _ in pending]
         self._job = (image_layer, pl, [k for _, k in pending], [p.lesion_id for p in prompts])
         self._set_running(True)
-        self.progress.status.setText(f"Segmenting {len(prompts)} lesion(s) with the {engine.name} engine...")
-        self.runner.start(
-            lambda token, cb: api.iter_segment(engine, image, prompts, cancel=token, on_progress=cb),
-            desc="Segmenting lesions", total=len(prompts) + 2,
-        )
+        self.progress.status.setText(f"Segmenting {len(prompts)} lesion(s) with the {engine_name} engine...")
+        session = self.session
+
+        def job(token, callback):
+            # Runs in the worker thread: the engine is created (imports, weights) there too, once
+            # per widget session, so the GUI never waits for it.
+            engine = session.engine(engine_name, settings)
+            return (yield from api.iter_segment(engine, image, prompts, cancel=token, on_progress=callback))
+
+        self.runner.start(job, desc="Segmenting lesions", total=len(prompts) + 2)
 
     def session_image(self, image_layer):
         from ._layers import image_from_layer
@@ -268,17 +274,17 @@ class PromptWidget(QWidget):
         image_layer, pl, keys, ids = self._job
         labels_layer = self.session.labels_layer_for(image_layer)
         empty = set(result.empty_ids)
-        masks = {lid: result.labels.array == lid for lid in ids if lid not in empty}
-        changed = apply_lesion_masks(labels_layer, masks)
+        written = [lid for lid in ids if lid not in empty]
+        changed = apply_lesion_labels(labels_layer, result.labels.array, written)
         pl.mark_done(keys)
         for message in result.messages:
             _notify("warning", message)
-        if masks:
-            self.lesion_spin.setValue(max(masks))
-            labels_layer.selected_label = max(masks)
+        if written:
+            self.lesion_spin.setValue(max(written))
+            labels_layer.selected_label = max(written)
         self.reprompt.setChecked(False)
         self.progress.status.setText(
-            f"Segmented {len(masks)} lesion(s) ({changed} voxels changed)"
+            f"Segmented {len(written)} lesion(s) ({changed} voxels changed)"
             + (f"; no lesion found for id(s) {sorted(empty)}" if empty else "")
             + ". Ctrl+Z in the labels layer undoes it."
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from .. import api
 from ..core.errors import LesionLocatorError
-from ._layers import apply_lesion_masks, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
+from ._layers import apply_lesion_labels, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
 from ._panels import EnginePanel, ProgressRow, paint_lesion_item, show_end_state
 from ._session import AnnotationSession
 from ._workers import JobRunner
@@ -60,6 +60,7 @@ class TimelineWidget(QWidget):
         self._order: list[str] = []
         self._job = None
         self._watched: set[int] = set()
+        self._table_refresh_pending = False
 
         self.timepoint_list = QListWidget()
         self.timepoint_list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
@@ -125,7 +126,7 @@ class TimelineWidget(QWidget):
         for layer in self.session.lesion_layers():
             if id(layer) not in self._watched:
                 self._watched.add(id(layer))
-                layer.events.paint.connect(self._refresh_table)
+                layer.events.paint.connect(self._schedule_table_refresh)
 
     def _on_reordered(self, *_) -> None:
         self._order = [self.timepoint_list.item(i).text() for i in range(self.timepoint_list.count())]
@@ -151,7 +152,14 @@ class TimelineWidget(QWidget):
         self.source_combo.blockSignals(False)
         self._refresh_table()
 
+    def _schedule_table_refresh(self, *_) -> None:
+        """Coalesce bursts of paint events (one per layer written) into one table refresh."""
+        if not self._table_refresh_pending:
+            self._table_refresh_pending = True
+            QTimer.singleShot(0, self._refresh_table)
+
     def _refresh_table(self, *_) -> None:
+        self._table_refresh_pending = False
         self._watch_lesion_layers()
         tps = self.timepoints()
         presence = self.presence()
@@ -212,22 +220,28 @@ class TimelineWidget(QWidget):
             _notify("warning", f"None of the lesions {wanted} exists at {source}.")
             return False
         try:
-            engine = self.session.engine(self.engine_panel.engine_name, self.engine_panel.settings())
+            engine_name, settings = self.engine_panel.engine_name, self.engine_panel.settings()
             baseline = image_from_layer(tps[k])
             baseline_labels = label_map_from_layer(src_layer, baseline.geometry)
             followups = [image_from_layer(tp) for tp in tps[k + 1:]]
         except LesionLocatorError as exc:
             _notify("error", str(exc))
             return False
+        for tp in tps[k + 1:]:
+            self.session.labels_layer_for(tp)  # made now, not when the results arrive
         self._job = (tps[k + 1:], ids)
         self.progress.set_running(True)
         self.propagate_button.setEnabled(False)
         self.progress.status.setText(f"Tracking {len(ids)} lesion(s) from {source} to {len(followups)} timepoint(s)...")
-        self.runner.start(
-            lambda token, cb: api.iter_track_series(engine, baseline, baseline_labels, followups, lesion_ids=ids,
-                                                    cancel=token, on_progress=cb),
-            desc="Propagating lesions", total=len(followups) + 1,
-        )
+        session = self.session
+
+        def job(token, callback):
+            # Worker thread: engine creation (imports, weights) stays off the GUI thread.
+            engine = session.engine(engine_name, settings)
+            return (yield from api.iter_track_series(engine, baseline, baseline_labels, followups, lesion_ids=ids,
+                                                     cancel=token, on_progress=callback))
+
+        self.runner.start(job, desc="Propagating lesions", total=len(followups) + 1)
         return True
 
     def _apply_result(self, series) -> None:
@@ -236,8 +250,7 @@ class TimelineWidget(QWidget):
         lost_notes = []
         for tp, result in zip(followup_layers, series.results, strict=True):
             labels_layer = self.session.labels_layer_for(tp)
-            arr = result.labels.array
-            apply_lesion_masks(labels_layer, {lid: arr == lid for lid in ids})
+            apply_lesion_labels(labels_layer, result.labels.array, ids)
             if result.lost_ids:
                 lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
         for note in lost_notes:

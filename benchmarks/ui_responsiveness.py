@@ -1,0 +1,115 @@
+"""How long does the napari GUI freeze while LesionLocator segments and tracks? (target < 100 ms)
+
+A QTimer heartbeat (5 ms) runs while the widgets work; the longest gap between two beats, minus
+the interval, is the longest time a click or a repaint would have waited. Measured from pressing
+"Segment"/"Propagate" to the results being written into the Labels layers (the write itself runs
+on the GUI thread, so it is included). Run under a display::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_responsiveness.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PLUGIN = "napari-lesionlocator"
+TARGET_MS = 100.0
+
+
+def _run_monitored(start, runner, interval_ms: int = 5, timeout_s: float = 900.0) -> dict:
+    from qtpy.QtWidgets import QApplication
+
+    from napari_lesionlocator.gui._heartbeat import StallMonitor
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.001)
+
+    with StallMonitor(interval_ms) as monitor:
+        # Beat before the button press and after the results are written, so both ends count.
+        spin(1.0)  # let earlier work (layer creation, repaints) finish first
+        t0 = time.perf_counter()
+        if not start():
+            raise RuntimeError("the job did not start")
+        t_started = time.perf_counter()
+        while runner.running and time.perf_counter() - t0 < timeout_s:
+            QApplication.processEvents()
+            time.sleep(0.001)
+        t_done = time.perf_counter()
+        spin(0.3)  # repaints and deferred refreshes triggered by the results
+    if runner.last_state != "succeeded":
+        raise RuntimeError(f"job ended as {runner.last_state}: {runner.last_error}")
+    # Attribute each stall by when it began: before start() returned, it is the press handler's
+    # own work (reading layers, creating missing Labels layers, repainting them); afterwards, the
+    # run itself (worker progress, results written into the layers, repaints).
+    def worst(began_before_press_end: bool) -> float:
+        press_end = t_started + 0.002
+        sel = [g for end, g in monitor.gaps if end > t0 and ((end - g / 1000.0) < press_end) == began_before_press_end]
+        return round(max(0.0, max(sel, default=0.0) - interval_ms), 1)
+
+    if os.environ.get("LL_DEBUG_GAPS"):
+        print(f"press returned at {t_started - t0:.3f} s, done at {t_done - t0:.3f} s; gaps > 50 ms (end s, ms):",
+              [(round(e - t0, 3), round(g)) for e, g in monitor.gaps if g > 50])
+    return {
+        "max_stall_ms": round(monitor.max_stall_ms, 1),
+        "press_ms": worst(True),
+        "running_ms": worst(False),
+        "ticks": monitor.ticks,
+        "wall_s": round(t_done - t0, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--strict", action="store_true", help=f"exit 1 when a stall exceeds {TARGET_MS:.0f} ms")
+    args = parser.parse_args(argv)
+
+    import napari
+
+    import napari_lesionlocator.gui  # noqa: F401 - applies the PySide6 6.12 guard before Qt work
+    from napari_lesionlocator.gui._sample_data import _cached_study
+
+    study = _cached_study()
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample(PLUGIN, "synthetic_study")
+    _, prompts = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion prompts")
+    _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
+    baseline = viewer.layers[study.images[0].name]
+    prompts.image_combo.set_layer(baseline)
+    points = prompts.prompt_layers()
+    lesions = [r for r in study.lesions if r.present[0]][:3]
+    for record in lesions:
+        points.add_point_world(record.centre_world[0])
+
+    def start_segment() -> bool:
+        prompts.segment()
+        return prompts.runner.running
+
+    results = {"segmentation": _run_monitored(start_segment, prompts.runner)}
+    results["segmentation"]["lesions"] = len(lesions)
+    timeline.refresh()
+    results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner)
+    results["tracking"]["followups"] = len(study.images) - 1
+    viewer.close()
+
+    for name, r in results.items():
+        verdict = "ok" if r["max_stall_ms"] < TARGET_MS else "OVER TARGET"
+        print(f"{name:13s} longest event-loop stall {r['max_stall_ms']:7.1f} ms (target < {TARGET_MS:.0f} ms: "
+              f"{verdict}) | at the button press {r['press_ms']:.1f} ms, while running and writing results "
+              f"{r['running_ms']:.1f} ms | {r['ticks']} beats, {r['wall_s']} s")
+    if args.json:
+        args.json.write_text(json.dumps({"target_ms": TARGET_MS, **results}, indent=2) + "\n")
+    worst = max(r["max_stall_ms"] for r in results.values())
+    return 1 if args.strict and worst >= TARGET_MS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,20 +3,24 @@
 Pipeline, run on a region of interest around the prompt (see :mod:`.roi`):
 
 1. light Gaussian smoothing (sigma in mm, so anisotropic grids are treated alike);
-2. lesion intensity from a robust estimate at the prompt's core (median, MAD) and an
-   acceptance interval whose ends sit halfway to the dominant darker / brighter tissue of the
-   surroundings (so hypo- and hyper-dense lesions both work, and partial-volume edges against
-   lung are kept);
-3. threshold, keep the component connected to the seed (6-connectivity, limits leaks);
+2. lesion intensity from a robust estimate at the prompt's core (median, MAD, 10-90 %
+   range) and an acceptance interval whose ends sit halfway to the dominant darker / brighter
+   tissue of the surroundings (so hypo- and hyper-dense lesions both work); air-like cores
+   (aerated lung) are refused;
+3. threshold, keep the component connected to the seed (6-connectivity, limits leaks), fill
+   its holes; then a second look: the model is re-estimated from that first estimate's
+   interior and the 1.5-6 mm ring around it (the lesion's real neighbour), and thresholded again;
 4. morphological opening with a radius adapted to the lesion's inscribed radius (exact
    Euclidean balls via distance transforms) cuts touching vessels; a bounded reconstruction
    restores the lesion's own surface;
 5. distance-transform watershed splits structures joined by a neck (chest wall, organs), and
    basins are merged back when the neck is not a real constriction;
-6. holes are filled and the component holding the seed is kept.
+6. holes are filled and the component holding the seed is kept; a lung lesion whose
+   surroundings are mostly ground glass gets that rim added (part-solid nodules).
 
-Point prompts grow a search region (mm) until the lesion is enclosed; box prompts restrict the
-mask to the box. Every function works in voxel indices (z, y, x) with spacing in mm.
+Point prompts start with a 25 mm search radius and grow it once, to 3.5 inscribed radii + 10 mm,
+when the lesion is not enclosed; box prompts restrict the mask to the box. Every function works
+in voxel indices (z, y, x) with spacing in mm.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ __all__ = ["track_lesions", "map_mask"]
 
 LOCAL_HALF_SIZE_MM = 35.0
 SHELL_MM = (2.0, 8.0)
+# Re-segment in the follow-up only when the method reproduces the baseline mask this well.
+SELF_CHECK_DICE = 0.7
 
 
 def _xyz(zyx: np.ndarray) -> np.ndarray:
@@ -178,10 +180,31 @@ def _track_one(
     # 4. re-segmentation with a grown box around the mapped mask: first with the baseline
     # lesion's intensity model (same patient, same protocol), then adaptively (the lesion's
     # appearance may have changed); the first plausible result wins.
+    # Self-check first: the same segmentation on the baseline, from the same kind of grown box,
+    # must reproduce the baseline mask. When it cannot (a lesion with no intensity edge, e.g. a
+    # sarcoma inside muscle), the registration is more trustworthy than any re-segmentation.
+    bgrow = np.ceil(np.maximum(5.0, 0.3 * extent_mm) / bsp).astype(int)
+    own = segment_box(
+        base.array, bsp, np.maximum(lstart - bgrow, 0), np.minimum(lstop + bgrow, bgeo.shape),
+        check=check, core=(lstart, lstop), prior=model,
+    )
+    own_full = np.zeros(tuple(lstop - lstart + 2 * bgrow + 2), dtype=bool)
+    frame = lstart - bgrow - 1
+    lo = np.maximum(own.start, frame)
+    hi = np.minimum(own.stop, frame + np.asarray(own_full.shape))
+    own_full[tuple(slice(a - f, b - f) for a, b, f in zip(lo, hi, frame, strict=True))] = own.mask[
+        tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, own.start, strict=True))
+    ]
+    truth = np.zeros_like(own_full)
+    truth[tuple(slice(a - f, b - f) for a, b, f in zip(lstart, lstop, frame, strict=True))] = (
+        base_labels[sl] == lid
+    )
+    self_dice = 2.0 * float((own_full & truth).sum()) / max(1, int(own_full.sum() + truth.sum()))
+    info.update(self_dice=self_dice)
     grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
     box_a = np.maximum(sa - grow, 0)
     box_b = np.minimum(sb + grow, fgeo.shape)
-    for prior in (model, None):
+    for prior in (model, None) if self_dice >= SELF_CHECK_DICE else ():
         cand = segment_box(follow.array, fsp, box_a, box_b, check=check, core=(sa, sb), prior=prior)
         if cand.empty:
             continue
@@ -205,15 +228,25 @@ def _track_one(
         if plausible:
             return a_r, ra, ""
 
-    # 5. fallback: the mapped mask restricted to lesion-like tissue
-    tissue = mapped_r & (fimg >= model.low) & (fimg <= model.high)
-    lab, n = ndimage.label(tissue)
+    # 5. fallback: the registered mask, restricted to lesion-like tissue unless most of it
+    # still is (then the registration alone is the better delineation)
+    why = (
+        "re-segmentation implausible"
+        if self_dice >= SELF_CHECK_DICE
+        else f"no intensity edge at baseline (self-check Dice {self_dice:.2f})"
+    )
+    tissue_all = mapped_r & (fimg >= model.low) & (fimg <= model.high)
+    frac = float(tissue_all.sum()) / max(1, n_mapped)
+    info.update(tissue_fraction=frac)
+    if frac >= 0.6 and lesion_like(tissue_all):
+        return mapped_r, ra, f"{why}; used the registered mask ({frac:.0%} lesion-like)"
+    lab, n = ndimage.label(tissue_all)
     if n:
-        sizes = ndimage.sum(tissue, lab, index=np.arange(1, n + 1))
+        sizes = ndimage.sum(tissue_all, lab, index=np.arange(1, n + 1))
         tissue = lab == (int(np.argmax(sizes)) + 1)
         if tissue.sum() >= max(1, 0.1 * n_mapped) and lesion_like(tissue):
             tissue = ndimage.binary_fill_holes(tissue)
-            return tissue, ra, "re-segmentation implausible; used the registered mask on lesion-like tissue"
+            return tissue, ra, f"{why}; used the registered mask on lesion-like tissue"
     return None, None, "no lesion-like tissue left where the lesion maps to"
 
 
@@ -253,8 +286,11 @@ def track_lesions(
     total = len(ids) + 1
     check()
     report(on_progress, 0, total, "registering the follow-up to the baseline (global)")
-    fixed = reg.downsampled(baseline.array, baseline.geometry)
-    moving = reg.downsampled(followup.array, followup.geometry)
+    # ~4 mm voxels for whole scans; finer for small fields of view (cropped scans), so that
+    # the global step still sees about 64 voxels across.
+    target = min(reg.GLOBAL_SPACING_MM, max(1.0, float(np.max(baseline.geometry.extent_mm)) / 64.0))
+    fixed = reg.downsampled(baseline.array, baseline.geometry, target)
+    moving = reg.downsampled(followup.array, followup.geometry, target)
     m_global = reg.global_affine(fixed, moving, check)
     del fixed, moving
     for k, lid in enumerate(ids):

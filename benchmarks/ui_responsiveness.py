@@ -57,10 +57,11 @@ def _run_monitored(start, runner, interval_ms: int = 5, timeout_s: float = 900.0
     if os.environ.get("LL_DEBUG_GAPS"):
         print(f"press returned at {t_started - t0:.3f} s, done at {t_done - t0:.3f} s; gaps > 50 ms (end s, ms):",
               [(round(e - t0, 3), round(g)) for e, g in monitor.gaps if g > 50])
+    press, running = worst(True), worst(False)
     return {
-        "max_stall_ms": round(monitor.max_stall_ms, 1),
-        "press_ms": worst(True),
-        "running_ms": worst(False),
+        "max_stall_ms": max(press, running),
+        "press_ms": press,
+        "running_ms": running,
         "ticks": monitor.ticks,
         "wall_s": round(t_done - t0, 2),
     }
@@ -98,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     timeline.refresh()
     results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner)
     results["tracking"]["followups"] = len(study.images) - 1
+    # Steady state: engines loaded, layers exist; one more lesion.
+    extra = [r for r in study.lesions if r.present[0]][3]
+    points.add_point_world(extra.centre_world[0])
+    results["segmentation_again"] = _run_monitored(start_segment, prompts.runner)
+    results["segmentation_again"]["lesions"] = 1
     viewer.close()
 
     for name, r in results.items():
         verdict = "ok" if r["max_stall_ms"] < TARGET_MS else "OVER TARGET"
-        print(f"{name:13s} longest event-loop stall {r['max_stall_ms']:7.1f} ms (target < {TARGET_MS:.0f} ms: "
+        print(f"{name:18s} longest event-loop stall {r['max_stall_ms']:7.1f} ms (target < {TARGET_MS:.0f} ms: "
               f"{verdict}) | at the button press {r['press_ms']:.1f} ms, while running and writing results "
               f"{r['running_ms']:.1f} ms | {r['ticks']} beats, {r['wall_s']} s")
     if args.json:

@@ -321,8 +321,9 @@ def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float
     ggo_low = model.dark + 0.2 * (model.low - model.dark) if model.dark is not None else model.low
     band = (img >= ggo_low) & (img < model.low)
     dist = _edt(~solid, sp)
-    # The blurred edge of a solid lesion spans about a voxel more on coarse grids.
-    vox = float(np.min(sp))
+    # The blurred edge of a solid lesion spans about a voxel more on coarse grids, and thick
+    # slices smear it along their axis: the coarsest axis sets the margin (conservative).
+    vox = float(np.max(sp))
     shell = (dist > 1.5 + vox) & (dist <= 3.0 + 1.5 * vox)
     if inside_box is not None:
         shell &= inside_box

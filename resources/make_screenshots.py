@@ -119,6 +119,7 @@ def main(out_dir: Path) -> list[Path]:
     camera(viewer).zoom = camera(viewer).zoom * 2.5
     shot("04_box_prompt_3d.png")
     viewer.dims.ndisplay = 2
+    viewer.reset_view()
     for layer in viewer.layers:
         layer.visible = layer.name in {baseline.name, f"{baseline.name} lesions", pl.points.name}
 

@@ -227,3 +227,33 @@ def test_prompt_outside_the_image_is_reported(qtbot, prompting, study) -> None:
     assert not widget.runner.running
     messages = [str(n.message) for n in _notifications()[n_before:]]
     assert any("outside the volume" in m for m in messages), messages
+
+
+def test_engine_panel_offers_lesionlocator_only_with_a_checkpoint(qtbot, tmp_path, monkeypatch) -> None:
+    from napari_lesionlocator.engines.lesionlocator import config
+    from napari_lesionlocator.gui._panels import EnginePanel
+
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    monkeypatch.setattr(config, "config_file", lambda: tmp_path / "no-config.json")
+    panel = EnginePanel()
+    qtbot.addWidget(panel)
+    assert panel.engine_name == "classical"
+    assert not panel.engine.model().item(1).isEnabled()
+    assert panel.settings().checkpoint is None
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    monkeypatch.setenv(config.ENV_VAR, str(ckpt))
+    panel = EnginePanel()
+    qtbot.addWidget(panel)
+    assert panel.engine.model().item(1).isEnabled()
+    panel.engine.setCurrentIndex(1)
+    panel.folds.setText("0, 2")
+    panel.tta.setChecked(True)
+    settings = panel.settings()
+    assert panel.engine_name == "lesionlocator"
+    assert (settings.checkpoint, tuple(settings.folds)) == (str(ckpt), (0, 2))
+    assert settings.tta and settings.device == "cpu"
+    panel.folds.setText("zero")
+    with pytest.raises(EngineError, match="comma-separated"):
+        panel.settings()

@@ -77,6 +77,7 @@ class ReviewWidget(QWidget):
         self._timepoints: list = []
         self._review: list[tuple] = []  # (timepoint image layer, review image layer, review labels layer)
         self._hidden: list = []
+        self._links: list[tuple] = []  # (real labels layer, callback refreshing its review copy)
         self.lesion_id: int | None = None
 
         self.table = QTableWidget()
@@ -188,7 +189,11 @@ class ReviewWidget(QWidget):
             lab = self.viewer.add_labels(labels.data, name=f"{title} lesions", metadata=dict(meta),
                                          colormap=labels.colormap, opacity=labels.opacity,
                                          **geometry.napari_transform())
-            lab.events.paint.connect(lambda _e, target=labels: target.refresh())
+            # Keep both views of the shared array in step, whichever one is edited.
+            to_real, to_review = (lambda _e, t=labels: t.refresh()), (lambda _e, r=lab: r.refresh())
+            lab.events.paint.connect(to_real)
+            labels.events.paint.connect(to_review)
+            self._links.append((labels, to_review))
             created.append((tp, img, lab))
         for i, layer in enumerate(layer for _, img, lab in created for layer in (img, lab)):
             self.viewer.layers.move(self.viewer.layers.index(layer), i)
@@ -212,6 +217,9 @@ class ReviewWidget(QWidget):
                 if layer in self.viewer.layers:
                     self.viewer.layers.remove(layer)
         self._review = []
+        for layer, callback in self._links:
+            layer.events.paint.disconnect(callback)
+        self._links = []
         grid(self.viewer).enabled = False
         for layer in self._hidden:
             if layer in self.viewer.layers:

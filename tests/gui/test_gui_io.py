@@ -85,6 +85,20 @@ def test_reader_reads_a_dicom_folder_with_dates(make_napari_viewer, tmp_path) ->
     np.testing.assert_array_equal(np.asarray(layer.data), image.array)
 
 
+def test_reader_opens_a_folder_of_timepoints(make_napari_viewer, tmp_path) -> None:
+    from napari_lesionlocator.io.images import write_image
+
+    study = tmp_path / "study"
+    write_image(_ct(ALIGNED, 1, "a"), study / "tp0.nii.gz")
+    write_image(_ct(ROTATED, 2, "b"), study / "tp1.nrrd")
+    (study / "notes.txt").write_text("ignored")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(study), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["tp0", "tp1"]
+    assert [layer.visible for layer in layers] == [True, False]  # opaque CT layers would hide each other
+    assert Geometry.from_metadata(layers[1].metadata["geometry"]).same_grid(ROTATED, origin_tol_mm=1e-4)
+
+
 def test_get_reader_declines_what_it_cannot_read(tmp_path) -> None:
     from napari_lesionlocator.gui._reader import get_reader
 

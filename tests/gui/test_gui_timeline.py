@@ -62,6 +62,7 @@ def test_timepoints_follow_dates_and_can_be_reordered(annotated, study) -> None:
 def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> None:
     from napari_lesionlocator.gui._heartbeat import StallMonitor
     from napari_lesionlocator.gui._layers import lesion_colour
+    from napari_lesionlocator.gui._view import camera
 
     viewer, timeline, tps = annotated
     assert timeline.propagate(source=tps[0].name)
@@ -114,7 +115,7 @@ def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> Non
         np.testing.assert_allclose(img.data_to_world([1, 2, 3]), lab.data_to_world([1, 2, 3]))
     for c in centres[1:]:
         np.testing.assert_allclose(c, centres[0], atol=1e-6)
-    np.testing.assert_allclose(viewer.camera.center[-2:], centres[0][-2:], atol=1e-3)
+    np.testing.assert_allclose(camera(viewer).center[-2:], centres[0][-2:], atol=1e-3)
     assert viewer.dims.point[0] == pytest.approx(centres[0][0], abs=1.5)
     # Review layers share the real arrays: an edit there is an edit of the real labels.
     assert review._review[1][2].data is timeline.session.labels_layer_for(tps[1]).data

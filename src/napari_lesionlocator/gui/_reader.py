@@ -1,4 +1,5 @@
-"""npe2 reader: CT volumes (NIfTI, NRRD, MetaImage) and DICOM folders -> one image layer per volume.
+"""npe2 reader: CT volumes (NIfTI, NRRD, MetaImage), DICOM folders and folders of image files
+-> one image layer per volume (a folder of timepoints opens as a study; only the first is shown).
 
 ``get_reader`` never raises: it returns ``None`` for paths it cannot read (unknown suffix, a
 folder without DICOM files, a file whose header is not an image), so napari can offer another
@@ -84,10 +85,18 @@ def _io_function(name: str):
     return None
 
 
+def _folder_has_images(path: Path) -> bool:
+    """A folder holding readable image files (e.g. one file per timepoint of a study)."""
+    return path.is_dir() and any(
+        _is_image_file(child) and not child.name.startswith(".") and _header_readable(child)
+        for child in sorted(path.iterdir())
+    )
+
+
 def _accepts(path: Path) -> bool:
     if _is_image_file(path):
         return _header_readable(path)
-    return _folder_has_dicom(path)
+    return _folder_has_dicom(path) or _folder_has_images(path)
 
 
 def get_reader(path: PathOrPaths) -> Callable | None:

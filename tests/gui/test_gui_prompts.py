@@ -165,8 +165,15 @@ def test_next_lesion_cycles_and_centres(qtbot, prompting, study) -> None:
     assert widget.next_lesion() == 2
     assert widget.next_lesion() == 1  # wraps
     tip = widget.toolTip()
+    bound = {str(k): f for k, f in viewer.keymap.items()}
     for key in ("Alt+P", "Alt+B", "Alt+S", "Alt+N"):
-        assert key in tip
+        assert key in tip and key in bound
+    bound["Alt+B"](viewer)  # the shortcut switches to box mode and arms the rectangle tool
+    assert widget.box_mode.isChecked()
+    assert viewer.layers.selection.active.name == pl.boxes.name  # (the widget holds napari proxies)
+    assert str(pl.boxes.mode) == "add_rectangle", pl.boxes.mode
+    bound["Alt+N"](viewer)
+    assert widget.lesion_spin.value() == 2
 
 
 def test_cancel_mid_run_changes_nothing(qtbot, prompting, study) -> None:

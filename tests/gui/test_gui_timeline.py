@@ -135,3 +135,23 @@ def test_propagate_refuses_without_lesions(make_napari_viewer, study) -> None:
     assert not timeline.propagate()
     assert not timeline.runner.running
     assert any("no lesions" in str(r.message) for r in notification_manager.records[n:])
+
+
+def test_cancel_propagation_writes_nothing(qtbot, annotated) -> None:
+    viewer, timeline, tps = annotated
+    events = []
+
+    def cancel_at_first_event(event) -> None:
+        events.append(event)
+        if len(events) == 1:
+            timeline.runner.cancel()
+
+    timeline.runner.progressed.connect(cancel_at_first_event)
+    with qtbot.waitSignal(timeline.runner.cancelled, timeout=TRACK_TIMEOUT_MS):
+        assert timeline.propagate(source=tps[0].name, lesion_ids=[1])
+    qtbot.waitUntil(lambda: not timeline.runner.running, timeout=TRACK_TIMEOUT_MS)
+    for tp in tps[1:]:
+        layer = timeline.session.labels_layer_for(tp, create=False)
+        assert layer is None or not np.asarray(layer.data).any()
+    assert "Cancelled" in timeline.progress.status.text()
+    assert timeline.propagate_button.isEnabled()

@@ -264,3 +264,26 @@ def test_engine_panel_offers_lesionlocator_only_with_a_checkpoint(qtbot, tmp_pat
     panel.folds.setText("zero")
     with pytest.raises(EngineError, match="comma-separated"):
         panel.settings()
+
+
+def test_prompts_on_a_rotated_image_map_to_the_right_voxels(make_napari_viewer) -> None:
+    """World clicks go through the layers' transforms (affine here) to voxel indices of the image."""
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image
+    from napari_lesionlocator.gui._layers import image_layer_data
+    from napari_lesionlocator.gui._prompt_layers import PromptLayers
+
+    c, s = np.cos(0.5), np.sin(0.5)
+    direction = (1, 0, 0, 0, c, -s, 0, s, c)
+    geom = Geometry((20, 30, 40), (2.5, 0.8, 0.7), (-10.0, 20.0, 33.0), direction)
+    viewer = make_napari_viewer()
+    data, kwargs, _ = image_layer_data(Image(np.zeros(geom.shape, np.float32), geom, name="rot"))
+    image = viewer.add_image(data, **kwargs)
+    assert not np.allclose(image.affine.affine_matrix, np.eye(4))
+    ids = iter(range(1, 100))
+    pl = PromptLayers(viewer, image, lambda: next(ids))
+    pl.add_point_world(geom.index_to_world([7, 11, 13]))
+    pl.add_box_world(geom.index_to_world([9, 5, 6]), geom.index_to_world([9, 12, 20]), (8, 10))
+    (point, _), (box, _) = pl.pending()
+    assert point.zyx == (7, 11, 13) and point.lesion_id == 1
+    assert box.box == (8, 11, 5, 13, 6, 21) and box.lesion_id == 2

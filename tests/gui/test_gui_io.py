@@ -195,3 +195,24 @@ def test_labels_layer_data_keeps_lesion_colours() -> None:
         np.testing.assert_allclose(kwargs["colormap"].map(lid), cmap.map(lid))
         np.testing.assert_allclose(lesion_colour(lid), np.asarray(cmap.map(lid)).reshape(-1)[:4])
     assert not np.allclose(lesion_colour(1), lesion_colour(2))
+
+
+def test_render_study_screenshot_writes_a_png(qtbot, tmp_path) -> None:
+    from napari_lesionlocator.gui._sample_data import _cached_study
+    from napari_lesionlocator.gui.screenshot import render_study_screenshot
+
+    study = _cached_study()
+    labels = [study.labels[0], None, study.labels[2]]
+    out = render_study_screenshot(study.images, labels, tmp_path / "shots" / "study.png", lesion_id=1,
+                                  size=(900, 600))
+    assert out == tmp_path / "shots" / "study.png"
+    import imageio.v3 as iio
+
+    pixels = iio.imread(out)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 10  # not a blank canvas
+    # Lesion 1 (orange-brown) overlays the grey CT: some pixels are clearly red, which grey never is.
+    rgb = pixels[..., :3].astype(int)
+    assert np.count_nonzero(rgb[..., 0] - rgb[..., 2] > 40) > 50
+    with pytest.raises(ValueError, match="one per image"):
+        render_study_screenshot(study.images, labels[:2], tmp_path / "x.png")

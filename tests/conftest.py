@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def _shared_dir() -> Path:
+    """The project's shared folder (real CT cases, reference plans): $LESIONLOCATOR_SHARED, else ../shared."""
+    env = os.environ.get("LESIONLOCATOR_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+SHARED = _shared_dir()
 REAL_DATA = SHARED / "data" / "real"
 
 
@@ -15,5 +24,5 @@ REAL_DATA = SHARED / "data" / "real"
 def real_data_dir() -> Path:
     """../shared/data/real (real CT cases with lesion labels); tests skip when it is absent."""
     if not REAL_DATA.exists():
-        pytest.skip("../shared/data/real is not available")
+        pytest.skip("../shared/data/real is not available (set LESIONLOCATOR_SHARED)")
     return REAL_DATA

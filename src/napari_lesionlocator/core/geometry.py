@@ -74,7 +74,9 @@ class Geometry:
         spacing = _as_tuple(self.spacing, 3, "spacing")
         if min(spacing) <= 0:
             raise ValueError(f"spacing must be positive, got {spacing}")
-        direction = _as_tuple(self.direction, 9, "direction")
+        # Cosines below 1e-12 are round-off (often denormals from a file header); ITK inverts
+        # denormal matrices to NaN, so they are snapped to exactly 0.
+        direction = tuple(0.0 if abs(v) < 1e-12 else v for v in _as_tuple(self.direction, 9, "direction"))
         d = np.asarray(direction).reshape(3, 3)
         # world_to_index inverts the direction by transposing it, so it must be orthonormal
         # (rotation or reflection), not just of unit determinant (a shear can have det 1).

@@ -34,7 +34,7 @@ __all__ = ["track_lesions", "map_mask"]
 LOCAL_HALF_SIZE_MM = 35.0
 SHELL_MM = (2.0, 8.0)
 # Re-segment in the follow-up only when the method reproduces the baseline mask this well.
-SELF_CHECK_DICE = 0.7
+SELF_CHECK_DICE = 0.5
 
 
 def _xyz(zyx: np.ndarray) -> np.ndarray:
@@ -228,8 +228,10 @@ def _track_one(
         if plausible:
             return a_r, ra, ""
 
-    # 5. fallback: the registered mask, restricted to lesion-like tissue unless most of it
-    # still is (then the registration alone is the better delineation)
+    # 5. fallback: the registered mask restricted to lesion-like tissue. When the lesion has
+    # no intensity edge (self-check failed) and most of the mask is still lesion-like, the
+    # registration alone is the better delineation. A lesion with an edge whose re-segmentation
+    # failed gets no such benefit of the doubt: it may have disappeared.
     why = (
         "re-segmentation implausible"
         if self_dice >= SELF_CHECK_DICE
@@ -238,7 +240,7 @@ def _track_one(
     tissue_all = mapped_r & (fimg >= model.low) & (fimg <= model.high)
     frac = float(tissue_all.sum()) / max(1, n_mapped)
     info.update(tissue_fraction=frac)
-    if frac >= 0.6 and lesion_like(tissue_all):
+    if self_dice < SELF_CHECK_DICE and frac >= 0.6 and lesion_like(tissue_all):
         return mapped_r, ra, f"{why}; used the registered mask ({frac:.0%} lesion-like)"
     lab, n = ndimage.label(tissue_all)
     if n:

@@ -21,7 +21,7 @@ PLUGIN = "napari-lesionlocator"
 TARGET_MS = 100.0
 
 
-def _run_monitored(start, runner, interval_ms: int = 5, timeout_s: float = 900.0) -> dict:
+def _run_monitored(start, runner, busy=None, interval_ms: int = 5, timeout_s: float = 900.0) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_lesionlocator.gui._heartbeat import StallMonitor
@@ -39,7 +39,8 @@ def _run_monitored(start, runner, interval_ms: int = 5, timeout_s: float = 900.0
         if not start():
             raise RuntimeError("the job did not start")
         t_started = time.perf_counter()
-        while runner.running and time.perf_counter() - t0 < timeout_s:
+        busy = busy or (lambda: runner.running)
+        while busy() and time.perf_counter() - t0 < timeout_s:
             QApplication.processEvents()
             time.sleep(0.001)
         t_done = time.perf_counter()
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"segmentation": _run_monitored(start_segment, prompts.runner)}
     results["segmentation"]["lesions"] = len(lesions)
     timeline.refresh()
-    results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner)
+    results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner,
+                                         busy=lambda: timeline.busy)
     results["tracking"]["followups"] = len(study.images) - 1
     # Steady state: engines loaded, layers exist; one more lesion.
     extra = [r for r in study.lesions if r.present[0]][3]

@@ -31,11 +31,12 @@ def settle(seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
-def wait_for(runner, timeout: float = 600.0) -> None:
+def wait_for(runner, timeout: float = 600.0, busy=None) -> None:
     end = time.time() + timeout
-    while runner.running and time.time() < end:
+    busy = busy or (lambda: runner.running)
+    while busy() and time.time() < end:
         settle(0.05)
-    if runner.running:
+    if busy():
         raise TimeoutError("the background job did not finish")
     if runner.last_state != "succeeded":
         raise RuntimeError(f"job ended as {runner.last_state}: {runner.last_error}")
@@ -127,7 +128,7 @@ def main(out_dir: Path) -> list[Path]:
     show_only(docks, "Timeline")
     timeline.refresh()
     assert timeline.propagate(source=baseline.name)
-    wait_for(timeline.runner)
+    wait_for(timeline.runner, busy=lambda: timeline.busy)
     follow = viewer.layers[study.images[1].name]
     for layer in viewer.layers:
         layer.visible = layer.name in {follow.name, f"{follow.name} lesions"}

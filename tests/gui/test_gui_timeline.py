@@ -67,7 +67,7 @@ def test_propagate_to_both_followups_then_review(qtbot, annotated, study) -> Non
     viewer, timeline, tps = annotated
     assert timeline.propagate(source=tps[0].name)
     with StallMonitor() as monitor:
-        qtbot.waitUntil(lambda: not timeline.runner.running, timeout=TRACK_TIMEOUT_MS)
+        qtbot.waitUntil(lambda: not timeline.busy, timeout=TRACK_TIMEOUT_MS)  # run + results written
     assert timeline.runner.last_state == "succeeded", timeline.progress.status.text()
     assert monitor.ticks > 2 and monitor.max_stall_ms < 1000, monitor.max_stall_ms
     for t in (1, 2):

@@ -59,6 +59,9 @@ class TimelineWidget(QWidget):
         self.runner = JobRunner(self)
         self._order: list[str] = []
         self._job = None
+        self._to_write: list = []
+        self._lost_notes: list[str] = []
+        self._written_ids: list[int] = []
         self._watched: set[int] = set()
         self._table_refresh_pending = False
 
@@ -199,7 +202,7 @@ class TimelineWidget(QWidget):
         ``lesion_ids`` defaults to the selected rows, or every lesion at the source. Returns
         whether a run started.
         """
-        if self.runner.running:
+        if self.busy:
             _notify("info", "A propagation is already running; cancel it or wait.")
             return False
         tps = self.timepoints()
@@ -244,27 +247,47 @@ class TimelineWidget(QWidget):
         self.runner.start(job, desc="Propagating lesions", total=len(followups) + 1)
         return True
 
+    @property
+    def busy(self) -> bool:
+        """A propagation is running or its results are still being written into the layers."""
+        return self.runner.running or bool(self._to_write)
+
     def _apply_result(self, series) -> None:
-        """GUI thread: write each follow-up's tracked masks into its Labels layer (one undo step each)."""
+        """GUI thread: write each follow-up's tracked masks into its Labels layer (one undo step each).
+
+        One layer per event-loop turn, so the GUI repaints and answers in between.
+        """
         followup_layers, ids = self._job
-        lost_notes = []
-        for tp, result in zip(followup_layers, series.results, strict=True):
-            labels_layer = self.session.labels_layer_for(tp)
-            apply_lesion_labels(labels_layer, result.labels.array, ids)
-            if result.lost_ids:
-                lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
-        for note in lost_notes:
+        self._to_write = list(zip(followup_layers, series.results, strict=True))
+        self._lost_notes = []
+        self._written_ids = ids
+        QTimer.singleShot(0, self._write_next)
+
+    def _write_next(self) -> None:
+        if not self._to_write:
+            return
+        tp, result = self._to_write.pop(0)
+        labels_layer = self.session.labels_layer_for(tp)
+        apply_lesion_labels(labels_layer, result.labels.array, self._written_ids)
+        if result.lost_ids:
+            self._lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
+        if self._to_write:
+            QTimer.singleShot(0, self._write_next)
+            return
+        for note in self._lost_notes:
             _notify("info", note)
+        n_layers = len(self._job[0])
         self.progress.status.setText(
-            f"Propagated {len(ids)} lesion(s) to {len(followup_layers)} timepoint(s)."
-            + (" " + "; ".join(lost_notes) if lost_notes else "")
+            f"Propagated {len(self._written_ids)} lesion(s) to {n_layers} timepoint(s)."
+            + (" " + "; ".join(self._lost_notes) if self._lost_notes else "")
         )
+        self.propagate_button.setEnabled(True)
         self.refresh()
 
     def _on_done(self) -> None:
         self.progress.set_running(False)
         show_end_state(self.runner, self.progress)
-        self.propagate_button.setEnabled(True)
+        self.propagate_button.setEnabled(not self._to_write)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         self.runner.cancel()

@@ -272,6 +272,9 @@ class PromptWidget(QWidget):
     def _apply_result(self, result) -> None:
         """GUI thread: write the new masks into the image's Labels layer as one undo step."""
         image_layer, pl, keys, ids = self._job
+        if image_layer not in self.viewer.layers:
+            _notify("warning", f"{image_layer.name} was closed during the run; its results were dropped.")
+            return
         labels_layer = self.session.labels_layer_for(image_layer)
         empty = set(result.empty_ids)
         written = [lid for lid in ids if lid not in empty]

@@ -267,8 +267,9 @@ class TimelineWidget(QWidget):
         if not self._to_write:
             return
         tp, result = self._to_write.pop(0)
-        labels_layer = self.session.labels_layer_for(tp)
-        apply_lesion_labels(labels_layer, result.labels.array, self._written_ids)
+        if tp in self.viewer.layers:  # a timepoint closed during the run gets nothing
+            labels_layer = self.session.labels_layer_for(tp)
+            apply_lesion_labels(labels_layer, result.labels.array, self._written_ids)
         if result.lost_ids:
             self._lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
         if self._to_write:

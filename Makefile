@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed-v1
+STAMP := $(VENV)/.installed-v2
 SYSSTAMP := $(VENV)/.system-deps-v1
 # Xvfb + the xcb libraries Qt needs: napari 0.9 cannot create its OpenGL canvas under
 # QT_QPA_PLATFORM=offscreen, so GUI tests and the demo screenshot run under xvfb-run.

@@ -42,6 +42,7 @@ system-deps: $(SYSSTAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/npe2 validate napari-lesionlocator
 
 test: install lint
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -p no:xvfb -q

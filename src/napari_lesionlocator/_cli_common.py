@@ -117,7 +117,8 @@ def make_engine(args: argparse.Namespace):
         raise CheckpointError(f"the checkpoint folder {checkpoint} does not exist (download it with "
                               "`lesionlocator download-weights`)")
     settings = EngineSettings(threads=args.threads, device="cpu", checkpoint=checkpoint,
-                              folds=args.folds, tta=False)
+                              folds=args.folds, tta=False,
+                              extra={"allow_unsafe": bool(getattr(args, "allow_unsafe_checkpoint", False))})
     if name == "lesionlocator":
         settings.device = _resolve_auto_device(args.device)
         settings.tta = not args.disable_tta  # the official CLI mirrors by default

@@ -90,6 +90,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="device for the lesionlocator engine (auto: cuda, then mps, then cpu); ignored by classical")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: library default)")
+    g.add_argument("--allow-unsafe-checkpoint", dest="allow_unsafe_checkpoint", action="store_true",
+                   help="checkpoints are pickles: by default they load with torch.load(weights_only=True) and a "
+                        "small allowlist; if that refuses your checkpoint and you trust the folder you chose "
+                        "(e.g. the official download), this permits a full load, which can run code in the file")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:

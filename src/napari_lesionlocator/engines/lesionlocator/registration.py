@@ -330,14 +330,15 @@ def build_track_network(
     num_image_channels : int, optional
         Image channels; default one per normalization scheme in the plans (1 for CT).
     """
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from .checkpoint import build_segmentation_network
 
     if not isinstance(tiny, bool):  # guards builder(plans, num_image_channels) call patterns
         raise TypeError(f"tiny must be a bool, got {tiny!r}; pass num_image_channels= by keyword")
     plans = _load_plans(plans)
     try:
         conf = plans["configurations"][CONFIGURATION]
-        arch = conf["architecture"]
+        if "architecture" not in conf:
+            raise KeyError("architecture")
     except (KeyError, TypeError):
         raise CheckpointError(f"plans have no '{CONFIGURATION}' configuration with an 'architecture'") from None
     if reg_grid_size is None:
@@ -347,15 +348,8 @@ def build_track_network(
     patch = tuple(int(p) for p in (patch_size if patch_size is not None else conf["patch_size"]))
     if len(patch) != 3:
         raise CheckpointError(f"the tracking patch size needs 3 values (z, y, x), got {patch}")
-    unet = get_network_from_plans(
-        arch["network_class_name"],
-        arch["arch_kwargs"],
-        arch["_kw_requires_import"],
-        num_image_channels + 1,
-        2,
-        allow_init=True,
-        deep_supervision=False,
-    )
+    # Same network as the segmenter: image channels + the warped previous mask, 2 outputs.
+    unet = build_segmentation_network(plans, num_image_channels)
     net = TrackNet(make_registration_network(int(reg_grid_size)), unet, patch)
     return net.eval()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,7 +198,6 @@ def test_track_bad_inputs_exit_2(study, tmp_path, capsys, copy_engine):
         (["-fu", p["img1"], "-p", p["gt1"], "-t", "prev_mask"], "not on the same voxel grid"),
         (["-fu", p["img1"], "-p", empty, "-t", "prev_mask"], "empty"),
         (["-fu", p["img1"], "-p", p["points"], p["points"], "-t", "point"], "one prompt file"),
-        (["-fu", p["img0"], "-p", p["mask1"], "-t", "prev_mask"], "share the case name"),
         (["-fu", tmp_path / "nope.nii.gz", "-p", p["mask1"], "-t", "prev_mask"], "no such file"),
         (["-fu", p["img1"], "-p", tmp_path / "nope.nii.gz", "-t", "prev_mask"], "not found"),
     ]
@@ -206,3 +206,21 @@ def test_track_bad_inputs_exit_2(study, tmp_path, capsys, copy_engine):
         assert code == 2, (extra, err)
         assert message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_track_same_case_names_are_told_apart_by_timepoint(study, tmp_path, capsys, copy_engine):
+    """The LesionLocator dataset layout names every timepoint's file alike (Baseline/images/case.nii.gz,
+    Synthetic_Follow_Up/images/case.nii.gz): outputs get a _tp<k> suffix instead of colliding."""
+    p = study.paths
+    layout = tmp_path / "layout"
+    for k, key in enumerate(("img0", "img1")):
+        folder = layout / ("Baseline" if k == 0 else "Synthetic_Follow_Up") / "images"
+        folder.mkdir(parents=True)
+        (folder / "case.nii.gz").write_bytes(Path(p[key]).read_bytes())
+    out = tmp_path / "o"
+    code, _, err = _run(capsys, "track", "-bl", layout / "Baseline/images/case.nii.gz",
+                        "-fu", layout / "Synthetic_Follow_Up/images/case.nii.gz",
+                        "-p", p["mask1"], "-t", "prev_mask", "-o", out)
+    assert code == 0, err
+    assert (out / "case_tp1_lesions.nii.gz").exists()
+    assert (out / "case_tp1_lesion_1.nii.gz").exists()

@@ -78,7 +78,11 @@ def run_track(args: argparse.Namespace) -> int:
     names = [baseline.name] + [f.name for f in followups]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UsageError(f"several inputs share the case name(s) {dupes}: their output files would collide")
+        # The LesionLocator dataset layout names every timepoint's file alike (Baseline/images/case.nii.gz,
+        # Synthetic_Follow_Up/images/case.nii.gz): tell the outputs apart by timepoint instead of refusing.
+        for k, image in enumerate([baseline, *followups]):
+            image.name = f"{image.name}_tp{k}"
+        info(f"inputs share the case name(s) {dupes}: outputs are named <case>_tp<k> (k = 0 for the baseline)", args)
     for img in [baseline, *followups]:
         warn_if_not_ct(img)
     prompt_paths = [Path(p) for p in args.prompts]

@@ -106,12 +106,23 @@ class AnnotationSession:
             return by_name
         if not create:
             return None
+        return self.viewer.add_layer(self.new_labels_layer(image_layer))
+
+    def new_labels_layer(self, image_layer):
+        """An empty lesion Labels layer tied to ``image_layer``, not yet added to the viewer.
+
+        Building the layer and adding it (napari then builds its visuals and controls) each take
+        tens of ms, so a widget can run the two steps in separate event-loop turns.
+        """
+        from napari.layers import Labels
+
         geometry = geometry_from_layer(image_layer)
-        return self.viewer.add_labels(
+        return Labels(
             np.zeros(geometry.shape, dtype=np.uint16),
             name=f"{image_layer.name} lesions",
             metadata={"geometry": geometry.to_metadata(),
-                      META_KEY: {"role": "lesions", "image": image_layer.name, "image_id": uid}},
+                      META_KEY: {"role": "lesions", "image": image_layer.name,
+                                 "image_id": str(image_layer.unique_id)}},
             colormap=lesion_colormap(),
             opacity=0.6,
             **geometry.napari_transform(),

@@ -30,6 +30,7 @@ from superqt import QLabeledRangeSlider
 
 from .. import api
 from ..core.errors import LesionLocatorError
+from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, lesion_ids_in, remove_lesions
 from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
 from ._prompt_layers import PromptLayers, prompt_layer_ids
@@ -72,6 +73,7 @@ class PromptWidget(QWidget):
         self.viewer = napari_viewer
         self.session = AnnotationSession(napari_viewer)
         self.runner = JobRunner(self)
+        freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
         self._prompt_layers: dict[str, PromptLayers] = {}
         self._running_image = None
 

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.geometry import Geometry
 from ..core.progress import ProgressEvent
+from ._gc import freeze_long_lived_objects
 from ._layers import META_KEY, geometry_from_layer, image_from_layer, label_map_from_layer
 from ._panels import paint_lesion_item
 from ._session import AnnotationSession
@@ -73,6 +74,7 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self.session = AnnotationSession(napari_viewer)
         self.runner = JobRunner(self)
+        freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
         self.volumes: dict[int, list[float | None]] = {}
         self._timepoints: list = []
         self._review: list[tuple] = []  # (timepoint image layer, review image layer, review labels layer)

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from .. import api
 from ..core.errors import LesionLocatorError
+from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
 from ._panels import EnginePanel, ProgressRow, paint_lesion_item, show_end_state
 from ._session import AnnotationSession
@@ -41,12 +42,23 @@ if TYPE_CHECKING:
 
 __all__ = ["TimelineWidget"]
 
+# Delay between two GUI-thread steps of a propagation (ms). Not 0: zero-timers can run back to back
+# in one pass of the event loop, so input, paint and other timers would wait for the whole chain.
+_STEP_MS = 5
+
 
 def _notify(kind: str, message: str) -> None:
     from napari.utils import notifications
 
     {"info": notifications.show_info, "warning": notifications.show_warning,
      "error": notifications.show_error}[kind](message)
+
+
+class _Built:
+    """A follow-up's Labels layer built but not yet added to the viewer (between two turns)."""
+
+    def __init__(self, image, layer) -> None:
+        self.image, self.layer = image, layer
 
 
 class TimelineWidget(QWidget):
@@ -57,9 +69,12 @@ class TimelineWidget(QWidget):
         self.viewer = napari_viewer
         self.session = AnnotationSession(napari_viewer)
         self.runner = JobRunner(self)
+        freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
         self._order: list[str] = []
         self._job = None
         self._to_write: list = []
+        self._to_create: list = []  # follow-up image layers (or _Built) still waiting for their Labels layer
+        self._pending_start = None  # (job, total) until the missing Labels layers exist
         self._lost_notes: list[str] = []
         self._written_ids: list[int] = []
         self._watched: set[int] = set()
@@ -96,7 +111,7 @@ class TimelineWidget(QWidget):
 
         self.refresh_button.clicked.connect(self.refresh)
         self.propagate_button.clicked.connect(lambda: self.propagate())
-        self.progress.cancel.clicked.connect(self.runner.cancel)
+        self.progress.cancel.clicked.connect(self.cancel)
         self.timepoint_list.model().rowsMoved.connect(self._on_reordered)
         self.runner.progressed.connect(self.progress.show_event)
         self.runner.succeeded.connect(self._apply_result)
@@ -230,8 +245,11 @@ class TimelineWidget(QWidget):
         except LesionLocatorError as exc:
             _notify("error", str(exc))
             return False
-        for tp in tps[k + 1:]:
-            self.session.labels_layer_for(tp)  # made now, not when the results arrive
+        # Missing follow-up Labels layers are made before the worker starts (so no worker competes
+        # with them for the GIL), in small steps, one per event-loop turn: napari needs ~100-200 ms
+        # (more under load) to build a layer and its visuals, and making them all inside this
+        # handler froze the GUI for their sum (~0.5-0.9 s for two follow-ups).
+        self._to_create = [tp for tp in tps[k + 1:] if self.session.labels_layer_for(tp, create=False) is None]
         self._job = (tps[k + 1:], ids)
         self.progress.set_running(True)
         self.propagate_button.setEnabled(False)
@@ -244,13 +262,50 @@ class TimelineWidget(QWidget):
             return (yield from api.iter_track_series(engine, baseline, baseline_labels, followups, lesion_ids=ids,
                                                      cancel=token, on_progress=callback))
 
-        self.runner.start(job, desc="Propagating lesions", total=len(followups) + 1)
+        self._pending_start = (job, len(followups) + 1)
+        QTimer.singleShot(_STEP_MS, self._prepare_next)
         return True
+
+    def _prepare_next(self) -> None:
+        """GUI thread: one small step of making the missing Labels layers, then start the worker.
+
+        Each missing layer takes two turns (build the layer; add it to the viewer); the last
+        turn starts the job. A timepoint closed meanwhile gets no layer.
+        """
+        if self._pending_start is None:  # cancelled before the worker started
+            return
+        if self._to_create:
+            item = self._to_create[0]
+            if not isinstance(item, _Built):
+                if item in self.viewer.layers and self.session.labels_layer_for(item, create=False) is None:
+                    self._to_create[0] = _Built(item, self.session.new_labels_layer(item))
+                else:
+                    self._to_create.pop(0)
+            else:
+                self._to_create.pop(0)
+                if item.image in self.viewer.layers and self.session.labels_layer_for(item.image, create=False) is None:
+                    self.viewer.add_layer(item.layer)
+            QTimer.singleShot(_STEP_MS, self._prepare_next)
+            return
+        job, total = self._pending_start
+        self._pending_start = None
+        self.runner.start(job, desc="Propagating lesions", total=total)
+
+    def cancel(self) -> None:
+        """Cancel the propagation: before the worker started (nothing runs) or the running job."""
+        if self._pending_start is not None:
+            self._pending_start = None
+            self._to_create = []
+            self.progress.set_running(False)
+            self.progress.status.setText("Cancelled: nothing was changed.")
+            self.propagate_button.setEnabled(True)
+            return
+        self.runner.cancel()
 
     @property
     def busy(self) -> bool:
-        """A propagation is running or its results are still being written into the layers."""
-        return self.runner.running or bool(self._to_write)
+        """A propagation is preparing its Labels layers, running, or writing its results."""
+        return self.runner.running or self._pending_start is not None or bool(self._to_write)
 
     def _apply_result(self, series) -> None:
         """GUI thread: write each follow-up's tracked masks into its Labels layer (one undo step each).
@@ -261,7 +316,7 @@ class TimelineWidget(QWidget):
         self._to_write = list(zip(followup_layers, series.results, strict=True))
         self._lost_notes = []
         self._written_ids = ids
-        QTimer.singleShot(0, self._write_next)
+        QTimer.singleShot(_STEP_MS, self._write_next)
 
     def _write_next(self) -> None:
         if not self._to_write:
@@ -273,7 +328,7 @@ class TimelineWidget(QWidget):
         if result.lost_ids:
             self._lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
         if self._to_write:
-            QTimer.singleShot(0, self._write_next)
+            QTimer.singleShot(_STEP_MS, self._write_next)
             return
         for note in self._lost_notes:
             _notify("info", note)
@@ -283,7 +338,9 @@ class TimelineWidget(QWidget):
             + (" " + "; ".join(self._lost_notes) if self._lost_notes else "")
         )
         self.propagate_button.setEnabled(True)
-        self.refresh()
+        # The writes' paint events already scheduled a table refresh; coalesce with it (one scan
+        # of every lesion layer, in its own event-loop turn) instead of refreshing again here.
+        self._schedule_table_refresh()
 
     def _on_done(self) -> None:
         self.progress.set_running(False)
@@ -291,7 +348,7 @@ class TimelineWidget(QWidget):
         self.propagate_button.setEnabled(not self._to_write)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
-        self.runner.cancel()
+        self.cancel()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.disconnect(self._on_layers_changed)
         super().closeEvent(event)

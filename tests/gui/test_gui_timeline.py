@@ -155,3 +155,47 @@ def test_cancel_propagation_writes_nothing(qtbot, annotated) -> None:
         assert layer is None or not np.asarray(layer.data).any()
     assert "Cancelled" in timeline.progress.status.text()
     assert timeline.propagate_button.isEnabled()
+
+
+def test_followup_layers_made_in_steps_and_cancel_before_the_run_starts(qtbot, annotated) -> None:
+    """Propagate makes the missing follow-up Labels layers over several event-loop turns, before
+    the worker starts; cancelling in that phase starts nothing and leaves the widget usable."""
+    viewer, timeline, tps = annotated
+    assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])
+    assert timeline.propagate(source=tps[0].name, lesion_ids=[1])
+    # Nothing heavy ran inside the handler: no layer yet, no worker yet, but the widget is busy.
+    assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])
+    assert not timeline.runner.running and timeline.busy
+    assert not timeline.propagate(source=tps[0].name)  # a second press is refused meanwhile
+    qtbot.waitUntil(lambda: timeline.session.labels_layer_for(tps[1], create=False) is not None, timeout=10_000)
+    timeline.cancel()
+    assert not timeline.busy and not timeline.runner.running
+    assert "Cancelled" in timeline.progress.status.text()
+    assert timeline.propagate_button.isEnabled()
+    qtbot.wait(100)  # no queued step may start the job after the cancel
+    assert not timeline.runner.running
+    layer = timeline.session.labels_layer_for(tps[1], create=False)
+    assert not np.asarray(layer.data).any()
+    # Tied to its image like any lesion layer: same grid, lesion colours, our metadata.
+    assert layer.data.shape == tps[1].data.shape and layer.data.dtype == np.uint16
+    assert layer.metadata["lesionlocator"]["image_id"] == str(tps[1].unique_id)
+    np.testing.assert_allclose(layer.scale, tps[1].scale)
+
+
+def test_gc_freeze_is_lifted_when_a_frozen_layer_is_closed(qtbot, annotated) -> None:
+    import gc
+
+    from napari_lesionlocator.gui import _gc
+
+    viewer, timeline, tps = annotated
+    _gc.lift_freeze()  # an earlier test's widget may have frozen the heap before these layers existed
+    _gc.freeze_long_lived_objects(viewer)
+    assert _gc.is_frozen() and gc.get_freeze_count() > 0
+    # A layer made after the freeze is collected normally: its removal keeps the freeze.
+    extra = viewer.add_labels(np.zeros((4, 4, 4), dtype=np.uint8))
+    viewer.layers.remove(extra)
+    assert _gc.is_frozen()
+    viewer.layers.remove(tps[2])
+    assert not _gc.is_frozen() and gc.get_freeze_count() == 0  # the closed layer can be collected
+    qtbot.waitUntil(_gc.is_frozen, timeout=5_000)  # and the heap is frozen again afterwards
+    assert gc.get_freeze_count() > 0

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["freeze_long_lived_objects", "is_frozen"]
+__all__ = ["freeze_long_lived_objects", "is_frozen", "lift_freeze"]
 
-_state = {"frozen": False, "refreeze_pending": False}
+_state = {"frozen": False}
 # Layers alive when the heap was frozen (only these can leak while frozen).
 _frozen_layers: weakref.WeakSet = weakref.WeakSet()
 _watched_viewers: weakref.WeakSet = weakref.WeakSet()
@@ -39,13 +39,22 @@ def is_frozen() -> bool:
     return _state["frozen"]
 
 
-def _freeze(viewer) -> None:
+def lift_freeze() -> None:
+    """Undo the freeze: every object is subject to cycle collection again (the next full GC is slow)."""
+    if _state["frozen"]:
+        gc.unfreeze()
+        _state["frozen"] = False
+        _frozen_layers.clear()
+
+
+def _freeze() -> None:
     gc.collect()
     gc.freeze()
     _state["frozen"] = True
     _frozen_layers.clear()
-    for layer in list(viewer.layers):
-        _frozen_layers.add(layer)
+    for viewer in list(_watched_viewers):
+        for layer in list(viewer.layers):
+            _frozen_layers.add(layer)
 
 
 def freeze_long_lived_objects(viewer: napari.Viewer) -> None:
@@ -56,8 +65,8 @@ def freeze_long_lived_objects(viewer: napari.Viewer) -> None:
         _watched_viewers.add(viewer)
         viewer_ref = weakref.ref(viewer)
         viewer.layers.events.removed.connect(lambda event: _on_layer_removed(viewer_ref, event))
-    if not _state["frozen"] and not _state["refreeze_pending"]:
-        _freeze(viewer)
+    if not _state["frozen"]:
+        _freeze()
 
 
 def _on_layer_removed(viewer_ref, event) -> None:
@@ -68,15 +77,11 @@ def _on_layer_removed(viewer_ref, event) -> None:
     # once the removal's own work is done.
     from qtpy.QtCore import QTimer
 
-    gc.unfreeze()
-    _state["frozen"] = False
-    _state["refreeze_pending"] = True
-    _frozen_layers.discard(layer)
+    lift_freeze()
 
     def refreeze() -> None:
-        _state["refreeze_pending"] = False
-        viewer = viewer_ref()
-        if viewer is not None:
-            _freeze(viewer)
+        # Not when the viewer closed meanwhile (or a widget already froze the heap again).
+        if viewer_ref() is not None and not _state["frozen"]:
+            _freeze()
 
     QTimer.singleShot(0, refreeze)

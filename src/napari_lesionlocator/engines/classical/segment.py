@@ -19,7 +19,11 @@ Pipeline, run on a region of interest around the prompt (see :mod:`.roi`):
    surroundings are mostly ground glass gets that rim added (part-solid nodules).
 
 Point prompts start with a 25 mm search radius and grow it once, to 3.5 inscribed radii + 10 mm,
-when the lesion is not enclosed; box prompts restrict the mask to the box. Every function works
+when the lesion is not enclosed; box prompts restrict the mask to the box. A point mask that
+still is not enclosed then, reaches further than that from the click, or is larger than a
+12 cm ball has leaked into tissue of the same density (a sarcoma in muscle): it is replaced by
+a compact star-shaped estimate bounded by the nearest clear edge around the click, within
+45 mm (:mod:`.star`), with a message saying so. Every function works
 in voxel indices (z, y, x) with spacing in mm.
 """
 
@@ -32,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from .roi import Roi, ball_mask, ellipsoid_mask, roi_bounds_mm
+from .star import star_region
 
 __all__ = ["IntensityModel", "LesionMask", "segment_point", "segment_box", "lesion_intensity_model"]
 
@@ -41,6 +46,14 @@ POINT_START_RADIUS_MM = 25.0
 POINT_MAX_RADIUS_MM = 140.0
 BOX_MARGIN_MM = 8.0
 MAX_OPEN_RADIUS_MM = 5.0
+# A click's lesion reaches at most this far from the click when its mask had to be estimated
+# from local edges (no intensity contrast): bounds the compact fallback (mm).
+LEAK_FALLBACK_RADIUS_MM = 45.0
+# Its rays end where the image leaves the lesion's interval widened to +-60 HU (soft tissue
+# spans about that; fat, air, bone and contrast lie beyond).
+SOFT_TISSUE_SPAN_HU = 60.0
+# An intensity region from a click larger than a 12 cm ball (905 mL) has leaked into an organ.
+PLAUSIBLE_POINT_VOLUME_MM3 = 4.0 / 3.0 * np.pi * 60.0**3
 # Lesions are tissue: a core darker than this is air or aerated lung, not a lesion (HU).
 AIR_LIKE_HU = -600.0
 # Ground glass is searched for only when the lesion's lower threshold is this far above the lung (HU).
@@ -355,7 +368,9 @@ def segment_point(
     The search region starts ``start_radius_mm`` around the point; when the mask touches its
     inner faces it grows once to 3.5 inscribed radii of the lesion + 10 mm (at most
     ``max_radius_mm``), the farthest a lesion reaches from its thickest point. ``limit`` optionally bounds
-    the region (half-open full-volume indices).
+    the region (half-open full-volume indices). Without a ``prior``, a mask that leaks beyond
+    that reach (or beyond ``PLAUSIBLE_POINT_VOLUME_MM3``) becomes the compact star-shaped
+    estimate of :func:`_compact_fallback`.
     """
     spacing = np.asarray(spacing, dtype=float)
     shape = np.asarray(array.shape)
@@ -370,20 +385,61 @@ def segment_point(
         seed = roi.to_work_voxel(point)
         # Each pass re-estimates the lesion model: reusing the small region's one in a large region
         # lets a lung lesion's low threshold flood the chest wall, which a coarse grid cannot cut.
-        work_mask, message, inscribed, _ = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
-        touching = roi.touches_inner_faces(work_mask, shape)
-        enclosed = touching == 0 or (limit is not None and np.all(lo == limit[0]) and np.all(hi == limit[1]))
-        if enclosed or not work_mask.any():
+        work_mask, message, inscribed, model = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
+        if not work_mask.any():
             break
         # A lesion rarely reaches further than ~3.5 inscribed radii from its thickest point; beyond
         # that the mask has leaked into a structure of the same density, and growing would only
         # make it worse (and slower).
         limit_mm = min(max_radius_mm, max(start_radius_mm, 3.5 * inscribed + 10.0))
-        if radius >= limit_mm:
-            message = f"the mask reaches the {radius:.0f} mm search limit (low contrast to its surroundings?)"
+        too_big = float(work_mask.sum()) * float(np.prod(roi.spacing)) > PLAUSIBLE_POINT_VOLUME_MM3
+        if prior is None and (too_big or _reach_mm(work_mask, roi.to_work(point), roi.spacing) > limit_mm):
+            # Already beyond (an organ enclosed by the region, or cut by the scan's border), or
+            # larger than any lesion a click plausibly means.
+            return _compact_fallback(array, spacing, point, shape, limit, model, check)
+        touching = roi.touches_inner_faces(work_mask, shape)
+        enclosed = touching == 0 or (limit is not None and np.all(lo == limit[0]) and np.all(hi == limit[1]))
+        if enclosed:
             break
+        if radius >= limit_mm:
+            if prior is not None:
+                message = f"the mask reaches the {radius:.0f} mm search limit (low contrast to its surroundings?)"
+                break
+            # Leak: the lesion has no intensity edge against some neighbour of the same density.
+            return _compact_fallback(array, spacing, point, shape, limit, model, check)
         # Jump straight to the limit (one more pass, not several): the inscribed radius is known.
         radius = limit_mm
+    return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
+
+
+def _reach_mm(mask: np.ndarray, center, spacing) -> float:
+    """Largest distance (mm) from ``center`` (continuous voxel index z, y, x) to a voxel of ``mask``."""
+    idx = np.nonzero(mask)
+    d2 = sum(((i - c) * s) ** 2 for i, c, s in zip(idx, center, spacing, strict=True))
+    return float(np.sqrt(d2.max()))
+
+
+def _compact_fallback(array, spacing, point, shape, limit, model: IntensityModel, check: CancelCheck) -> LesionMask:
+    """Star-shaped estimate of a lesion whose intensity region leaked (see :mod:`.star`).
+
+    The region is bounded by ``LEAK_FALLBACK_RADIUS_MM`` around the click, so a click on a
+    low-contrast lesion returns a compact mask to correct rather than the whole organ.
+    """
+    lo, hi = roi_bounds_mm(point, LEAK_FALLBACK_RADIUS_MM, spacing, shape)
+    if limit is not None:
+        lo, hi = np.maximum(lo, limit[0]), np.minimum(hi, limit[1])
+    roi = Roi.extract(array, spacing, lo, hi)
+    check()
+    seed = roi.to_work_voxel(point)
+    work_mask, _ = star_region(
+        roi.work, roi.spacing, seed, min(model.low, model.center - SOFT_TISSUE_SPAN_HU),
+        max(model.high, model.center + SOFT_TISSUE_SPAN_HU), max_radius_mm=LEAK_FALLBACK_RADIUS_MM,
+    )
+    check()
+    message = (
+        "low contrast to its surroundings: the intensity region leaked, so the mask is a compact "
+        f"estimate from the nearest edges within {LEAK_FALLBACK_RADIUS_MM:.0f} mm of the point (check it)"
+    )
     return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
 
 

@@ -12,6 +12,8 @@ table is never used by two threads at once).
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -32,7 +34,35 @@ from ._layers import (
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["AnnotationSession", "settings_key"]
+__all__ = ["AnnotationSession", "settings_key", "preload_engine_modules"]
+
+# Modules the default (classical) engine imports on its first run: ~0.3 s of imports that hold the
+# GIL, so even inside the worker they froze the GUI in chunks of 100-200 ms at the first Segment or
+# Propagate. The torch-based engine is not preloaded (seconds of imports for an optional engine).
+_PRELOAD_MODULES = ("napari_lesionlocator.engines.classical", "SimpleITK", "skimage.morphology",
+                    "skimage.segmentation")
+_preload: dict[str, threading.Thread] = {}
+
+
+def preload_engine_modules() -> threading.Thread:
+    """Import the classical engine's modules in a background thread, once per process.
+
+    Called when a widget opens, so the imports happen while the user is still placing prompts.
+    Import errors are ignored here: creating the engine reports them with a clear message.
+    Returns the (possibly finished) thread.
+    """
+    if "thread" not in _preload:
+        def run() -> None:
+            for name in _PRELOAD_MODULES:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001, S112 - reported later by create_engine
+                    continue
+
+        thread = threading.Thread(target=run, name="lesionlocator-preload", daemon=True)
+        _preload["thread"] = thread
+        thread.start()
+    return _preload["thread"]
 
 
 def settings_key(name: str, settings: EngineSettings) -> tuple:

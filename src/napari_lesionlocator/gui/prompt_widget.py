@@ -34,7 +34,7 @@ from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, lesion_ids_in, remove_lesions
 from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
 from ._prompt_layers import PromptLayers, prompt_layer_ids
-from ._session import AnnotationSession
+from ._session import AnnotationSession, preload_engine_modules
 from ._view import centre_view
 from ._workers import JobRunner
 
@@ -74,6 +74,7 @@ class PromptWidget(QWidget):
         self.session = AnnotationSession(napari_viewer)
         self.runner = JobRunner(self)
         freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
+        preload_engine_modules()  # engine imports off the first run: see _session
         self._prompt_layers: dict[str, PromptLayers] = {}
         self._running_image = None
 

@@ -10,6 +10,7 @@ The Labels layers are the state: manual corrections at the start timepoint are w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt, QTimer
@@ -34,7 +35,7 @@ from ..core.errors import LesionLocatorError
 from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
 from ._panels import EnginePanel, ProgressRow, paint_lesion_item, show_end_state
-from ._session import AnnotationSession
+from ._session import AnnotationSession, preload_engine_modules
 from ._workers import JobRunner
 
 if TYPE_CHECKING:
@@ -54,11 +55,7 @@ def _notify(kind: str, message: str) -> None:
      "error": notifications.show_error}[kind](message)
 
 
-class _Built:
-    """A follow-up's Labels layer built but not yet added to the viewer (between two turns)."""
-
-    def __init__(self, image, layer) -> None:
-        self.image, self.layer = image, layer
+_DONE = object()
 
 
 class TimelineWidget(QWidget):
@@ -70,15 +67,20 @@ class TimelineWidget(QWidget):
         self.session = AnnotationSession(napari_viewer)
         self.runner = JobRunner(self)
         freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
+        preload_engine_modules()  # engine imports off the first run: see _session
         self._order: list[str] = []
         self._job = None
         self._to_write: list = []
-        self._to_create: list = []  # follow-up image layers (or _Built) still waiting for their Labels layer
+        self._to_create: Iterator[None] = iter(())  # steps making the follow-ups' missing Labels layers
         self._pending_start = None  # (job, total) until the missing Labels layers exist
         self._lost_notes: list[str] = []
         self._written_ids: list[int] = []
         self._watched: set[int] = set()
         self._table_refresh_pending = False
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(0)
+        self._refresh_timer.timeout.connect(self.refresh)
 
         self.timepoint_list = QListWidget()
         self.timepoint_list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
@@ -137,7 +139,10 @@ class TimelineWidget(QWidget):
 
     # ------------------------------------------------------------------ view
     def _on_layers_changed(self, event=None) -> None:
-        self.refresh()
+        # Deferred and coalesced: layers are often added several at a time (a study, the follow-up
+        # Labels layers), and each refresh scans every lesion layer. The timer is the widget's
+        # child, so it never fires after the widget is gone.
+        self._refresh_timer.start()
 
     def _watch_lesion_layers(self) -> None:
         """Refresh the table whenever a lesion layer is painted or written (model results included)."""
@@ -249,7 +254,7 @@ class TimelineWidget(QWidget):
         # with them for the GIL), in small steps, one per event-loop turn: napari needs ~100-200 ms
         # (more under load) to build a layer and its visuals, and making them all inside this
         # handler froze the GUI for their sum (~0.5-0.9 s for two follow-ups).
-        self._to_create = [tp for tp in tps[k + 1:] if self.session.labels_layer_for(tp, create=False) is None]
+        self._to_create = self._layer_steps(tps[k + 1:])
         self._job = (tps[k + 1:], ids)
         self.progress.set_running(True)
         self.propagate_button.setEnabled(False)
@@ -267,35 +272,40 @@ class TimelineWidget(QWidget):
         return True
 
     def _prepare_next(self) -> None:
-        """GUI thread: one small step of making the missing Labels layers, then start the worker.
-
-        Each missing layer takes two turns (build the layer; add it to the viewer); the last
-        turn starts the job. A timepoint closed meanwhile gets no layer.
-        """
+        """GUI thread: one small step of making the missing Labels layers; after the last, start the job."""
         if self._pending_start is None:  # cancelled before the worker started
             return
-        if self._to_create:
-            item = self._to_create[0]
-            if not isinstance(item, _Built):
-                if item in self.viewer.layers and self.session.labels_layer_for(item, create=False) is None:
-                    self._to_create[0] = _Built(item, self.session.new_labels_layer(item))
-                else:
-                    self._to_create.pop(0)
-            else:
-                self._to_create.pop(0)
-                if item.image in self.viewer.layers and self.session.labels_layer_for(item.image, create=False) is None:
-                    self.viewer.add_layer(item.layer)
+        if next(self._to_create, _DONE) is not _DONE:
             QTimer.singleShot(_STEP_MS, self._prepare_next)
             return
         job, total = self._pending_start
         self._pending_start = None
         self.runner.start(job, desc="Propagating lesions", total=total)
 
+    def _layer_steps(self, images: list) -> Iterator[None]:
+        """Make the missing Labels layers of ``images``, yielding between steps of ~10-100 ms.
+
+        Per layer: build it; add it to the viewer (napari then builds its visuals and controls,
+        ~100 ms, the longest step). A timepoint closed meanwhile gets no layer.
+        """
+        def missing(tp) -> bool:
+            return tp in self.viewer.layers and self.session.labels_layer_for(tp, create=False) is None
+
+        for tp in images:
+            if not missing(tp):
+                continue
+            layer = self.session.new_labels_layer(tp)
+            yield
+            if not missing(tp):
+                continue
+            self.viewer.add_layer(layer)
+            yield
+
     def cancel(self) -> None:
         """Cancel the propagation: before the worker started (nothing runs) or the running job."""
         if self._pending_start is not None:
             self._pending_start = None
-            self._to_create = []
+            self._to_create = iter(())
             self.progress.set_running(False)
             self.progress.status.setText("Cancelled: nothing was changed.")
             self.propagate_button.setEnabled(True)

@@ -3,7 +3,10 @@
 A QTimer heartbeat (5 ms) runs while the widgets work; the longest gap between two beats, minus
 the interval, is the longest time a click or a repaint would have waited. Measured from pressing
 "Segment"/"Propagate" to the results being written into the Labels layers (the write itself runs
-on the GUI thread, so it is included). Run under a display::
+on the GUI thread, so it is included). "At the button press" is the press handler itself;
+everything after it returns counts as "while running", including Propagate's creation of the
+missing follow-up Labels layers (done in steps before its worker starts) and the repaints.
+Set LL_DEBUG_GAPS=1 to also print every gap over 50 ms. Run under a display::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_responsiveness.py [--json out.json]
 """

@@ -201,3 +201,22 @@ def test_gc_freeze_is_lifted_when_a_frozen_layer_is_closed(qtbot, annotated) -> 
     assert not _gc.is_frozen() and gc.get_freeze_count() == 0  # the closed layer can be collected
     qtbot.waitUntil(_gc.is_frozen, timeout=5_000)  # and the heap is frozen again afterwards
     assert gc.get_freeze_count() > 0
+
+
+def test_layer_creation_failure_leaves_the_timeline_usable(qtbot, annotated, monkeypatch) -> None:
+    from napari.utils.notifications import notification_manager
+
+    viewer, timeline, tps = annotated
+
+    def broken(image_layer):
+        raise MemoryError("no room for the Labels array")
+
+    monkeypatch.setattr(timeline.session, "new_labels_layer", broken)
+    n = len(notification_manager.records)
+    assert timeline.propagate(source=tps[0].name, lesion_ids=[1])
+    qtbot.waitUntil(lambda: not timeline.busy, timeout=10_000)
+    assert not timeline.runner.running and timeline.runner.last_state is None  # the job never started
+    assert "no room for the Labels array" in timeline.progress.status.text()
+    assert timeline.propagate_button.isEnabled()
+    assert any("no room" in str(r.message) for r in notification_manager.records[n:])
+    assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])

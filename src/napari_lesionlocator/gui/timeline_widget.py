@@ -275,7 +275,13 @@ class TimelineWidget(QWidget):
         """GUI thread: one small step of making the missing Labels layers; after the last, start the job."""
         if self._pending_start is None:  # cancelled before the worker started
             return
-        if next(self._to_create, _DONE) is not _DONE:
+        try:
+            step = next(self._to_create, _DONE)
+        except Exception as exc:  # noqa: BLE001 - any failure must leave the widget usable
+            self._abort_preparation(f"Failed: could not create a Labels layer: {exc}")
+            _notify("error", f"Propagation not started: could not create a Labels layer: {exc}")
+            return
+        if step is not _DONE:
             QTimer.singleShot(_STEP_MS, self._prepare_next)
             return
         job, total = self._pending_start
@@ -304,13 +310,17 @@ class TimelineWidget(QWidget):
     def cancel(self) -> None:
         """Cancel the propagation: before the worker started (nothing runs) or the running job."""
         if self._pending_start is not None:
-            self._pending_start = None
-            self._to_create = iter(())
-            self.progress.set_running(False)
-            self.progress.status.setText("Cancelled: nothing was changed.")
-            self.propagate_button.setEnabled(True)
+            self._abort_preparation("Cancelled: nothing was changed.")
             return
         self.runner.cancel()
+
+    def _abort_preparation(self, message: str) -> None:
+        """End a propagation whose worker never started (cancelled or failed while making layers)."""
+        self._pending_start = None
+        self._to_create = iter(())
+        self.progress.set_running(False)
+        self.progress.status.setText(message)
+        self.propagate_button.setEnabled(True)
 
     @property
     def busy(self) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 from napari_lesionlocator.api import iter_track_series, run_sync
 from napari_lesionlocator.core.geometry import Geometry
 from napari_lesionlocator.core.image import Image, LabelMap
+from napari_lesionlocator.core.measurements import dice
 from napari_lesionlocator.core.prompts import BoxPrompt, PointPrompt
 from napari_lesionlocator.engines.base import EngineSettings
 from napari_lesionlocator.engines.classical import ClassicalEngine
@@ -42,12 +43,6 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
 # ---------------------------------------------------------------- helpers
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def gt_prompts(mask: np.ndarray, lesion_id: int) -> dict[str, object]:
     idx = np.argwhere(mask)
     c = idx.mean(axis=0)

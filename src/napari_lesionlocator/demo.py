@@ -27,15 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from . import api
+from .core.measurements import dice
 from .core.prompts import prompts_from_label_map, write_prompt_json
 from .engines.base import EngineSettings, create_engine
 from .io.images import read_image, read_label_map, write_label_map
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
 def run_pipeline(out: Path) -> list[Path]:

@@ -198,3 +198,16 @@ def test_perpendicular_chord_matches_brute_force_on_random_polygons():
         length, a, b = _perpendicular_chord(hull, u)
         assert length == pytest.approx(_chord_reference(hull, u), rel=2e-3, abs=1e-6)
         assert abs((b - a) @ u) < 1e-9 and np.linalg.norm(b - a) == pytest.approx(length)
+
+
+def test_dice_hand_computed():
+    from napari_lesionlocator.core.measurements import dice
+
+    a = np.zeros((2, 2, 2), bool)
+    b = np.zeros((2, 2, 2), bool)
+    assert dice(a, b) == 1.0  # both empty: perfect agreement
+    a[0, 0, 0] = a[0, 0, 1] = True
+    assert dice(a, b) == 0.0
+    b[0, 0, 1] = b[1, 1, 1] = True
+    assert dice(a, b) == 0.5  # 2 * 1 / (2 + 2)
+    assert dice(a.astype(np.uint8) * 7, b) == 0.5  # any non-zero value is foreground

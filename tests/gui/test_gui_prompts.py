@@ -12,6 +12,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from napari_lesionlocator.core.errors import EngineError  # noqa: E402
+from napari_lesionlocator.core.measurements import dice  # noqa: E402
 from napari_lesionlocator.engines.base import SegmentationResult  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -21,12 +22,6 @@ WORKER_TIMEOUT_MS = 90_000
 # 8 mm nodule where one voxel of boundary weighs more). These check that the GUI sends the right
 # prompt to the right voxels; the engine's own accuracy is tested in tests/engines.
 MIN_DICE = {1: 0.7, 5: 0.7}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 @pytest.fixture

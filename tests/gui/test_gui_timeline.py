@@ -10,17 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_lesionlocator.core.measurements import dice
+
 napari = pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-lesionlocator"
 TRACK_TIMEOUT_MS = 240_000
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 @pytest.fixture

@@ -27,7 +27,22 @@ import numpy as np
 from .geometry import Geometry
 from .image import Image, LabelMap
 
-__all__ = ["AxialDiameters", "LesionMeasurement", "axial_diameters", "measure_lesions", "measure_mask", "measure_study"]
+__all__ = [
+    "AxialDiameters",
+    "LesionMeasurement",
+    "axial_diameters",
+    "dice",
+    "measure_lesions",
+    "measure_mask",
+    "measure_study",
+]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks (any non-zero is foreground); 1.0 when both are empty."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import (
@@ -36,14 +37,23 @@ __all__ = [
 
 def configured_checkpoint() -> str | None:
     """The LesionLocator checkpoint folder from settings/env/config, or None (never raises)."""
+    return _checkpoint_status()[0]
+
+
+def _checkpoint_status() -> tuple[str | None, str]:
+    """(checkpoint folder or None, why not): never raises.
+
+    "Not configured" and "configured but the folder is missing" both mean the engine is not
+    offered, but the reason differs and the user needs the exact one (which folder, from where).
+    """
     try:
         from ..engines.lesionlocator.config import resolve_checkpoint_path
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return None, f"The LesionLocator engine is not installed ({exc})."
     try:
-        return str(resolve_checkpoint_path(None))
-    except Exception:  # noqa: BLE001 - "not configured" and "configured but missing" both mean: not offered
-        return None
+        return str(resolve_checkpoint_path(None)), ""
+    except Exception as exc:  # noqa: BLE001 - any config problem: not offered, with its message
+        return None, str(exc)
 
 
 class EnginePanel(QWidget):
@@ -55,14 +65,16 @@ class EnginePanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.engine = QComboBox()
         self.engine.addItem("classical (no weights)", "classical")
-        self.checkpoint = configured_checkpoint()
+        self.checkpoint, reason = _checkpoint_status()
         self.engine.addItem("LesionLocator", "lesionlocator")
         if self.checkpoint is None:
-            # Shown but disabled, with the reason, so users learn how to enable it.
+            # Shown but disabled, with the exact reason (not configured, or which configured folder
+            # is missing), so users learn how to enable it. Wrapped: a plain-text tooltip never wraps.
             item = self.engine.model().item(1)
             item.setEnabled(False)
-            self.engine.setItemData(1, "No checkpoint configured: run `lesionlocator download-weights` "
-                                       "or set LESIONLOCATOR_CHECKPOINT", 3)  # 3 = Qt.ToolTipRole
+            tip = textwrap.fill(f"LesionLocator unavailable: {reason}", 80,
+                                break_on_hyphens=False, break_long_words=False)  # keep paths whole
+            self.engine.setItemData(1, tip, 3)  # 3 = Qt.ToolTipRole
         self.tta = QCheckBox("mirroring TTA")
         self.folds = QLineEdit()
         self.folds.setPlaceholderText("all folds (e.g. 0,1,2)")

@@ -130,7 +130,12 @@ def test_point_prompt_runs_the_lesionlocator_engine_with_the_form_options(qtbot,
     pl.add_point_world(_lesion_centre(study, 5))
     widget.segment()
     _wait(qtbot, widget)
+    assert widget.runner.last_state == "succeeded", widget.runner.last_error
     assert widget.session.engines_created == 1 and next(iter(widget.session._engines.values())) is engine
+    # The engine repeats its standing notes with every prompt; the user sees each one once.
+    messages = [str(n.message) for n in _notifications()[n_before:]]
+    fold_notes = [m for m in messages if m.startswith("point: using fold(s) [0]")]
+    assert len(fold_notes) == 1, messages
 
 
 def test_missing_checkpoint_folder_is_a_notification(qtbot, ll_widget, study, tmp_path, monkeypatch) -> None:
@@ -196,3 +201,52 @@ def test_panel_explains_a_configured_but_missing_checkpoint(qtbot, tmp_path, mon
     assert not panel.engine.model().item(index).isEnabled()
     tip = str(panel.engine.itemData(index, 3))  # Qt.ToolTipRole
     assert str(tmp_path / "gone") in tip and "does not exist" in tip, tip
+
+
+def test_timeline_propagates_with_the_lesionlocator_engine_and_reports_its_notes(
+        qtbot, make_napari_viewer, ll_env, study, monkeypatch) -> None:
+    """The timeline's engine panel builds a LesionLocatorEngine with the form's options; the engine's
+    reasons for a lost lesion reach the user. ``track`` itself is replaced (a real tracking run needs
+    the ~283 MB track checkpoint and a registration: tests/engines/lesionlocator covers it)."""
+    from napari_lesionlocator.core.image import LabelMap
+    from napari_lesionlocator.engines.base import TrackingResult
+    from napari_lesionlocator.engines.lesionlocator import LesionLocatorEngine
+    from napari_lesionlocator.gui._layers import apply_lesion_masks
+
+    calls = []
+    truth = {im.name: lab.array for im, lab in zip(study.images, study.labels, strict=True)}
+
+    def fake_track(self, baseline, baseline_labels, followup, *, lesion_ids=None, on_progress=None, cancel=None):
+        calls.append((self, baseline.geometry, followup.geometry))
+        out = LabelMap.empty_like(followup)
+        out.paste(1, truth[followup.name] == 1)  # on the follow-up's own grid
+        return TrackingResult(out, [9], ["lesion 9: registration moved it outside the follow-up in every pass"])
+
+    monkeypatch.setattr(LesionLocatorEngine, "track", fake_track)
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_study")
+    _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
+    tps = [viewer.layers[im.name] for im in study.images]
+    apply_lesion_masks(timeline.session.labels_layer_for(tps[0]),
+                       {1: study.labels[0].array == 1, 9: study.labels[0].array == 5})
+    panel = timeline.engine_panel
+    panel.engine.setCurrentIndex(panel.engine.findData("lesionlocator"))
+    panel.folds.setText("0")
+    panel.tta.setChecked(True)
+    n_before = len(_notifications())
+    assert timeline.propagate(source=tps[0].name)
+    qtbot.waitUntil(lambda: not timeline.busy, timeout=WORKER_TIMEOUT_MS)
+    assert timeline.runner.last_state == "succeeded", timeline.runner.last_error
+    assert len(calls) == 2  # baseline -> tp1, then tp1 -> tp2
+    engine = calls[0][0]
+    assert isinstance(engine, LesionLocatorEngine) and all(c[0] is engine for c in calls)
+    assert (tuple(engine.settings.folds), engine.settings.tta, engine.settings.device) == ((0,), True, "cpu")
+    for t in (1, 2):
+        layer = timeline.session.labels_layer_for(tps[t], create=False)
+        np.testing.assert_array_equal(np.asarray(layer.data) == 1, study.labels[t].array == 1)
+        np.testing.assert_array_equal(layer.scale, tps[t].scale)
+        np.testing.assert_array_equal(layer.translate, tps[t].translate)
+    messages = [str(n.message) for n in _notifications()[n_before:]]
+    for tp in tps[1:]:
+        assert f"{tp.name}: lesion(s) [9] not found" in messages, messages
+        assert f"{tp.name}: lesion 9: registration moved it outside the follow-up in every pass" in messages

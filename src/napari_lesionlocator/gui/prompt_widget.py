@@ -77,6 +77,10 @@ class PromptWidget(QWidget):
         preload_engine_modules()  # engine imports off the first run: see _session
         self._prompt_layers: dict[str, PromptLayers] = {}
         self._running_image = None
+        # Engine notes already shown by this widget: an engine may repeat its standing notes (e.g.
+        # the LesionLocator engine's "using fold(s) ... from ..." with every prompt of every run);
+        # each distinct note is shown once, lesion-specific ones stay in the status line too.
+        self._shown_messages: set[str] = set()
 
         self.image_combo = ImageLayerCombo(napari_viewer)
         self.engine_panel = EnginePanel()
@@ -283,8 +287,10 @@ class PromptWidget(QWidget):
         written = [lid for lid in ids if lid not in empty]
         changed = apply_lesion_labels(labels_layer, result.labels.array, written)
         pl.mark_done(keys)
-        for message in result.messages:
-            _notify("warning", message)
+        for message in dict.fromkeys(result.messages):  # distinct, in order
+            if message not in self._shown_messages:
+                self._shown_messages.add(message)
+                _notify("warning", message)
         if written:
             self.lesion_spin.setValue(max(written))
             labels_layer.selected_label = max(written)

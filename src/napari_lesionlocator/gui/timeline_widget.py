@@ -74,6 +74,7 @@ class TimelineWidget(QWidget):
         self._to_create: Iterator[None] = iter(())  # steps making the follow-ups' missing Labels layers
         self._pending_start = None  # (job, total) until the missing Labels layers exist
         self._lost_notes: list[str] = []
+        self._engine_notes: list[str] = []
         self._written_ids: list[int] = []
         self._watched: set[int] = set()
         self._table_refresh_pending = False
@@ -335,6 +336,7 @@ class TimelineWidget(QWidget):
         followup_layers, ids = self._job
         self._to_write = list(zip(followup_layers, series.results, strict=True))
         self._lost_notes = []
+        self._engine_notes = []
         self._written_ids = ids
         QTimer.singleShot(_STEP_MS, self._write_next)
 
@@ -347,10 +349,12 @@ class TimelineWidget(QWidget):
             apply_lesion_labels(labels_layer, result.labels.array, self._written_ids)
         if result.lost_ids:
             self._lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
+        # The engine's reasons (why a lesion was lost, what it skipped) are notified, not dropped.
+        self._engine_notes.extend(f"{tp.name}: {m}" for m in dict.fromkeys(result.messages))
         if self._to_write:
             QTimer.singleShot(_STEP_MS, self._write_next)
             return
-        for note in self._lost_notes:
+        for note in self._lost_notes + self._engine_notes:
             _notify("info", note)
         n_layers = len(self._job[0])
         self.progress.status.setText(

@@ -250,3 +250,25 @@ def test_timeline_propagates_with_the_lesionlocator_engine_and_reports_its_notes
     for tp in tps[1:]:
         assert f"{tp.name}: lesion(s) [9] not found" in messages, messages
         assert f"{tp.name}: lesion 9: registration moved it outside the follow-up in every pass" in messages
+
+
+def test_bad_folds_are_notifications(qtbot, ll_widget, study) -> None:
+    """Unreadable folds are refused before any run; folds the checkpoint lacks fail with the folds it has."""
+    viewer, widget, image = ll_widget
+    pl = widget.prompt_layers()
+    pl.add_point_world(_lesion_centre(study, 1))
+    widget.engine_panel.folds.setText("zero")
+    n_before = len(_notifications())
+    widget.segment()
+    assert not widget.runner.running
+    messages = [str(n.message) for n in _notifications()[n_before:]]
+    assert any("comma-separated integers" in m for m in messages), messages
+
+    widget.engine_panel.folds.setText("0,3")
+    n_before = len(_notifications())
+    with qtbot.waitSignal(widget.runner.failed, timeout=WORKER_TIMEOUT_MS):
+        widget.segment()
+    _wait(qtbot, widget)
+    messages = [str(n.message) for n in _notifications()[n_before:]]
+    assert any("fold(s) [3] requested but not present" in m and "[0]" in m for m in messages), messages
+    assert len(pl.pending()) == 1 and widget.segment_button.isEnabled()

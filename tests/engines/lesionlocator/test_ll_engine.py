@@ -179,3 +179,19 @@ def test_cold_region_path_equals_prepared_path(image):
     regions = [r for per_key in cold._region_cache[image].values() for r in per_key]
     assert regions and all(not r.is_whole for r in regions)  # really only a region was preprocessed
     assert image not in cold._pre_cache or not cold._pre_cache[image]
+
+
+def test_prepare_loads_no_weights_and_notes_are_reported_once(image):
+    """Preparing an image reads plans only (a point-only session never loads the box model), and a
+    model's notes ("using fold(s) ...") reach the first result only, not every later one."""
+    e = _engine()
+    e.prepare(image)
+    assert e._models == {}
+    first = e.segment(image, [PointPrompt(1, (10, 20, 20))])
+    assert set(e._models) == {"point"}
+    assert any("fold(s) [0]" in msg for msg in first.messages)
+    again = e.segment(image, [PointPrompt(2, (12, 30, 30))])
+    assert not any("fold(s)" in msg for msg in again.messages)
+    # the preprocessing cache key from plans.json equals the one from the loaded model's plans
+    fresh = _engine()
+    assert fresh._preprocessing_key("point") == e._preprocessing_key("point") and fresh._models == {}

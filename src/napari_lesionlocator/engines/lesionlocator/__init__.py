@@ -69,7 +69,9 @@ class LesionLocatorEngine:
         self._region_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._device = None
         self._field_cache = None
-        self.messages: list[str] = []
+        self._plans: dict[str, tuple] = {}
+        self.messages: list[str] = []  # every note so far (e.g. which folds each model uses)
+        self._unreported: list[str] = []  # notes not yet handed out in a result
 
     # ------------------------------------------------------------ resources
     @property
@@ -103,15 +105,33 @@ class LesionLocatorEngine:
                 from .checkpoint import load_model
 
                 m = load_model(self.checkpoint_root(), part, **kwargs)
-            self.messages.extend(getattr(m, "notes", []))
+            notes = list(getattr(m, "notes", []))
+            self.messages.extend(notes)
+            self._unreported.extend(notes)
             self._models[part] = m
         return self._models[part]
+
+    def plans(self, part: str):
+        """(PlansManager, ConfigurationManager) of ``part`` from its folder's plans.json, without loading
+        weights, so that preparing an image never loads a model a user's prompts may not need."""
+        if part in self._models:
+            m = self._models[part]
+            return m.plans_manager, m.configuration_manager
+        if part not in self._plans:
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+            from .checkpoint import CONFIGURATION, part_folder, validate_model_folder
+
+            folder = validate_model_folder(part_folder(self.checkpoint_root(), part), part, self.settings.folds)
+            pm = PlansManager(folder.plans)
+            self._plans[part] = (pm, pm.get_configuration(CONFIGURATION))
+        return self._plans[part]
 
     def _preprocessing_key(self, part: str) -> str:
         import json
 
-        m = self.model(part)
-        conf = m.configuration_manager.configuration
+        plans_manager, configuration_manager = self.plans(part)
+        conf = configuration_manager.configuration
         keys = (
             "spacing",
             "normalization_schemes",
@@ -120,7 +140,7 @@ class LesionLocatorEngine:
             "use_mask_for_norm",
         )
         return json.dumps(
-            [{k: conf.get(k) for k in keys}, m.plans_manager.foreground_intensity_properties_per_channel],
+            [{k: conf.get(k) for k in keys}, plans_manager.foreground_intensity_properties_per_channel],
             sort_keys=True,
         )
 
@@ -131,10 +151,7 @@ class LesionLocatorEngine:
         key = self._preprocessing_key(part)
         per_image = self._meta_cache.setdefault(image, {})
         if key not in per_image:
-            m = self.model(part)
-            per_image[key] = preprocessing_meta(
-                image.array, image.geometry.spacing, m.plans_manager, m.configuration_manager
-            )
+            per_image[key] = preprocessing_meta(image.array, image.geometry.spacing, *self.plans(part))
         return per_image[key]
 
     def preprocessed(self, image: Image, part: str = "point"):
@@ -144,10 +161,7 @@ class LesionLocatorEngine:
         key = self._preprocessing_key(part)
         per_image = self._pre_cache.setdefault(image, {})
         if key not in per_image:
-            m = self.model(part)
-            per_image[key] = preprocess_image(
-                image.array, image.geometry.spacing, m.plans_manager, m.configuration_manager
-            )
+            per_image[key] = preprocess_image(image.array, image.geometry.spacing, *self.plans(part))
         return per_image[key]
 
     def prepare(self, image: Image) -> None:
@@ -268,7 +282,9 @@ class LesionLocatorEngine:
             report(on_progress, step, total, f"lesion {current[0]}: forward {step}/{total}, {_fmt_seconds(left)}")
 
         labels = LabelMap.empty_like(image)
-        result = SegmentationResult(labels=labels, messages=list(self.messages))
+        # Each note (e.g. "using fold(s) [0]") is reported once, in the first result after it arose.
+        result = SegmentationResult(labels=labels, messages=self._unreported)
+        self._unreported = []
         report(on_progress, 0, total, f"{total} network forward(s) to run on {self.device}")
         for (lid, part, pp), n in zip(jobs, counts):
             current[0] = lid

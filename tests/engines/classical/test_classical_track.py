@@ -130,3 +130,36 @@ def test_progress_reported(baseline, engine):
     engine.track(image, only_one, follow, on_progress=events.append)
     assert [e.step for e in events] == [0, 1, 2]
     assert events[-1].step == events[-1].total
+
+
+# A lesion with a weak intensity edge (about 20 HU over soft tissue, noise 20 HU) in the chest
+# wall: the segmentation cannot reproduce it at baseline, so tracking falls back on the
+# registered mask. That fallback must still notice when the lesion is gone.
+WEAK_GEO = centered_geometry((40, 64, 64), (2.0, 1.8, 1.8))
+WEAK = Lesion((0, 0, 22), (7, 7, 7), hu=60.0)
+
+
+def weak_scene(lesions) -> Scene:
+    return Scene(
+        list(lesions),
+        wall_x=5.0,
+        lung_radius=45,
+        body_radius=55,
+        vessels=[((0, 20, -30), (0.2, 0.1, 1), 2.5)],
+    )
+
+
+@pytest.mark.parametrize("persists", [True, False])
+def test_weak_edge_lesion_fallback_kept_or_lost(engine, persists):
+    base, gt = render(weak_scene([WEAK]), WEAK_GEO, seed=1)
+    follow, follow_gt = render(weak_scene([WEAK] if persists else []), WEAK_GEO, seed=2)
+    result = engine.track(base, gt, follow)
+    assert any("no intensity edge at baseline" in m for m in result.messages), result.messages
+    if persists:
+        assert result.lost_ids == []
+        assert any("used the registered mask" in m for m in result.messages), result.messages
+        assert dice(result.labels.array == 1, follow_gt.array == 1) >= 0.8
+    else:
+        assert result.lost_ids == [1]
+        assert not (result.labels.array == 1).any()
+        assert any("lesion 1: lost" in m and "no longer stands out" in m for m in result.messages), result.messages

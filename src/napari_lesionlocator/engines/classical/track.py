@@ -9,8 +9,9 @@ Per lesion:
    margin so that growth is allowed;
 4. the re-segmentation is accepted only when plausible (near the mapped mask, sane volume ratio,
    lesion-like intensity); otherwise the mapped mask intersected with lesion-like tissue is
-   used; when the region holds no lesion-like tissue any more the lesion is reported lost with
-   an empty mask (never a false mask).
+   used, but only while the mapped region's core still stands out from its own surroundings
+   as the baseline lesion did; when it does not, or no lesion-like tissue is left, the lesion
+   is reported lost with an empty mask (never a false mask).
 
 Follow-ups may differ from the baseline in size, spacing, field of view, origin and direction:
 everything goes through physical (world) coordinates.
@@ -35,6 +36,14 @@ LOCAL_HALF_SIZE_MM = 35.0
 SHELL_MM = (2.0, 8.0)
 # Re-segment in the follow-up only when the method reproduces the baseline mask this well.
 SELF_CHECK_DICE = 0.5
+# Fallback (registered mask) only while the mapped region still stands out from its own
+# surroundings the way the baseline lesion did: its core's lesion-side share must be at least
+# KEEP_FRACTION of the baseline's (see ``_core_lesion_side``; the core is the innermost
+# CORE_SHARE of the mask). Below EDGE_HU of baseline contrast the test cannot tell a lesion
+# from its surroundings and is skipped.
+KEEP_FRACTION = 0.5
+CORE_SHARE = 0.3
+EDGE_HU = 10.0
 
 
 def _xyz(zyx: np.ndarray) -> np.ndarray:
@@ -79,6 +88,44 @@ def _contrast(values_in: np.ndarray, values_around: np.ndarray) -> float:
     if values_in.size == 0 or values_around.size == 0:
         return 0.0
     return float(np.median(values_in) - np.median(values_around))
+
+
+def _core(mask: np.ndarray, spacing) -> np.ndarray:
+    """The innermost ``CORE_SHARE`` of ``mask`` by distance to its edge (at least one voxel)."""
+    d = ndimage.distance_transform_edt(mask, sampling=spacing)
+    inside = d[mask]
+    return mask & (d >= np.quantile(inside, 1.0 - CORE_SHARE)) if inside.size else mask
+
+
+def _core_lesion_side(img: np.ndarray, mask: np.ndarray, ring: np.ndarray, contrast: float, spacing) -> float:
+    """Share of the mask's core voxels on the lesion's side of the ring/lesion midpoint (0..1).
+
+    The midpoint is the ring's own median plus half the baseline contrast (HU), so a global
+    intensity shift between scans cancels. Only the core counts: a lesion that shrank still
+    fills it, while one that vanished leaves it to its surroundings (neighbouring structures
+    that touch the mask's edge do not reach it).
+    """
+    if not mask.any() or not ring.any():
+        return 0.0
+    mid = float(np.median(img[ring])) + 0.5 * contrast
+    return float(np.mean((img[_core(mask, spacing)] - mid) * np.sign(contrast) > 0))
+
+
+def _baseline_appearance(base: Image, mask_crop: np.ndarray, start, stop) -> tuple[float, float]:
+    """(contrast to a full shell in HU, core lesion-side share) of a baseline lesion.
+
+    The crop is padded by the outer shell radius so the shell is complete.
+    """
+    spacing = np.asarray(base.geometry.spacing)
+    pad = np.ceil(SHELL_MM[1] / spacing).astype(int) + 1
+    a = np.maximum(np.asarray(start) - pad, 0)
+    b = np.minimum(np.asarray(stop) + pad, base.geometry.shape)
+    img = _smooth(_crop(base.array, a, b).astype(np.float32), spacing)
+    mask = np.zeros(img.shape, dtype=bool)
+    mask[tuple(slice(s - o, e - o) for s, e, o in zip(start, stop, a, strict=True))] = mask_crop
+    ring = _shell(mask, spacing)
+    contrast = _contrast(img[mask], img[ring])
+    return contrast, _core_lesion_side(img, mask, ring, contrast, spacing)
 
 
 def _lesion_model(base: Image, mask: np.ndarray, start, stop) -> tuple[IntensityModel, float]:
@@ -237,6 +284,17 @@ def _track_one(
         if self_dice >= SELF_CHECK_DICE
         else f"no intensity edge at baseline (self-check Dice {self_dice:.2f})"
     )
+    # A vanished lesion leaves tissue of its surroundings where it maps to; some of it may still
+    # be in the lesion's intensity range (vessels, organ wall). Keep the registered mask only
+    # when the mapped region still stands out from its own ring as the baseline lesion did.
+    b_contrast, b_side = _baseline_appearance(base, base_labels[sl] == lid, lstart, lstop)
+    f_side = _core_lesion_side(fimg, mapped_r, _shell(mapped_r, fsp), b_contrast, fsp)
+    info.update(baseline_side=b_side, follow_side=f_side, baseline_ring_contrast=b_contrast)
+    if abs(b_contrast) >= EDGE_HU and f_side < KEEP_FRACTION * b_side:
+        return None, None, (
+            f"{why}; the region no longer stands out from its surroundings "
+            f"(core {f_side:.0%} lesion-like vs {b_side:.0%} at baseline)"
+        )
     tissue_all = mapped_r & (fimg >= model.low) & (fimg <= model.high)
     frac = float(tissue_all.sum()) / max(1, n_mapped)
     info.update(tissue_fraction=frac)

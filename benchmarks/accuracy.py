@@ -24,6 +24,7 @@ direction); the label goes through the same transform.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from napari_lesionlocator.engines.base import EngineSettings
 from napari_lesionlocator.engines.classical import ClassicalEngine
 from napari_lesionlocator.engines.classical.register import to_sitk
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(os.environ.get("LESIONLOCATOR_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "data" / "real"
 
 
 # ---------------------------------------------------------------- helpers

@@ -12,6 +12,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,13 @@ __all__ = ["REAL_PLANS", "tiny_plans", "real_plans", "generate_checkpoint", "DAT
 
 log = logging.getLogger(__name__)
 
-REAL_PLANS = Path(__file__).resolve().parents[5] / "shared" / "reference" / "lesionlocator_plans_resenc_l.json"
+# The real ResEnc-L plans live in the project's shared folder (not redistributed here): $LESIONLOCATOR_SHARED,
+# else ../shared beside a source checkout. Only benchmarks and one test need them.
+REAL_PLANS = (
+    Path(os.environ.get("LESIONLOCATOR_SHARED") or Path(__file__).resolve().parents[5] / "shared")
+    / "reference"
+    / "lesionlocator_plans_resenc_l.json"
+)
 
 DATASET_JSON = {
     "channel_names": {"0": "CT"},

@@ -115,13 +115,38 @@ def render_screenshot(out: Path) -> Path | None:
         return png if png.exists() else None
     from .gui.screenshot import render_study_screenshot
 
-    manifest = json.loads((out / "demo_manifest.json").read_text())
-    images = [read_image(entry["image"], name=entry["name"]) for entry in manifest]
-    labels = [read_label_map(entry["labels"], like=image) for entry, image in zip(manifest, images, strict=True)]
+    images, labels = _demo_results(out)
     # Centre every timepoint on the largest baseline lesion so the figure shows its course.
     counts = {lid: int(labels[0].mask(lid).sum()) for lid in labels[0].ids}
     focus = max(counts, key=counts.get) if counts else None
     return render_study_screenshot(images, labels, png, lesion_id=focus)
+
+
+def _demo_results(out: Path):
+    """(images, predicted label maps) of the demo run, read back from ``out``."""
+    manifest = json.loads((out / "demo_manifest.json").read_text())
+    images = [read_image(entry["image"], name=entry["name"]) for entry in manifest]
+    labels = [read_label_map(entry["labels"], like=image) for entry, image in zip(manifest, images, strict=True)]
+    return images, labels
+
+
+def build_viewer(out: Path):
+    """An interactive napari viewer on the demo's results: every timepoint with its tracked lesions,
+    in world (mm) space, and the plugin's three widgets docked, ready for corrections."""
+    import napari
+
+    from .gui._layers import image_layer_data, labels_layer_data
+
+    viewer = napari.Viewer(title="napari-lesionlocator demo")
+    for k, (image, labels) in enumerate(zip(*_demo_results(out), strict=True)):
+        data, kwargs, _ = image_layer_data(image)
+        layer = viewer.add_image(data, **kwargs)
+        layer.visible = k == 0  # opaque CT layers hide each other; the timeline/review widgets switch
+        ldata, lkwargs, _ = labels_layer_data(labels, name=f"{layer.name} lesions", image_name=layer.name)
+        viewer.add_labels(ldata, **lkwargs).visible = k == 0
+    for widget in ("Lesion prompts", "Timeline", "Lesion review"):
+        viewer.window.add_plugin_dock_widget("napari-lesionlocator", widget)
+    return viewer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if has_display and not args.no_viewer:
         import napari
 
-        viewer = napari.Viewer(title="napari-lesionlocator demo")
-        viewer.open_sample("napari-lesionlocator", "synthetic_study")
-        for mask_path in sorted((out / "masks").glob("*_lesions.nii.gz")):
-            viewer.open(mask_path, plugin="napari-lesionlocator", layer_type="labels")
+        build_viewer(out)
         napari.run()
     return 0
 

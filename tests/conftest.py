@@ -26,3 +26,13 @@ def real_data_dir() -> Path:
     if not REAL_DATA.exists():
         pytest.skip("../shared/data/real is not available (set LESIONLOCATOR_SHARED)")
     return REAL_DATA
+
+
+@pytest.fixture
+def no_user_checkpoint(monkeypatch, tmp_path_factory):
+    """Isolate from the developer's environment: no checkpoint configured anywhere."""
+    from napari_lesionlocator.engines.lesionlocator import config
+
+    monkeypatch.delenv("LESIONLOCATOR_CHECKPOINT", raising=False)
+    cfg = tmp_path_factory.mktemp("cfg") / "config.json"
+    monkeypatch.setattr(config, "config_file", lambda: cfg)

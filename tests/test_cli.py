@@ -18,15 +18,9 @@ from napari_lesionlocator.io.images import read_label_map, write_image, write_la
 
 sitk = pytest.importorskip("SimpleITK")
 
+pytestmark = pytest.mark.usefixtures("no_user_checkpoint")
 
-@pytest.fixture(autouse=True)
-def _no_user_checkpoint(monkeypatch, tmp_path_factory):
-    """Isolate from the developer's environment: no checkpoint configured anywhere."""
-    from napari_lesionlocator.engines.lesionlocator import config
 
-    monkeypatch.delenv("LESIONLOCATOR_CHECKPOINT", raising=False)
-    cfg = tmp_path_factory.mktemp("cfg") / "config.json"
-    monkeypatch.setattr(config, "config_file", lambda: cfg)
 
 
 @pytest.fixture(scope="module")

@@ -128,11 +128,16 @@ def geometry_from_layer(layer) -> Geometry:
             f"layer {layer.name!r} is {layer.ndim}D; a single 3D volume (z, y, x) is needed "
             "(split multi-channel or time series layers first)"
         )
-    derived = _geometry_from_transform(layer)
     meta = layer.metadata.get("geometry") if isinstance(layer.metadata, Mapping) else None
-    if meta:
+    return prefer_stored_geometry(_geometry_from_transform(layer), meta)
+
+
+def prefer_stored_geometry(derived: Geometry, stored_meta: Mapping | None) -> Geometry:
+    """The geometry kept in layer metadata (exact file values) when it still matches the layer's
+    transform ``derived``; otherwise ``derived`` (the user moved the layer, or the metadata is bad)."""
+    if stored_meta:
         try:
-            stored = Geometry.from_metadata(meta)
+            stored = Geometry.from_metadata(stored_meta)
         except (KeyError, TypeError, ValueError):
             return derived
         if stored.same_grid(derived, spacing_tol=1e-5, origin_tol_mm=1e-4, direction_tol=1e-5):

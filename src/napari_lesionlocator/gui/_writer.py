@@ -16,6 +16,7 @@ import numpy as np
 from ..core.errors import InputImageError
 from ..core.geometry import Geometry
 from ..core.image import LabelMap
+from ._layers import prefer_stored_geometry
 
 __all__ = ["write_labels", "geometry_from_layer_meta"]
 
@@ -49,15 +50,7 @@ def geometry_from_layer_meta(data: np.ndarray, meta: dict[str, Any]) -> Geometry
     physical2world = Affine(affine_matrix=np.asarray(affine, dtype=float)) if affine is not None else Affine(ndim=3)
     matrix = physical2world.compose(data2physical).affine_matrix
     derived = _geometry_from_matrix(np.asarray(data).shape, matrix, what)
-    stored = (meta.get("metadata") or {}).get("geometry")
-    if stored:
-        try:
-            geometry = Geometry.from_metadata(stored)
-        except (KeyError, TypeError, ValueError):
-            return derived
-        if geometry.same_grid(derived, spacing_tol=1e-5, origin_tol_mm=1e-4, direction_tol=1e-5):
-            return geometry
-    return derived
+    return prefer_stored_geometry(derived, (meta.get("metadata") or {}).get("geometry"))
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

@@ -15,19 +15,7 @@ label maps are geometrically exact at every timepoint; nothing is resampled. The
 point-spread function (partial volume) and white noise filtered by the same PSF (correlated,
 about 15 HU std) are applied.
 
-Lesion timeline (ids are stable; ``scale`` is the linear size factor per timepoint):
-
-====  =================  ===========  ===================  ====================================
-id    kind               organ        scales               meaning
-====  =================  ===========  ===================  ====================================
-1     solid_nodule       lung         1, 1.15, 1.30        grows
-2     part_solid_nodule  lung         1, 1.20, 1.35        grows; spiculated, touches a vessel
-3     liver_lesion       liver        1, 0.85, 0.70        shrinks (hypodense, 20 HU)
-4     lymph_node         mediastinum  1, 0.70, 0          shrinks, then disappears
-5     solid_nodule       lung         1, 1, 1              stable small nodule (8 mm)
-6     lung_mass          lung         1, 1.10, 1.10        large, lobulated, touches the pleura
-7     liver_lesion       liver        0, 1, 1.40           new at follow-up 1
-====  =================  ===========  ===================  ====================================
+The lesion timeline (ids, kinds, organs, size per timepoint) is tabled in :mod:`.catalogue`.
 """
 
 from __future__ import annotations

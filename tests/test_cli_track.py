@@ -13,6 +13,7 @@ import pytest
 
 from napari_lesionlocator.cli import main
 from napari_lesionlocator.core.image import LabelMap
+from napari_lesionlocator.core.results import LesionResult, compose_label_map
 from napari_lesionlocator.engines import base as engine_base
 from napari_lesionlocator.io.images import read_label_map, write_image, write_label_map
 from napari_lesionlocator.io.resample import resample_label_map_to
@@ -115,6 +116,9 @@ class _WorldCopyEngine:
         return engine_base.SegmentationResult(labels)
 
     def track(self, baseline, baseline_labels, followup, *, on_progress=None, cancel=None):
+        if not isinstance(baseline_labels, LabelMap):  # each lesion's own mask: compose for the copy
+            baseline_labels = compose_label_map([LesionResult(k, m) for k, m in baseline_labels.items()],
+                                                baseline.geometry)
         type(self).calls.append((baseline.name, followup.name, baseline_labels.ids))
         moved = resample_label_map_to(baseline_labels, followup.geometry)
         lost = [i for i in baseline_labels.ids if i not in moved.ids]

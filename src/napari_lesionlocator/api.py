@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from .core.image import Image, LabelMap
 from .core.progress import CancelToken, ProgressCallback, ProgressEvent
 from .core.prompts import Prompt
-from .engines.base import Engine, SegmentationResult, TrackingResult
+from .core.results import LesionMask, LesionResult, compose_label_map, results_from_label_map
+from .engines.base import Engine, LesionMasks, SegmentationResult, TrackingResult, as_lesion_masks
 
 __all__ = ["iter_segment", "iter_track_series", "run_sync", "SeriesTrackingResult"]
 
@@ -44,11 +45,24 @@ def iter_segment(
             cancel.raise_if_cancelled()
         yield ProgressEvent(i, total, f"lesion {prompt.lesion_id} ({prompt.kind})")
         single = engine.segment(image, [prompt], on_progress=on_progress, cancel=cancel)
-        out.paste(prompt.lesion_id, single.labels.array == prompt.lesion_id)
+        lesion = _own_result(single, prompt.lesion_id, image)
+        result.lesions[prompt.lesion_id] = lesion
+        out.array = compose_label_map([lesion], image.geometry, out.name, base=out).array
         result.empty_ids.extend(single.empty_ids)
         result.messages.extend(single.messages)
     yield ProgressEvent(total, total, "done")
     return result
+
+
+def _own_result(single: SegmentationResult | TrackingResult, lesion_id: int, image: Image) -> LesionResult:
+    """The engine's own whole-mask result for ``lesion_id`` (engines that only give an instance
+    map are read from it, which is exact when they segmented one lesion)."""
+    if lesion_id in single.lesions:
+        return single.lesions[lesion_id]
+    found = results_from_label_map(single.labels, ids=[lesion_id])
+    if lesion_id in found:
+        return found[lesion_id]
+    return LesionResult(lesion_id, LesionMask.empty(image.geometry), "empty")
 
 
 @dataclass
@@ -65,7 +79,7 @@ class SeriesTrackingResult:
 def iter_track_series(
     engine: Engine,
     baseline: Image,
-    baseline_labels: LabelMap,
+    baseline_labels: LesionMasks | LabelMap,
     followups: Sequence[Image],
     *,
     lesion_ids: Sequence[int] | None = None,
@@ -75,14 +89,12 @@ def iter_track_series(
     """Track lesions autoregressively: baseline -> follow-up 1 -> follow-up 2 ...
 
     The mask predicted at follow-up k is the prompt for k+1, with follow-up k as the new baseline.
-    Ids never change; ``lesion_ids`` restricts which lesions are propagated.
+    Ids never change; ``lesion_ids`` restricts which lesions are propagated. ``baseline_labels`` is
+    each lesion's own whole mask (``{id: LesionMask}``) or an instance map.
     """
-    source_labels = baseline_labels
+    source: dict[int, LesionMask] = as_lesion_masks(baseline_labels)
     if lesion_ids is not None:
-        keep = LabelMap.empty(baseline_labels.geometry, baseline_labels.name, baseline_labels.array.dtype)
-        for lid in lesion_ids:
-            keep.paste(int(lid), baseline_labels.mask(int(lid)))
-        source_labels = keep
+        source = {int(lid): source[int(lid)] for lid in lesion_ids if int(lid) in source}
     series = SeriesTrackingResult()
     previous = baseline
     total = len(followups)
@@ -90,10 +102,16 @@ def iter_track_series(
         if cancel is not None:
             cancel.raise_if_cancelled()
         yield ProgressEvent(k, total, f"tracking {previous.name} -> {followup.name}")
-        result = engine.track(previous, source_labels, followup, on_progress=on_progress, cancel=cancel)
+        result = engine.track(previous, source, followup, on_progress=on_progress, cancel=cancel)
         result.labels.name = f"{followup.name}_lesions"
+        if not result.lesions:  # an engine that only gives the instance map
+            result.lesions = results_from_label_map(result.labels, ids=source)
+            for lid in result.lost_ids:
+                result.lesions[lid] = LesionResult(lid, LesionMask.empty(followup.geometry), "lost")
         series.results.append(result)
-        previous, source_labels = followup, result.labels
+        # each lesion's own whole mask at follow-up k is its prompt for k+1
+        previous = followup
+        source = {lid: r.mask for lid, r in result.lesions.items() if not r.mask.is_empty}
     yield ProgressEvent(total, total, "done")
     return series
 

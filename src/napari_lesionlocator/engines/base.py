@@ -10,7 +10,7 @@ Life cycle (shaped for promptable networks): an engine is built once with its se
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -18,9 +18,12 @@ from ..core.errors import EngineError
 from ..core.image import Image, LabelMap
 from ..core.progress import CancelToken, ProgressCallback
 from ..core.prompts import Prompt
+from ..core.results import LesionMask, LesionResult, overlaps, results_from_label_map
 
 __all__ = [
     "EngineSettings",
+    "LesionMasks",
+    "as_lesion_masks",
     "SegmentationResult",
     "TrackingResult",
     "Engine",
@@ -58,23 +61,53 @@ class EngineSettings:
 
 @dataclass
 class SegmentationResult:
-    """Instance map (one id per prompt, ids as given) plus per-lesion notes.
+    """Per-lesion results plus the display instance map (one id per prompt, ids as given).
 
+    ``lesions`` maps each lesion id to its :class:`~..core.results.LesionResult`: its own whole
+    mask (never cut from ``labels``: masks of two lesions may overlap), a status and notes.
+    ``labels`` is the display product, later lesion wins where masks overlap.
     ``empty_ids`` lists prompts whose mask came out empty: they are reported, never silently dropped.
     """
 
     labels: LabelMap
     empty_ids: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    lesions: dict[int, LesionResult] = field(default_factory=dict)
+
+    def overlaps(self) -> list[tuple[int, int, int]]:
+        """``(id_a, id_b, shared voxels)`` for lesions whose own masks overlap."""
+        return overlaps(self.lesions)
 
 
 @dataclass
 class TrackingResult:
-    """Follow-up instance map with the baseline's ids; ``lost_ids`` were not found in the follow-up."""
+    """Follow-up results with the baseline's ids; ``lost_ids`` were not found in the follow-up.
+
+    ``lesions`` holds each tracked lesion's own whole mask at the follow-up (status ``lost`` for a
+    lesion not found); ``labels`` is the display instance map.
+    """
 
     labels: LabelMap
     lost_ids: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    lesions: dict[int, LesionResult] = field(default_factory=dict)
+
+    def overlaps(self) -> list[tuple[int, int, int]]:
+        return overlaps(self.lesions)
+
+
+LesionMasks = Mapping[int, LesionMask]
+
+
+def as_lesion_masks(source: LesionMasks | LabelMap) -> dict[int, LesionMask]:
+    """Tracking prompts as each lesion's own whole mask.
+
+    A mapping ``{id: LesionMask}`` is taken as is (masks may overlap; each is its own lesion's
+    prompt). A :class:`LabelMap` (e.g. one ``-t prev_mask`` instance map) gives one mask per id.
+    """
+    if isinstance(source, LabelMap):
+        return {lid: r.mask for lid, r in results_from_label_map(source).items()}
+    return {int(k): v for k, v in source.items()}
 
 
 @runtime_checkable
@@ -92,18 +125,24 @@ class Engine(Protocol):
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> SegmentationResult:
-        """One lesion per prompt, label value = prompt.lesion_id, on ``image``'s grid."""
+        """One lesion per prompt on ``image``'s grid: ``lesions[prompt.lesion_id]`` is its own whole
+        mask with a status (``ok``/``check``/``empty``) and reasons; ``labels`` the display map."""
 
     def track(
         self,
         baseline: Image,
-        baseline_labels: LabelMap,
+        baseline_labels: LesionMasks | LabelMap,
         followup: Image,
         *,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> TrackingResult:
-        """Map every lesion of ``baseline_labels`` into ``followup``'s grid, keeping ids."""
+        """Map every baseline lesion into ``followup``'s grid, keeping ids.
+
+        ``baseline_labels`` is each lesion's own whole mask (``{id: LesionMask}``, see
+        :func:`as_lesion_masks`) or an instance map. The result's ``lesions`` holds each lesion's
+        own whole mask at the follow-up, with status ``lost`` where it was not found.
+        """
 
 
 # Explicit, lazy table: name -> "module:Class". Nothing is imported until asked for.

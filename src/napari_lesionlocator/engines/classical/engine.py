@@ -117,6 +117,11 @@ class ClassicalEngine:
     ) -> TrackingResult:
         """Every lesion of ``baseline_labels`` on ``followup``'s grid, ids kept (see :mod:`.track`)."""
         from .track import track_lesions
+        if not isinstance(baseline_labels, LabelMap):  # interim: per-lesion masks composed (overlaps lost)
+            from ...core.results import LesionResult, compose_label_map
+
+            baseline_labels = compose_label_map(
+                [LesionResult(k, m) for k, m in baseline_labels.items()], baseline.geometry, "baseline")
 
         _apply_threads(self.settings.threads)
         return track_lesions(baseline, baseline_labels, followup, on_progress=on_progress, cancel=cancel)

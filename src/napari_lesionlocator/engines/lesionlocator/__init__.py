@@ -312,13 +312,18 @@ class LesionLocatorEngine:
     def track(
         self,
         baseline: Image,
-        baseline_labels: LabelMap,
+        baseline_labels,
         followup: Image,
         *,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> TrackingResult:
         """Delegates to ``tracking.track_lesions(engine, baseline, baseline_labels, followup, ...)``."""
+        if not isinstance(baseline_labels, LabelMap):  # interim: per-lesion masks composed (overlaps lost)
+            from ...core.results import LesionResult, compose_label_map
+
+            baseline_labels = compose_label_map(
+                [LesionResult(k, m) for k, m in baseline_labels.items()], baseline.geometry, "baseline")
         mod = _tracking_module()
         fn = getattr(mod, "track_lesions", None) if mod else None
         if fn is None:

@@ -91,6 +91,10 @@ class TrackingResult:
     lost_ids: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     lesions: dict[int, LesionResult] = field(default_factory=dict)
+    #: proposed new lesions at the follow-up, never added on their own:
+    #: ``{"centroid_mm": [z, y, x], "box": [zmin, zmax, ymin, ymax, xmin, xmax], "score": s}``
+    #: (box in the follow-up's voxel indices, max exclusive), best first.
+    new_candidates: list[dict] = field(default_factory=list)
 
     def overlaps(self) -> list[tuple[int, int, int]]:
         return overlaps(self.lesions)

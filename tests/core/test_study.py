@@ -141,3 +141,175 @@ def test_remove_lesion_everywhere_keeps_other_ids() -> None:
 def test_lesion_ids_positive_integers(bad) -> None:
     with pytest.raises(StudyError, match="positive integers"):
         Lesion(bad)
+
+
+# ----------------------------------------------------------------- per-lesion model
+from napari_lesionlocator.core.prompts import PointPrompt  # noqa: E402
+from napari_lesionlocator.core.recist import TargetRuleError  # noqa: E402
+from napari_lesionlocator.core.results import LesionMask, LesionResult  # noqa: E402
+from napari_lesionlocator.core.study import Provenance  # noqa: E402
+
+BIG = Geometry((10, 40, 40), (2.0, 1.0, 1.0))
+
+
+def _box_mask(geom: Geometry, z: tuple[int, int], y: tuple[int, int], x: tuple[int, int]) -> LesionMask:
+    full = np.zeros(geom.shape, bool)
+    full[z[0]:z[1], y[0]:y[1], x[0]:x[1]] = True
+    return LesionMask.from_full(geom, full)
+
+
+def _study(n: int = 3) -> Study:
+    tps = []
+    for k in range(n):
+        img = Image(np.zeros(BIG.shape, np.float32), BIG, name=f"tp{k}", acquisition_date=f"2024-0{k + 1}-01")
+        tps.append(Timepoint(img))
+    return Study(tps)
+
+
+def test_new_lesion_ids_are_never_reused_after_deletions() -> None:
+    s = _study()
+    a, b, c = s.new_lesion("a"), s.new_lesion("b"), s.new_lesion("c")
+    assert (a, b, c) == (1, 2, 3)
+    s.remove_lesion(3)
+    s.remove_lesion(2)
+    assert s.lesion_ids == [1] and s.next_lesion_id() == 4
+    assert s.new_lesion() == 4  # neither 2 nor 3 again
+    with pytest.raises(StudyError, match="never reused"):
+        s.add_lesion(2)
+    s.remove_lesion(4)
+    s.remove_lesion(1)
+    assert s.lesion_ids == [] and s.new_lesion() == 5
+    # an engine result for an unused higher id moves the counter past it
+    s.set_result(9, "tp0", _box_mask(BIG, (0, 2), (0, 2), (0, 2)))
+    assert s.next_lesion_id() == 10
+
+
+def test_overlapping_masks_stay_apart_and_display_later_id_wins() -> None:
+    s = _study()
+    m1 = _box_mask(BIG, (2, 6), (5, 20), (5, 20))
+    m2 = _box_mask(BIG, (2, 6), (15, 30), (15, 30))  # overlaps m1 on a 5x5x4 block
+    s.set_result(1, "tp0", LesionResult(1, m1))
+    s.set_result(2, "tp0", LesionResult(2, m2))
+    assert s.mask(1, "tp0").voxels == 4 * 15 * 15 and s.mask(2, "tp0").voxels == 4 * 15 * 15
+    np.testing.assert_array_equal(s.mask(1, "tp0").to_full(), m1.to_full())
+    disp = s["tp0"].labels.array
+    assert (disp == 2).sum() == 4 * 15 * 15 and (disp == 1).sum() == 4 * 15 * 15 - 4 * 5 * 5
+    # measured on their own masks: identical sizes although lesion 1 is partly hidden in the display
+    rows = {r.lesion_id: r for r in s.measurements() if r.timepoint == 0}
+    assert rows[1].voxel_count == rows[2].voxel_count == 900
+    assert rows[1].long_axis_mm == pytest.approx(rows[2].long_axis_mm)
+    # removing lesion 2 shows lesion 1 whole again, in place
+    s.remove_lesion(2)
+    np.testing.assert_array_equal(s["tp0"].labels.array == 1, m1.to_full())
+
+
+def test_review_states_and_table_status() -> None:
+    s = _study()
+    lid = s.new_lesion("nodule", site="lung")
+    s.set_result(lid, "tp0", _box_mask(BIG, (2, 6), (5, 20), (5, 20)), prompts=[PointPrompt(lid, (4, 12, 12))])
+    assert s.observation(lid, "tp0").review == "accepted"
+    assert s.observation(lid, "tp0").provenance.prompt == [{"point": [4, 12, 12]}]
+    assert s.table_status(lid, "tp1") == "not tracked"  # distinct from disappeared
+    obs = s.set_result(lid, "tp1", LesionResult(lid, _box_mask(BIG, (2, 6), (6, 21), (5, 20)), "check", ["weak edge"]),
+                       tracked_from="tp0")
+    assert obs.review == "unverified" and obs.provenance.tracked_from == "tp0" and obs.engine_status == "check"
+    assert s.table_status(lid, "tp1") == "unverified" and s.unverified() == [(lid, "tp1")]
+    s.accept(lid, "tp1")
+    assert s.table_status(lid, "tp1") == "present" and s.unverified() == []
+    # tracked but lost at tp2
+    s.set_result(lid, "tp2", LesionResult(lid, LesionMask.empty(BIG), "lost"), tracked_from="tp1")
+    assert s.table_status(lid, "tp2") == "unverified"
+    s.set_review(lid, "tp2", "disappeared")
+    assert s.table_status(lid, "tp2") == "disappeared" and s.status(lid, "tp2") == "absent"
+    # merged: counts as absent, display shows only the lesion it merged into
+    other = s.new_lesion()
+    s.set_result(other, "tp1", _box_mask(BIG, (2, 6), (25, 35), (25, 35)))
+    assert s.observation(other, "tp1").review == "new" and s.is_new_at(other, "tp1")
+    s.set_review(lid, "tp1", "merged", merged_into=other)
+    assert s.table_status(lid, "tp1") == "merged" and s.lesion(lid).review["tp1"] == "merged into 2"
+    assert lid not in np.unique(s["tp1"].labels.array) and s.status(lid, "tp1") == "absent"
+    s.set_review(lid, "tp1", "accepted")  # undo: drawn again
+    assert lid in np.unique(s["tp1"].labels.array)
+    with pytest.raises(StudyError, match="merged_into"):
+        s.set_review(lid, "tp1", "merged")
+    with pytest.raises(StudyError, match="itself"):
+        s.set_review(lid, "tp1", "merged", merged_into=lid)
+    with pytest.raises(StudyError, match="baseline cannot be 'new'"):
+        s.set_review(lid, "tp0", "new")
+    with pytest.raises(StudyError, match="unknown review state"):
+        s.set_review(lid, "tp1", "fine")
+
+
+def test_label_edit_updates_only_the_touched_lesions_and_records_provenance() -> None:
+    s = _study()
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 6), (5, 20), (5, 20)))
+    s.set_result(2, "tp0", _box_mask(BIG, (2, 6), (15, 30), (15, 30)))
+    m1_before, m2_before = s.mask(1, "tp0"), s.mask(2, "tp0")
+    edited = s["tp0"].labels.array.copy()
+    edited[3, 25:28, 25:28] = 0  # erase part of lesion 2 (not overlapping lesion 1)
+    edited[3, 30:33, 5:8] = 1   # paint 9 voxels onto lesion 1
+    res = s.apply_label_edit("tp0", edited, user="reader", when="2024-05-01T10:00:00+00:00")
+    assert sorted(res.changed) == [1, 2] and res.added == [] and not res.remapped
+    assert s.mask(1, "tp0").voxels == m1_before.voxels + 9
+    assert s.mask(2, "tp0").voxels == m2_before.voxels - 9
+    prov = s.observation(1, "tp0").provenance
+    assert prov.edits == 1 and prov.edit_times == ["2024-05-01T10:00:00+00:00"] and prov.edit_users == ["reader"]
+    # the hidden overlap of lesion 1 under lesion 2 is kept: erasing lesion 2 there reveals lesion 1
+    edited = s["tp0"].labels.array.copy()
+    edited[2:6, 15:20, 15:20] = 0
+    res = s.apply_label_edit("tp0", edited, region=(slice(0, 10), slice(10, 25), slice(10, 25)))
+    assert res.changed == [2]
+    assert s.mask(1, "tp0").voxels == m1_before.voxels + 9
+    assert (s["tp0"].labels.array[2:6, 15:20, 15:20] == 1).all()
+    # painting a removed id gets a fresh id instead
+    s.remove_lesion(2)
+    edited = s["tp0"].labels.array.copy()
+    edited[8, 35:38, 35:38] = 2
+    res = s.apply_label_edit("tp0", edited)
+    assert res.remapped == {2: 3} and res.added == [3] and "never reused" in res.messages[0]
+    assert (s["tp0"].labels.array[8, 35:38, 35:38] == 3).all() and s.next_lesion_id() == 4
+    assert s.observation(3, "tp0").provenance.source == "manual"
+
+
+def test_set_results_provenance_from_engine_details() -> None:
+    s = _study()
+    details = {"engine": "lesionlocator", "model": "LesionLocatorCheckpoint", "folds": [0, 1], "tta": True,
+               "device": "cuda"}
+    s.set_results("tp0", {1: LesionResult(1, _box_mask(BIG, (2, 4), (2, 4), (2, 4)), provenance=details)})
+    prov = s.observation(1, "tp0").provenance
+    assert prov.engine == "lesionlocator" and prov.folds == [0, 1] and prov.tta is True
+    assert prov.parameters == {"device": "cuda"} and prov.user and prov.package_version
+    assert Provenance.from_dict(prov.to_dict()) == prov
+
+
+def test_target_rules_refuse_with_messages() -> None:
+    s = _study()
+    # four 15 mm lung lesions, an 8 mm one, a node of 12 mm short axis
+    ids = []
+    for k in range(4):
+        lid = s.new_lesion(site="lung")
+        s.set_result(lid, "tp0", _box_mask(BIG, (2 * k, 2 * k + 2), (2, 17), (2, 17)))
+        ids.append(lid)
+    small = s.new_lesion(site="lung")
+    s.set_result(small, "tp0", _box_mask(BIG, (8, 10), (30, 32), (20, 28)))  # 8 x 2 mm: long axis about 8 mm
+    s.set_lesion_info(ids[0], role="target")
+    s.set_lesion_info(ids[1], role="target")
+    with pytest.raises(TargetRuleError, match="lung already has 2 targets"):
+        s.set_lesion_info(ids[2], role="target")
+    assert s.role(ids[2]) == "not assessed"  # nothing changed
+    s.set_lesion_info(small, site="liver")
+    with pytest.raises(TargetRuleError, match=r"not measurable: long axis 8\.\d mm < 10 mm"):
+        s.set_lesion_info(small, role="target")
+    node = s.new_lesion(site="lymph node")
+    yy, xx = np.mgrid[:40, :40]
+    ellipse = np.zeros(BIG.shape, bool)
+    ellipse[6:8] = ((yy - 28) / 6.0) ** 2 + ((xx - 28) / 11.0) ** 2 <= 1.0  # axes about 12 and 22 mm
+    s.set_result(node, "tp0", LesionMask.from_full(BIG, ellipse))
+    with pytest.raises(TargetRuleError, match=r"short axis >= 15 mm.*measures 1[1-3]\.\d mm.*non-target"):
+        s.set_lesion_info(node, role="target")
+    s.set_lesion_info(node, role="non-target")
+    not_at_baseline = s.new_lesion(site="liver")
+    with pytest.raises(TargetRuleError, match="no mask at the baseline"):
+        s.set_lesion_info(not_at_baseline, role="target")
+    with pytest.raises(StudyError, match="unknown site"):
+        s.set_lesion_info(node, site="brain")

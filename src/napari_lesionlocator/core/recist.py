@@ -27,9 +27,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .measurements import LesionMeasurement
+from .study import StudyError
 
 __all__ = [
+    "MAX_TARGETS",
+    "MAX_TARGETS_PER_ORGAN",
     "NODE_NORMAL_SHORT_AXIS_MM",
+    "NODE_TARGET_SHORT_AXIS_MM",
+    "MIN_MEASURABLE_MM",
+    "TargetRuleError",
+    "measurable_minimum_mm",
+    "target_rule_problems",
     "RecistTimepoint",
     "RecistSummary",
     "evaluate_recist",
@@ -39,7 +47,65 @@ __all__ = [
 ]
 
 NODE_NORMAL_SHORT_AXIS_MM = 10.0
+NODE_TARGET_SHORT_AXIS_MM = 15.0
+MIN_MEASURABLE_MM = 10.0
+MAX_TARGETS = 5
+MAX_TARGETS_PER_ORGAN = 2
 _EPS = 1e-9
+
+
+class TargetRuleError(StudyError):
+    """A lesion cannot be a RECIST 1.1 target (not measurable, too many targets, too many in its organ)."""
+
+
+def measurable_minimum_mm(slice_thickness_mm: float | None) -> float:
+    """Smallest long axis of a measurable non-nodal lesion: 10 mm, or twice the slice thickness
+    when slices are thicker than 5 mm (RECIST 1.1, 3.1.1)."""
+    if slice_thickness_mm is None:
+        return MIN_MEASURABLE_MM
+    return max(MIN_MEASURABLE_MM, 2.0 * float(slice_thickness_mm)) if slice_thickness_mm > 5.0 else MIN_MEASURABLE_MM
+
+
+def target_rule_problems(study, lesion_id: int, *, site: str | None = None) -> list[str]:
+    """Why ``lesion_id`` cannot be a RECIST 1.1 target of ``study`` (empty list: it can).
+
+    Rules: it is measured at the baseline; measurable there (non-nodal long axis >= 10 mm, or twice
+    the slice thickness above 5 mm; a lymph node needs a short axis >= 15 mm); at most 5 targets in
+    all and at most 2 per organ (the lesion's site; lymph nodes together count as one organ;
+    "other" is not checked per organ since it may hold several organs).
+    """
+    from .measurements import measure_lesion_mask
+
+    lid = int(lesion_id)
+    site = study.site(lid) if site is None else site
+    problems: list[str] = []
+    base = study.baseline
+    obs = study.observation(lid, base.name)
+    if obs is None or not obs.present:
+        problems.append(f"it has no mask at the baseline {base.name} (targets are chosen at baseline)")
+    else:
+        row = measure_lesion_mask(obs.mask, None, lesion_id=lid)
+        if site == "lymph node":
+            if row.short_axis_mm < NODE_TARGET_SHORT_AXIS_MM - _EPS:
+                what = "a normal node" if row.short_axis_mm < NODE_NORMAL_SHORT_AXIS_MM - _EPS else \
+                    "pathological but non-measurable (10-15 mm): a non-target"
+                problems.append(f"a lymph node needs a short axis >= 15 mm to be a target; it measures "
+                                f"{row.short_axis_mm:.1f} mm ({what})")
+        else:
+            minimum = measurable_minimum_mm(base.geometry.spacing[0])
+            if row.long_axis_mm < minimum - _EPS:
+                problems.append(f"not measurable: long axis {row.long_axis_mm:.1f} mm < {minimum:g} mm")
+    others = [t for t in study.targets() if t != lid]
+    if len(others) >= MAX_TARGETS:
+        problems.append(f"there are already {MAX_TARGETS} targets ({', '.join(map(str, others))}); "
+                        "RECIST 1.1 allows at most 5")
+    if site != "other":
+        same = [t for t in others if study.site(t) == site]
+        if len(same) >= MAX_TARGETS_PER_ORGAN:
+            organ = "lymph nodes (one organ)" if site == "lymph node" else site
+            problems.append(f"{organ} already has {len(same)} targets ({', '.join(map(str, same))}); "
+                            "RECIST 1.1 allows at most 2 per organ")
+    return problems
 
 
 @dataclass(frozen=True)

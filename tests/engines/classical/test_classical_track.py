@@ -128,7 +128,8 @@ def test_progress_reported(baseline, engine):
     only_one = LabelMap((gt.array == 1).astype(np.uint16), gt.geometry)
     events = []
     engine.track(image, only_one, follow, on_progress=events.append)
-    assert [e.step for e in events] == [0, 1, 2]
+    # global registration, the lesion, the new-lesion search, done
+    assert [e.step for e in events] == [0, 1, 2, 3]
     assert events[-1].step == events[-1].total
 
 

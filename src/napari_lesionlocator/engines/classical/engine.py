@@ -10,7 +10,7 @@ from ...core.errors import PromptError
 from ...core.image import Image, LabelMap
 from ...core.progress import CancelToken, ProgressCallback, report
 from ...core.prompts import BoxPrompt, PointPrompt, Prompt
-from ..base import EngineSettings, SegmentationResult, TrackingResult
+from ..base import EngineSettings, LesionMasks, SegmentationResult, TrackingResult
 from .segment import LesionMask, segment_box, segment_point
 
 __all__ = ["ClassicalEngine"]
@@ -109,19 +109,15 @@ class ClassicalEngine:
     def track(
         self,
         baseline: Image,
-        baseline_labels: LabelMap,
+        baseline_labels: LesionMasks | LabelMap,
         followup: Image,
         *,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> TrackingResult:
-        """Every lesion of ``baseline_labels`` on ``followup``'s grid, ids kept (see :mod:`.track`)."""
+        """Every baseline lesion on ``followup``'s grid, ids kept, each from its own whole mask
+        (``{id: LesionMask}`` or an instance map; see :mod:`.track`)."""
         from .track import track_lesions
-        if not isinstance(baseline_labels, LabelMap):  # interim: per-lesion masks composed (overlaps lost)
-            from ...core.results import LesionResult, compose_label_map
-
-            baseline_labels = compose_label_map(
-                [LesionResult(k, m) for k, m in baseline_labels.items()], baseline.geometry, "baseline")
 
         _apply_threads(self.settings.threads)
         return track_lesions(baseline, baseline_labels, followup, on_progress=on_progress, cancel=cancel)

@@ -19,6 +19,8 @@ everything goes through physical (world) coordinates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import ndimage
 
@@ -26,7 +28,8 @@ from ...core.errors import InputImageError
 from ...core.geometry import Geometry
 from ...core.image import Image, LabelMap
 from ...core.progress import CancelToken, ProgressCallback, report
-from ..base import TrackingResult
+from ...core.results import LesionMask, LesionResult, compose_label_map
+from ..base import TrackingResult, as_lesion_masks
 from . import register as reg
 from .segment import IntensityModel, _smooth, lesion_intensity_model, segment_box
 
@@ -139,11 +142,22 @@ def _lesion_model(base: Image, mask: np.ndarray, start, stop) -> tuple[Intensity
     return model, _contrast(img[mask], img[_shell(mask, spacing)])
 
 
+def _mask_box(lm: LesionMask, start, stop) -> np.ndarray:
+    """The lesion's own mask on the box ``[start, stop)`` of its grid (bool; zeros outside its crop)."""
+    start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
+    out = np.zeros(tuple(int(v) for v in stop - start), dtype=bool)
+    lo = np.maximum(start, lm.start)
+    hi = np.minimum(stop, lm.stop)
+    if np.all(hi > lo):
+        out[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))] = lm.array[
+            tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, lm.start, strict=True))
+        ]
+    return out
+
+
 def _track_one(
     base: Image,
-    base_labels: np.ndarray,
-    lid: int,
-    sl: tuple[slice, ...],
+    lm: LesionMask,
     follow: Image,
     m_global: np.ndarray,
     check,
@@ -156,9 +170,10 @@ def _track_one(
     info = {} if info is None else info
     bgeo, fgeo = base.geometry, follow.geometry
     bsp = np.asarray(bgeo.spacing)
-    lstart = np.array([s.start for s in sl])
-    lstop = np.array([s.stop for s in sl])
-    lesion_idx = np.argwhere(base_labels[sl] == lid) + lstart
+    lstart = np.asarray(lm.start, dtype=int)
+    lstop = np.asarray(lm.stop, dtype=int)
+    own_crop = lm.array
+    lesion_idx = np.argwhere(own_crop) + lstart
     center_xyz = _xyz(bgeo.index_to_world(lesion_idx.mean(axis=0)))
     extent_mm = (lstop - lstart) * bsp
 
@@ -191,7 +206,8 @@ def _track_one(
     if np.any(sb - sa < 1):
         return None, None, "maps outside the follow-up's field of view"
     pa, pb = np.maximum(lstart - 1, 0), np.minimum(lstop + 1, bgeo.shape)
-    mapped = map_mask(_crop(base_labels, pa, pb) == lid, bgeo.crop(pa, pb), m, fgeo.crop(sa, sb))
+    padded = _mask_box(lm, pa, pb)
+    mapped = map_mask(padded, bgeo.crop(pa, pb), m, fgeo.crop(sa, sb))
     if not mapped.any():  # sub-voxel lesion after resampling: keep the mapped centroid voxel
         cz = np.round(fgeo.world_to_index(_zyx(reg.apply(m, center_xyz)))).astype(int) - sa
         if np.any(cz < 0) or np.any(cz >= np.asarray(mapped.shape)):
@@ -200,7 +216,7 @@ def _track_one(
     check()
 
     # 3. baseline lesion's intensity model and contrast; follow-up region's statistics
-    model, base_contrast = _lesion_model(base, base_labels[pa[0] : pb[0], pa[1] : pb[1], pa[2] : pb[2]] == lid, pa, pb)
+    model, base_contrast = _lesion_model(base, padded, pa, pb)
     fsp = np.asarray(fgeo.spacing)
     margin = np.ceil(np.maximum(10.0, 0.5 * extent_mm.max()) / fsp).astype(int)
     ra, rb = np.maximum(sa - margin, 0), np.minimum(sb + margin, fgeo.shape)
@@ -243,9 +259,7 @@ def _track_one(
         tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, own.start, strict=True))
     ]
     truth = np.zeros_like(own_full)
-    truth[tuple(slice(a - f, b - f) for a, b, f in zip(lstart, lstop, frame, strict=True))] = (
-        base_labels[sl] == lid
-    )
+    truth[tuple(slice(a - f, b - f) for a, b, f in zip(lstart, lstop, frame, strict=True))] = own_crop
     self_dice = 2.0 * float((own_full & truth).sum()) / max(1, int(own_full.sum() + truth.sum()))
     info.update(self_dice=self_dice)
     grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
@@ -287,7 +301,7 @@ def _track_one(
     # A vanished lesion leaves tissue of its surroundings where it maps to; some of it may still
     # be in the lesion's intensity range (vessels, organ wall). Keep the registered mask only
     # when the mapped region still stands out from its own ring as the baseline lesion did.
-    b_contrast, b_side = _baseline_appearance(base, base_labels[sl] == lid, lstart, lstop)
+    b_contrast, b_side = _baseline_appearance(base, own_crop, lstart, lstop)
     f_side = _core_lesion_side(fimg, mapped_r, _shell(mapped_r, fsp), b_contrast, fsp)
     info.update(baseline_side=b_side, follow_side=f_side, baseline_ring_contrast=b_contrast)
     if abs(b_contrast) >= EDGE_HU and f_side < KEEP_FRACTION * b_side:
@@ -312,38 +326,47 @@ def _track_one(
 
 def track_lesions(
     baseline: Image,
-    baseline_labels: LabelMap,
+    baseline_masks: Mapping[int, LesionMask] | LabelMap,
     followup: Image,
     *,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    candidates: bool = True,
 ) -> TrackingResult:
-    """Every lesion of ``baseline_labels`` on ``followup``'s grid with the same ids (see module doc)."""
-    diffs = baseline.geometry.grid_differences(baseline_labels.geometry)
-    if diffs:
-        raise InputImageError(
-            "the baseline label map is not on the baseline image's grid (" + "; ".join(diffs) + "); "
-            "resample it onto the baseline image first"
-        )
+    """Every baseline lesion on ``followup``'s grid with the same ids (see module doc).
+
+    ``baseline_masks`` is each lesion's own whole mask (``{id: LesionMask}``; masks may overlap,
+    each lesion is tracked on its own) or an instance map. The result's ``lesions`` holds each
+    lesion's own mask with a status: ``ok`` (re-segmented), ``check`` (the registered mask had to
+    be used, with the reason) or ``lost``; ``new_candidates`` proposes lesion-like regions of the
+    follow-up with no lesion at the matching baseline place (see :mod:`.candidates`).
+    """
+    masks = as_lesion_masks(baseline_masks)
+    for lid, lm in masks.items():
+        diffs = baseline.geometry.grid_differences(lm.geometry)
+        if diffs:
+            raise InputImageError(
+                f"the baseline mask of lesion {lid} is not on the baseline image's grid (" + "; ".join(diffs) + "); "
+                "resample it onto the baseline image first"
+            )
 
     def check() -> None:
         if cancel is not None:
             cancel.raise_if_cancelled()
 
-    labels_arr = baseline_labels.array
-    dtype = labels_arr.dtype if np.issubdtype(labels_arr.dtype, np.unsignedinteger) else np.uint32
+    max_id = max(masks, default=0)
+    dtype = np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
     out = LabelMap.empty(followup.geometry, f"{followup.name}_lesions", dtype=dtype)
     result = TrackingResult(out)
-    # One pass over the label map gives both the ids and their bounding boxes.
-    slices = ndimage.find_objects(labels_arr) if labels_arr.max(initial=0) < 2**20 else None
-    if slices is not None:
-        ids = [k + 1 for k, sl in enumerate(slices) if sl is not None]
-    else:
-        ids = baseline_labels.ids
+    ids = sorted(lid for lid, lm in masks.items() if not lm.is_empty)
+    for lid in sorted(set(masks) - set(ids)):
+        result.lost_ids.append(lid)
+        result.messages.append(f"lesion {lid}: lost (its baseline mask is empty)")
+        result.lesions[lid] = LesionResult(lid, LesionMask.empty(followup.geometry), "lost",
+                                           ["its baseline mask is empty"])
     if not ids:
-        result.messages.append("the baseline label map holds no lesion: nothing to track")
-        return result
-    total = len(ids) + 1
+        result.messages.append("the baseline holds no lesion: nothing to track")
+    total = len(ids) + 1 + int(candidates)
     check()
     report(on_progress, 0, total, "registering the follow-up to the baseline (global)")
     # ~4 mm voxels for whole scans; finer for small fields of view (cropped scans), so that
@@ -356,19 +379,24 @@ def track_lesions(
     for k, lid in enumerate(ids):
         check()
         report(on_progress, k + 1, total, f"tracking lesion {lid}")
-        if slices is not None and lid <= len(slices) and slices[lid - 1] is not None:
-            sl = slices[lid - 1]
-        else:
-            idx = np.argwhere(labels_arr == lid)
-            sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True))
-        mask, start, why = _track_one(baseline, labels_arr, lid, sl, followup, m_global, check)
+        mask, start, why = _track_one(baseline, masks[lid], followup, m_global, check)
         if mask is None:
             result.lost_ids.append(lid)
             result.messages.append(f"lesion {lid}: lost ({why})")
+            result.lesions[lid] = LesionResult(lid, LesionMask.empty(followup.geometry), "lost", [f"lost: {why}"])
             continue
-        region = out.array[tuple(slice(int(a), int(a) + n) for a, n in zip(start, mask.shape, strict=True))]
-        region[mask] = lid
+        own = LesionMask.from_crop(followup.geometry, start, mask)
+        status = "check" if why else "ok"
+        result.lesions[lid] = LesionResult(lid, own, status, [why] if why else [])
         if why:
             result.messages.append(f"lesion {lid}: {why}")
+    result.labels = compose_label_map([result.lesions[lid] for lid in ids if lid in result.lesions],
+                                      followup.geometry, out.name)
+    if candidates:
+        from .candidates import new_lesion_candidates
+
+        check()
+        report(on_progress, total - 1, total, "looking for new lesions")
+        result.new_candidates = new_lesion_candidates(baseline, masks, followup, m_global, result.lesions, check)
     report(on_progress, total, total, "tracking done")
     return result

@@ -96,7 +96,43 @@ def _folder_has_images(path: Path) -> bool:
 def _accepts(path: Path) -> bool:
     if _is_image_file(path):
         return _header_readable(path)
+    if path.is_file():  # a DICOM file: a CT slice (opens its series) or a DICOM-SEG (opens on its CT)
+        return _looks_like_dicom(path)
     return _folder_has_dicom(path) or _folder_has_images(path)
+
+
+def _seg_layer_data(path: Path) -> list[tuple] | None:
+    """A DICOM-SEG file, or a folder holding SEGs: the CT layer(s) and one Labels layer per SEG
+    (one id per segment, names kept in ``metadata["lesion_names"]``); None when there is no SEG."""
+    from ..io.dicom_seg import find_dicom_segs, is_dicom_seg, read_dicom_seg, read_dicom_seg_folder
+    from ._layers import labels_layer_data
+
+    if path.is_file():
+        if not is_dicom_seg(path):
+            return None
+        segs, images, problems = [read_dicom_seg(path)], [], []
+    elif path.is_dir() and find_dicom_segs(path):
+        found = read_dicom_seg_folder(path)
+        segs, images, problems = found.segs, found.images, found.problems
+    else:
+        return None
+    for s in segs:
+        if all(s.image is not i for i in images):
+            images.append(s.image)
+    out = layer_data_for_images(images, first_visible_only=True)
+    names = [d[1]["name"] for d in out]
+    for s in segs:
+        image_name = names[next(k for k, i in enumerate(images) if i is s.image)]
+        data = labels_layer_data(s.labels, name=f"{image_name} {s.seg_path.stem}", image_name=image_name)
+        data[1]["metadata"]["lesion_names"] = {int(k): v for k, v in s.names.items()}
+        data[1]["metadata"]["seg_messages"] = list(s.messages)
+        out.append(data)
+    if problems or any(s.messages for s in segs):
+        import warnings
+
+        for msg in problems + [m for s in segs for m in s.messages]:
+            warnings.warn(msg, stacklevel=2)
+    return out
 
 
 def get_reader(path: PathOrPaths) -> Callable | None:
@@ -151,6 +187,10 @@ def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW,
 def read_paths(path: PathOrPaths) -> list[tuple]:
     """Read every volume in ``path`` (file, DICOM folder or a list of them) as image LayerData."""
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if len(paths) == 1:
+        seg_layers = _seg_layer_data(Path(paths[0]))
+        if seg_layers is not None:
+            return seg_layers
     images: list[Image] = []
     for p in paths:
         images.extend(_read_volumes(Path(p)))

@@ -132,15 +132,16 @@ class LesionDescription:
 def algorithm_type_of(provenance: Mapping | None) -> str:
     """``MANUAL`` when the mask was edited by a reader, ``AUTOMATIC`` when tracked, else ``SEMIAUTOMATIC``.
 
-    Reads the provenance keys ``edited`` / ``manual_edits`` (a reader changed the mask),
-    ``tracked_from`` (propagated from an earlier timepoint) and ``algorithm_type`` (explicit).
+    Reads a provenance dict or :class:`~..core.study.Provenance`: ``edits`` / ``edited`` or
+    ``source == "manual"`` (a reader changed or drew the mask), ``tracked_from`` or
+    ``source == "tracked"`` (propagated) and ``algorithm_type`` (explicit).
     """
-    prov = dict(provenance or {})
+    prov = dict(provenance.to_dict() if hasattr(provenance, "to_dict") else provenance or {})
     if prov.get("algorithm_type"):
         return str(prov["algorithm_type"]).upper()
-    if prov.get("edited") or prov.get("manual_edits"):
+    if prov.get("edited") or prov.get("manual_edits") or prov.get("edits") or prov.get("source") == "manual":
         return "MANUAL"
-    if prov.get("tracked_from") is not None:
+    if prov.get("tracked_from") is not None or prov.get("source") == "tracked":
         return "AUTOMATIC"
     return "SEMIAUTOMATIC"
 
@@ -167,7 +168,8 @@ def describe_lesions(
     names, sites, provenance = names or {}, sites or {}, provenance or {}
     out = {}
     for lid in (int(i) for i in lesion_ids):
-        prov = dict(provenance.get(lid) or {})
+        raw = provenance.get(lid)
+        prov = dict(raw.to_dict() if hasattr(raw, "to_dict") else raw or {})
         out[lid] = LesionDescription(
             lesion_id=lid,
             label=names.get(lid) or "",

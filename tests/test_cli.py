@@ -12,9 +12,10 @@ import pytest
 from napari_lesionlocator.cli import build_parser, main
 from napari_lesionlocator.core.geometry import Geometry
 from napari_lesionlocator.core.image import Image, LabelMap
-from napari_lesionlocator.core.prompts import prompts_from_label_map, write_prompt_json
+from napari_lesionlocator.core.prompts import prompts_from_label_map
 from napari_lesionlocator.engines import base as engine_base
 from napari_lesionlocator.io.images import read_label_map, write_image, write_label_map
+from napari_lesionlocator.io.prompt_files import write_prompt_json
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -82,7 +83,10 @@ def test_segment_points_end_to_end(study, tmp_path, capsys):
                         "-o", out)
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["case0_tp0_lesion_1.nii.gz", "case0_tp0_lesion_5.nii.gz", "case0_tp0_lesions.nii.gz"]
+    assert names == ["case0_tp0_lesion_1.nii.gz", "case0_tp0_lesion_5.nii.gz", "case0_tp0_lesions.nii.gz",
+                     "case0_tp0_summary.json"]
+    summary = json.loads((out / "case0_tp0_summary.json").read_text())
+    assert [e["id"] for e in summary["lesions"]] == [1, 5] and "overlaps" in summary
     gt = study.study.labels[0].array
     inst = read_label_map(out / "case0_tp0_lesions.nii.gz")
     assert inst.ids == [1, 5]
@@ -158,7 +162,8 @@ def test_folder_mode_pairs_by_name_and_reports_mismatches(tmp_path, capsys):
     code, _, err = _run(capsys, *args, "--skip_unmatched", "-q")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "a_lesion_1.nii.gz", "a_lesions.nii.gz", "b_lesion_1.nii.gz", "b_lesions.nii.gz"]
+        "a_lesion_1.nii.gz", "a_lesions.nii.gz", "a_summary.json",
+        "b_lesion_1.nii.gz", "b_lesions.nii.gz", "b_summary.json"]
     # Two images that map to one case name would overwrite each other's outputs: refused.
     write_image(img, tmp_path / "imgs" / "b_0000.nii.gz")
     code, _, err = _run(capsys, *args, "--skip_unmatched", "--overwrite")
@@ -256,11 +261,13 @@ class _RecordingEngine:
     def segment(self, image, prompts, *, on_progress=None, cancel=None):
         if type(self).fail is not None:
             raise type(self).fail
-        labels = LabelMap.empty_like(image)
+        lesions = {}
         for p in prompts:
             z, y, x = p.zyx
-            labels.array[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = p.lesion_id
-        return engine_base.SegmentationResult(labels)
+            full = np.zeros(image.shape, bool)
+            full[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+            lesions[p.lesion_id] = LesionResult(p.lesion_id, LesionMask.from_full(image.geometry, full))
+        return engine_base.SegmentationResult(compose_label_map(lesions, image.geometry), lesions=lesions)
 
     def track(self, *a, **k):  # pragma: no cover - not used here
         raise NotImplementedError
@@ -306,9 +313,10 @@ class _LabelPromptEngine(_RecordingEngine):
 
     label_calls: list = []
 
-    def segment_label_prompts(self, image, labels, kind, *, on_progress=None, cancel=None):
+    def label_map_prompts(self, image, labels, kind):
         type(self).label_calls.append((image.name, sorted(labels.ids), kind))
-        return engine_base.SegmentationResult(labels.copy())
+        # its own derivation (here: centroid points whatever the kind), one prompt per lesion
+        return prompts_from_label_map(labels.array, "point"), {}
 
 
 def test_label_map_prompts_go_to_engines_that_derive_their_own(tmp_path, capsys, monkeypatch, fake_engines):
@@ -327,7 +335,7 @@ def test_label_map_prompts_go_to_engines_that_derive_their_own(tmp_path, capsys,
     assert code == 0, err
     assert _LabelPromptEngine.label_calls == [("t", [4, 300], "box")]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "t_lesion_300.nii.gz", "t_lesion_4.nii.gz", "t_lesions.nii.gz"]
+        "t_lesion_300.nii.gz", "t_lesion_4.nii.gz", "t_lesions.nii.gz", "t_summary.json"]
     assert read_label_map(tmp_path / "o" / "t_lesions.nii.gz").ids == [4, 300]
 
 

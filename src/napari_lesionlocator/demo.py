@@ -28,16 +28,15 @@ import numpy as np
 
 from . import api
 from .core.measurements import dice
-from .core.prompts import prompts_from_label_map, write_prompt_json
+from .core.prompts import prompts_from_label_map
 from .engines.base import EngineSettings, create_engine
-from .io.images import read_image, read_label_map, write_label_map
+from .io.atomic import atomic_write_text
+from .io.images import read_image, read_label_map
+from .io.prompt_files import write_prompt_json
 
 
 def run_pipeline(out: Path) -> list[Path]:
     """Headless part; returns the predicted instance-map paths, one per timepoint."""
-    from .core.measurements import measure_lesions
-    from .core.recist import recist_from_measurements
-    from .io.tables import write_lesion_table
     from .sample.synthetic import make_synthetic_study
 
     t0 = time.perf_counter()
@@ -60,43 +59,46 @@ def run_pipeline(out: Path) -> list[Path]:
     print(f"[3/4] tracked through {len(study.images) - 1} follow-ups in {time.perf_counter() - t0:.1f} s")
 
     masks_dir = out / "masks"
-    predicted = [seg.labels, *series.label_maps]
+    predicted = [seg, *series.results]
     label_paths = []
-    rows = []
-    # Every lesion seen anywhere gets a row at every timepoint: a tracked lesion that vanished is
-    # measured as absent (0 mm for RECIST), not as "not evaluated".
-    all_ids = sorted({lid for labels in predicted for lid in labels.ids})
     print("\n  timepoint        lesion  Dice vs ground truth")
-    for image, labels, gt in zip(study.images, predicted, study.labels, strict=True):
-        path = write_label_map(labels, masks_dir / f"{image.name}_lesions.nii.gz", overwrite=True)
-        label_paths.append(path)
-        for lid in labels.ids:
-            write_label_map(labels.mask(lid).astype(np.uint8), masks_dir / f"{image.name}_lesion_{lid}.nii.gz",
-                            geometry=labels.geometry, overwrite=True)
-        for lid in sorted(set(gt.ids) | set(labels.ids)):
-            d = dice(labels.mask(lid), gt.mask(lid))
+    for image, result, gt in zip(study.images, predicted, study.labels, strict=True):
+        # each lesion's own whole mask, the display map and <case>_summary.json (statuses, overlaps)
+        api.write_case_outputs(masks_dir, image.name, result.lesions, image.geometry, overwrite=True,
+                               new_candidates=getattr(result, "new_candidates", None))
+        label_paths.append(api.instance_file(masks_dir, image.name))
+        for lid in sorted(set(gt.ids) | set(result.lesions)):
+            own = result.lesions.get(lid)
+            mask = own.mask.to_full() if own is not None else np.zeros(gt.shape, bool)
+            d = dice(mask, gt.mask(lid))
             note = "" if lid in gt.ids else "  (not in ground truth)"
-            if lid not in labels.ids:
+            if own is None or own.mask.is_empty:
                 note = "  (absent in prediction)"
+            elif own.status != "ok":
+                note += f"  [{own.status}]"
             print(f"  {image.name:<16} {lid:>6}  {d:.3f}{note}")
-        rows.extend(measure_lesions(image, labels, timepoint=len(label_paths) - 1, lesion_ids=all_ids,
-                                    date=image.acquisition_date))
     for r in series.results:
         for msg in r.messages:
             print(f"  note: {msg}")
-    recist = recist_from_measurements(rows, n_timepoints=len(predicted))
-    table_paths = write_lesion_table(out / "lesion_table", rows, recist, overwrite=True)
-    print("\n  RECIST 1.1 (targets: " + ", ".join(str(t) for t in recist.targets) + ")")
-    for tp in recist.timepoints:
-        change = "" if tp.change_vs_baseline_pct is None else f"{tp.change_vs_baseline_pct:+.1f} % vs baseline"
-        total = "n/a" if tp.sum_mm is None else f"{tp.sum_mm:.1f} mm"
-        print(f"  timepoint {tp.timepoint}: sum {total:<9} {change:<22} {tp.response}")
+    # Every lesion seen anywhere gets a row at every timepoint: a tracked lesion that vanished is
+    # measured as absent (0 mm for RECIST), not as "not evaluated".
+    measured = api.measure_timepoints([(image, r.labels) for image, r in zip(study.images, predicted, strict=True)])
+    recist = measured.recist
+    table_paths = api.write_measurements(out / "lesion_table", measured, overwrite=True)
+    if recist is not None:
+        print("\n  RECIST 1.1 (targets: " + ", ".join(str(t) for t in recist.targets) + ")")
+        for tp in recist.timepoints:
+            change = "" if tp.change_vs_baseline_pct is None else f"{tp.change_vs_baseline_pct:+.1f} % vs baseline"
+            total = "n/a" if tp.sum_mm is None else f"{tp.sum_mm:.1f} mm"
+            print(f"  timepoint {tp.timepoint}: sum {total:<9} {change:<22} {tp.response}")
+    for note in measured.notes:
+        print(f"  note: {note}")
     naming = (out / "study" / "naming.csv").read_text().splitlines()[1:]
     manifest = [
         {"name": image.name, "image": str(out / "study" / row.split(",")[3]), "labels": str(path)}
         for image, row, path in zip(study.images, naming, label_paths, strict=True)
     ]
-    (out / "demo_manifest.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "demo_manifest.json", json.dumps(manifest, indent=2), overwrite=True)
     print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths.values())}")
     return label_paths
 

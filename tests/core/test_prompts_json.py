@@ -19,8 +19,8 @@ from napari_lesionlocator.core.prompts import (
     prompts_from_label_map,
     prompts_to_json_dict,
     read_prompt_json,
-    write_prompt_json,
 )
+from napari_lesionlocator.io.prompt_files import write_prompt_json
 
 ids = st.lists(st.integers(1, 10_000), min_size=1, max_size=6, unique=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_lesionlocator.core.errors import InputImageError, OutputExistsError
+from napari_lesionlocator.core.errors import InputImageError, OutputExistsError, OutputWriteError
 from napari_lesionlocator.core.geometry import Geometry, GeometryMismatchError
 from napari_lesionlocator.core.image import Image, LabelMap
 from napari_lesionlocator.io import (
@@ -105,9 +105,9 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputWriteError, match="disk full"):
         write_image(_ct(), tmp_path / "case.nii.gz")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputWriteError, match="disk full"):
         write_image(_ct(), tmp_path / "case.mhd")
     assert list(tmp_path.iterdir()) == []
 

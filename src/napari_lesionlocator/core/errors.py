@@ -9,6 +9,9 @@ __all__ = [
     "CheckpointError",
     "EngineError",
     "OutputExistsError",
+    "OutputPathError",
+    "OutputWriteError",
+    "ResourceLimitError",
     "Cancelled",
 ]
 
@@ -35,6 +38,21 @@ class EngineError(LesionLocatorError):
 
 class OutputExistsError(LesionLocatorError):
     """Refusing to overwrite existing results (use --overwrite or --continue_prediction)."""
+
+
+class OutputPathError(LesionLocatorError):
+    """The output location cannot take results (it is a file, read-only, ...); found before any work."""
+
+
+class OutputWriteError(LesionLocatorError):
+    """A result could not be written completely (disk full, a writer that failed silently).
+
+    Nothing is left under the final name; files written before are kept.
+    """
+
+
+class ResourceLimitError(InputImageError):
+    """An input is too large for this machine (declared size against the memory available)."""
 
 
 class Cancelled(LesionLocatorError):

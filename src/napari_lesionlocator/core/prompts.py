@@ -5,15 +5,15 @@ Formats follow LesionLocator's prompt JSON::
     {"1": {"point": [z, y, x]}, "2": {"point": [z, y, x]}}
     {"1": {"box": [zmin, zmax, ymin, ymax, xmin, xmax]}}      # half-open (max exclusive)
 
-Numbers given as strings are accepted on reading. Keys are lesion ids (positive integers,
-gaps allowed).
+Numbers given as strings are accepted on reading. Keys are lesion ids (integers in
+``1 .. MAX_LESION_ID``, gaps allowed). Reading and writing the files is
+:mod:`napari_lesionlocator.io.prompt_files` (this module stays pure).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,8 @@ __all__ = [
     "BoxPrompt",
     "Prompt",
     "PromptKind",
+    "MAX_LESION_ID",
     "read_prompt_json",
-    "write_prompt_json",
     "prompts_to_json_dict",
     "prompts_from_json_dict",
     "prompts_from_label_map",
@@ -40,10 +40,20 @@ __all__ = [
 PromptKind = Literal["point", "box"]
 
 
+MAX_LESION_ID = 2**32 - 1  # label maps are written as unsigned 32-bit integers at most
+
+
 def _check_id(lesion_id: int) -> int:
-    lid = int(lesion_id)
-    if lid < 1:
-        raise PromptError(f"lesion ids must be positive integers, got {lesion_id!r}")
+    try:
+        lid = int(lesion_id)
+    except (TypeError, ValueError, OverflowError):
+        raise PromptError(f"lesion id {lesion_id!r} is not an integer (allowed: 1 to {MAX_LESION_ID})") from None
+    if isinstance(lesion_id, float) and lesion_id != lid:
+        raise PromptError(f"lesion id {lesion_id!r} is not a whole number (allowed: 1 to {MAX_LESION_ID})")
+    if not 1 <= lid <= MAX_LESION_ID:
+        shown = str(lesion_id) if len(str(lesion_id)) <= 24 else f"{str(lesion_id)[:20]}... ({len(str(lid))} digits)"
+        raise PromptError(f"lesion id {shown} is out of range: ids must be positive integers from 1 to {MAX_LESION_ID} "
+                          "(2^32 - 1, the largest id a label map can hold)")
     return lid
 
 
@@ -173,7 +183,12 @@ def prompts_from_json_dict(data: object, source: str = "prompt JSON") -> list[Pr
         try:
             lesion_id = int(str(key).strip())
         except ValueError:
-            raise PromptError(f"{source}: key {key!r} is not a lesion id (positive integer)") from None
+            raise PromptError(f"{source}: key {key!r} is not a lesion id (an integer from 1 to {MAX_LESION_ID})") \
+                from None
+        try:
+            _check_id(lesion_id)
+        except PromptError as exc:
+            raise PromptError(f"{source}: {exc}") from None
         if lesion_id in seen:
             # "1" and "01" are the same lesion; silently keeping one would drop a prompt.
             raise PromptError(f"{source}: keys {seen[lesion_id]!r} and {key!r} both name lesion {lesion_id}")
@@ -208,36 +223,30 @@ def _number(value: object) -> float:
     return out
 
 
+MAX_PROMPT_FILE_BYTES = 64 * 2**20  # 10,000 boxes take about 1 MB
+
+
 def read_prompt_json(path: str | os.PathLike) -> list[Prompt]:
-    """Read a LesionLocator prompt JSON; PromptError with the file name on any problem."""
+    """Read a LesionLocator prompt JSON; PromptError with the file name on any problem.
+
+    (Writing is :func:`napari_lesionlocator.io.prompt_files.write_prompt_json`, atomic.)
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        if path.is_dir():
+            raise PromptError(f"{path} is a folder, not a prompt JSON file")
+        size = path.stat().st_size
+        if size > MAX_PROMPT_FILE_BYTES:
+            raise PromptError(f"{path}: {size / 2**20:.0f} MB is far too large for a prompt file (a prompt "
+                              "file with 10,000 lesions takes about 1 MB); is it the right file?")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PromptError(f"prompt file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromptError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PromptError(f"{path}: the JSON is nested too deeply to be a prompt file") from None
     return prompts_from_json_dict(data, source=str(path))
-
-
-def write_prompt_json(prompts: Iterable[Prompt], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write prompts atomically (temp file + rename); refuses to replace a file unless ``overwrite``."""
-    from .errors import OutputExistsError
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
-    text = json.dumps(prompts_to_json_dict(prompts), indent=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------- label maps

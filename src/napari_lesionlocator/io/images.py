@@ -7,12 +7,13 @@ carries exactly that image's origin, spacing and direction.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputImageError, OutputExistsError
+from ..core.errors import InputImageError
 from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
 
@@ -25,6 +26,10 @@ __all__ = [
     "write_image",
     "write_label_map",
     "atomic_output_path",
+    "verify_image_file",
+    "probe_image",
+    "check_image_file",
+    "ImageHeader",
     "to_sitk",
     "geometry_of_sitk",
     "WRITE_SUFFIXES",
@@ -66,8 +71,8 @@ def _first_error_line(exc: Exception) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """Raise InputImageError when a .gz file is truncated or corrupt.
+def _check_gzip_complete(path: Path) -> int | None:
+    """Raise InputImageError when a .gz file is truncated or corrupt; return its decompressed length.
 
     ITK's NIfTI reader silently fills the missing part of a truncated ``.nii.gz`` with zeros, so
     the stream is decompressed here (in chunks, nothing kept) to find the end-of-stream marker.
@@ -76,14 +81,15 @@ def _check_gzip_complete(path: Path) -> None:
 
     with path.open("rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
-            return  # named .gz but stored plain (some tools do this); the image reader copes
+            return None  # named .gz but stored plain (some tools do this); the image reader copes
     decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
     try:
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
-                decomp.decompress(chunk, 0)
+                total += len(decomp.decompress(chunk, 1 << 24))
                 while decomp.unconsumed_tail:
-                    decomp.decompress(decomp.unconsumed_tail, 0)
+                    total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
                 if decomp.eof:
                     break
     except zlib.error as exc:
@@ -93,6 +99,73 @@ def _check_gzip_complete(path: Path) -> None:
             f"{path.name}: the gzip stream ends early (truncated file, e.g. an interrupted download or copy); "
             "copy it again"
         )
+    return total
+
+
+def _itk_read_error(path: Path, exc: RuntimeError) -> InputImageError:
+    detail = _first_error_line(exc)
+    if "Unable to determine ImageIO reader" in detail:
+        return InputImageError(
+            f"{path.name} is not an image file that can be read (supported: NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, "
+            "MetaImage .mha/.mhd, or a DICOM folder)"
+        )
+    if "Refusing to change spacing" in str(exc) or "space vector" in str(exc):
+        spacing = re.search(r"to (\[[^\]]*\])", str(exc))
+        shown = f" {spacing.group(1)}" if spacing else ""
+        return InputImageError(
+            f"{path.name}: the header's voxel spacing{shown} is not a positive number of mm (0 or NaN); a volume "
+            "or diameter measured with a made-up 1 mm would be wrong. Fix the header before using it"
+        )
+    return InputImageError(f"cannot read {path.name}: corrupt or truncated image file ({detail})")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header declares (no voxel read): size and spacing in x, y, z order."""
+
+    path: Path
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    components: int
+    bytes_per_component: int
+    pixel_type: str
+
+    @property
+    def voxel_bytes(self) -> int:
+        return int(np.prod(self.size, dtype=np.int64)) * self.components * self.bytes_per_component
+
+
+def probe_image(path: str | os.PathLike) -> ImageHeader:
+    """Read only the header of an image file (InputImageError when it is not a readable image)."""
+    path = Path(path)
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _itk_read_error(path, exc) from None
+    ptype = _sitk().GetPixelIDValueAsString(reader.GetPixelIDValue())
+    return ImageHeader(path, tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
+                       int(reader.GetNumberOfComponents()), _SITK_BYTES.get(ptype.replace("vector of ", ""), 8), ptype)
+
+
+def check_image_file(path: str | os.PathLike, *, gzip_length: int | None = None) -> ImageHeader:
+    """Every check that can be made before the voxels are read (see :mod:`.limits`).
+
+    The header must parse, a NIfTI file must hold the voxels its header declares and a spacing of
+    0/NaN is refused, and reading must fit in the memory available (ResourceLimitError, with both
+    figures). The napari reader and the command line both read through here.
+    """
+    from .limits import check_memory, check_nifti_header, check_spacing
+
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti_header(path, data_length=gzip_length)
+    header = probe_image(path)
+    check_spacing(path.name, header.spacing[:3])
+    check_memory(path.name, header.size[:3], header.components * header.bytes_per_component
+                 * int(np.prod(header.size[3:], dtype=np.int64)))
+    return header
 
 
 def _read_sitk(path: Path):
@@ -103,18 +176,12 @@ def _read_sitk(path: Path):
         raise InputImageError(f"{path} is a folder; use read_dicom_folder (or read_volumes) for DICOM folders")
     if path.stat().st_size == 0:
         raise InputImageError(f"{path.name} is empty (0 bytes)")
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
+    gz_length = _check_gzip_complete(path) if path.name.lower().endswith(".gz") else None
+    check_image_file(path, gzip_length=gz_length)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        detail = _first_error_line(exc)
-        if "Unable to determine ImageIO reader" in detail:
-            raise InputImageError(
-                f"{path.name} is not an image file that can be read (supported: NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, "
-                "MetaImage .mha/.mhd, or a DICOM folder)"
-            ) from None
-        raise InputImageError(f"cannot read {path.name}: corrupt or truncated image file ({detail})") from None
+        raise _itk_read_error(path, exc) from None
     dim = img.GetDimension()
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(
@@ -220,49 +287,105 @@ def _image_suffix(path: Path) -> str:
     )
 
 
-def atomic_output_path(path: Path, *, overwrite: bool):
+def atomic_output_path(path: Path, *, overwrite: bool, verify=None):
     """Context manager yielding a temp path in the target folder, renamed onto ``path`` on success.
 
-    Refuses (OutputExistsError) when ``path`` exists and ``overwrite`` is false, before anything
-    is written. For formats whose pixels live in a second file (``.mhd``, ``.nhdr``) the yielded
-    path sits in a private temp folder with the final name, and every file written there is moved
-    next to ``path`` (data first, header last), so the header's reference stays valid.
-    On error nothing is left behind and an existing ``path`` is untouched.
+    A thin wrapper of :func:`.atomic.atomic_write` that knows the image formats whose pixels live
+    in a second file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``).
     """
-    import shutil
-    from contextlib import contextmanager
+    from .atomic import atomic_write
 
     path = Path(path)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    return atomic_write(path, overwrite=overwrite, verify=verify, detached=_DETACHED.get(suffix, ()))
 
-    @contextmanager
-    def _ctx():
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} already exists; refusing to overwrite it (use overwrite)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-        if suffix in _DETACHED:
-            tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-            try:
-                yield tmpdir / path.name
-                written = sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name)  # header last
-                for f in written:
-                    target = path.parent / f.name
-                    if target != path and target.exists() and not overwrite:
-                        raise OutputExistsError(f"{target} already exists; refusing to overwrite it (use overwrite)")
-                for f in written:
-                    os.replace(f, path.parent / f.name)
-            finally:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-            return
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-        os.close(fd)
+
+_SITK_BYTES = {"8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
+               "16-bit signed integer": 2, "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+               "64-bit unsigned integer": 8, "64-bit signed integer": 8, "32-bit float": 4, "64-bit float": 8}
+
+
+def _gzip_payload_size(path: Path) -> int:
+    """Decompressed size of a gzip file, or OutputWriteError-worthy -1 when the stream is incomplete."""
+    import zlib
+
+    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(decomp.decompress(chunk, 1 << 24))
+                while decomp.unconsumed_tail:
+                    total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
+                if decomp.eof:
+                    break
+    except zlib.error:
+        return -1
+    return total if decomp.eof else -1
+
+
+def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str | os.PathLike | None = None) -> None:
+    """Check that a written image is complete and carries ``geometry``; OutputWriteError otherwise.
+
+    Reads the header back (size, spacing, origin, direction), and checks that the voxel data is all
+    there: for ``.nii.gz`` the whole gzip stream is decompressed (nothing kept) and its length
+    compared with the voxels; for plain ``.nii``/``.mha``/``.nrrd`` the file size; other formats
+    (compressed NRRD/MHA) are read back completely. SimpleITK's NIfTI writer reports no error on
+    a full disk, so this is what catches a truncated result.
+    """
+    from ..core.errors import OutputWriteError
+    from .atomic import _free_space
+
+    path = Path(path)
+    final = Path(final) if final is not None else path
+    sitk = _sitk()
+
+    def fail(why: str) -> None:
+        raise OutputWriteError(f"could not write {final}: {why}{_free_space(final.parent)}; nothing was saved "
+                               "under that name (the disk may be full)")
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        fail(f"the written file cannot be read back ({_first_error_line(exc)})")
+    size = tuple(int(v) for v in reader.GetSize())
+    itk = geometry.to_itk()
+    if size != tuple(int(v) for v in itk["size"]):
+        fail(f"the written file holds {size} voxels instead of {tuple(geometry.shape[::-1])}")
+    if not (np.allclose(reader.GetSpacing(), itk["spacing"], rtol=1e-5, atol=1e-6)
+            and np.allclose(reader.GetOrigin(), itk["origin"], rtol=1e-6, atol=1e-4)
+            and np.allclose(reader.GetDirection(), itk["direction"], atol=1e-5)):
+        fail("the written file does not carry the image's geometry")
+    bpp = _SITK_BYTES.get(sitk.GetPixelIDValueAsString(reader.GetPixelIDValue()).replace("vector of ", ""), 1)
+    voxel_bytes = int(np.prod(size, dtype=np.int64)) * bpp * reader.GetNumberOfComponents()
+    name = final.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        from .limits import nifti_header
+
+        hdr = nifti_header(path)
+        need = (hdr.vox_offset if hdr is not None else 352) + voxel_bytes
+        have = _gzip_payload_size(path) if name.endswith(".gz") else path.stat().st_size
+        if have < 0:
+            fail("the compressed data ends early")
+        if have < need:
+            fail(f"it holds {have} of {need} bytes")
+    elif name.endswith((".mha", ".nrrd")) and not _header_says_compressed(path) and \
+            path.stat().st_size < voxel_bytes:
+        fail(f"it holds {path.stat().st_size} of at least {voxel_bytes} bytes")
+    else:
         try:
-            yield Path(tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            fail(f"the written file cannot be read back ({_first_error_line(exc)})")
 
-    return _ctx()
+
+def _header_says_compressed(path: Path) -> bool:
+    """True for NRRD/MetaImage headers that declare compressed voxel data."""
+    with path.open("rb") as fh:
+        head = fh.read(4096).decode("latin-1", "replace").lower()
+    return "encoding: gz" in head or "encoding: bz" in head or "compresseddata = true" in head
 
 
 def to_sitk(array: np.ndarray, geometry: Geometry):
@@ -285,11 +408,19 @@ def _write(array: np.ndarray, geometry: Geometry, path: Path, overwrite: bool) -
     sitk = _sitk()
     _image_suffix(path)
     img = to_sitk(array, geometry)
-    with atomic_output_path(path, overwrite=overwrite) as tmp:
+
+    def _verify(tmp: Path) -> None:
+        verify_image_file(tmp, geometry, final=path)
+
+    with atomic_output_path(path, overwrite=overwrite, verify=_verify) as tmp:
         try:
             sitk.WriteImage(img, str(tmp), useCompression=True)
         except RuntimeError as exc:
-            raise OSError(f"could not write {path}: {_first_error_line(exc)}") from None
+            from ..core.errors import OutputWriteError
+            from .atomic import _free_space
+
+            raise OutputWriteError(f"could not write {path}: {_first_error_line(exc)}{_free_space(path.parent)}; "
+                                   "nothing was saved under that name") from None
     return path
 
 

@@ -100,9 +100,9 @@ def _write_csv_atomic(csv_path: Path, rows: list[dict[str, str]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in NAMING_COLUMNS})
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, csv_path)
+    from .atomic import atomic_write_text
+
+    atomic_write_text(csv_path, buf.getvalue(), overwrite=True)  # the rows were merged with the old file
 
 
 def write_study_layout(

@@ -8,7 +8,8 @@ Files written for an output prefix ``OUT`` (e.g. ``results/patient1``):
 * ``OUT.json``: ``{"lesions": [...], "recist": {...} | null}`` with the same values (centroids as
   ``[z, y, x]`` world mm, LPS).
 
-Every file is written atomically (temp file in the same folder + ``os.replace``) and an existing
+Every file is written by :func:`.atomic.atomic_write_text` (temp file in the same folder, fsync,
+size check, the user's umask, rename) and an existing
 file is never replaced unless ``overwrite=True``; all targets are checked before anything is
 written, so a refusal leaves the folder as it was.
 """
@@ -20,13 +21,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.errors import OutputExistsError
 from ..core.measurements import LesionMeasurement
 from ..core.recist import RecistSummary
+from .atomic import atomic_write_text
 
 __all__ = [
     "LESION_COLUMNS",
@@ -47,23 +48,6 @@ RECIST_COLUMNS = (
     "timepoint", "date", "sum_mm", "change_vs_baseline_pct", "change_vs_nadir_pct", "nadir_mm", "response",
     "new_lesions", "targets", "nodes", "reason",
 )
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` through a temp file + rename; refuse an existing file unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; refusing to overwrite it (use --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def table_paths(prefix: str | os.PathLike, *, with_recist: bool = True) -> dict[str, Path]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ...core.errors import CheckpointError
@@ -73,15 +72,9 @@ def set_configured_checkpoint(path: str | os.PathLike | None) -> Path:
         data.pop("checkpoint", None)
     else:
         data["checkpoint"] = str(Path(path).expanduser().resolve())
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=cfg_path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, cfg_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ...io.atomic import atomic_write_text
+
+    atomic_write_text(cfg_path, json.dumps(data, indent=2), overwrite=True)  # other keys were kept above
     return cfg_path
 
 

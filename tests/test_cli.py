@@ -13,6 +13,7 @@ from napari_lesionlocator.cli import build_parser, main
 from napari_lesionlocator.core.geometry import Geometry
 from napari_lesionlocator.core.image import Image, LabelMap
 from napari_lesionlocator.core.prompts import prompts_from_label_map
+from napari_lesionlocator.core.results import LesionMask, LesionResult, compose_label_map
 from napari_lesionlocator.engines import base as engine_base
 from napari_lesionlocator.io.images import read_label_map, write_image, write_label_map
 from napari_lesionlocator.io.prompt_files import write_prompt_json

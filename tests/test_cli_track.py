@@ -13,7 +13,7 @@ import pytest
 
 from napari_lesionlocator.cli import main
 from napari_lesionlocator.core.image import LabelMap
-from napari_lesionlocator.core.results import LesionResult, compose_label_map
+from napari_lesionlocator.core.results import LesionMask, LesionResult, compose_label_map
 from napari_lesionlocator.engines import base as engine_base
 from napari_lesionlocator.io.images import read_label_map, write_image, write_label_map
 from napari_lesionlocator.io.resample import resample_label_map_to
@@ -69,7 +69,9 @@ def test_track_prev_mask_classical(study, tmp_path, capsys):
     code, _, err = _run(capsys, "track", "-bl", p["img0"], "-fu", p["img1"], "-p", p["mask1"], "-t", "prev_mask",
                         "-o", tmp_path, "--threads", "1")
     assert code == 0, err
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["case0_tp1_lesion_1.nii.gz", "case0_tp1_lesions.nii.gz"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "case0_tp0_track_summary.json", "case0_tp1_lesion_1.nii.gz", "case0_tp1_lesions.nii.gz",
+        "case0_tp1_summary.json"]
     assert _same_geometry(tmp_path / "case0_tp1_lesions.nii.gz", p["img1"])
     assert _same_geometry(tmp_path / "case0_tp1_lesion_1.nii.gz", p["img1"])
     got = read_label_map(tmp_path / "case0_tp1_lesions.nii.gz")
@@ -85,8 +87,9 @@ def test_track_from_point_prompt_classical(study, tmp_path, capsys):
                         "-o", tmp_path, "-q", "--threads", "1")
     assert code == 0, err
     assert sorted(f.name for f in tmp_path.iterdir()) == [
-        "case0_tp0_lesion_1.nii.gz", "case0_tp0_lesions.nii.gz",
-        "case0_tp1_lesion_1.nii.gz", "case0_tp1_lesions.nii.gz",
+        "case0_tp0_lesion_1.nii.gz", "case0_tp0_lesions.nii.gz", "case0_tp0_summary.json",
+        "case0_tp0_track_summary.json",
+        "case0_tp1_lesion_1.nii.gz", "case0_tp1_lesions.nii.gz", "case0_tp1_summary.json",
     ]
     assert _same_geometry(tmp_path / "case0_tp0_lesions.nii.gz", p["img0"])
     base = read_label_map(tmp_path / "case0_tp0_lesions.nii.gz").array == 1
@@ -101,6 +104,7 @@ class _WorldCopyEngine:
 
     name = "worldcopy"
     calls: list = []
+    prompts: list = []
 
     def __init__(self, settings):
         pass
@@ -109,20 +113,25 @@ class _WorldCopyEngine:
         pass
 
     def segment(self, image, prompts, *, on_progress=None, cancel=None):
-        labels = LabelMap.empty_like(image)
+        lesions = {}
         for pr in prompts:
             z, y, x = pr.zyx
-            labels.array[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3] = pr.lesion_id
-        return engine_base.SegmentationResult(labels)
+            crop = np.ones((5, 5, 5), bool)
+            lesions[pr.lesion_id] = LesionResult(pr.lesion_id, LesionMask(image.geometry, (z - 2, y - 2, x - 2), crop))
+        return engine_base.SegmentationResult(compose_label_map(lesions, image.geometry), lesions=lesions)
 
     def track(self, baseline, baseline_labels, followup, *, on_progress=None, cancel=None):
-        if not isinstance(baseline_labels, LabelMap):  # each lesion's own mask: compose for the copy
-            baseline_labels = compose_label_map([LesionResult(k, m) for k, m in baseline_labels.items()],
-                                                baseline.geometry)
-        type(self).calls.append((baseline.name, followup.name, baseline_labels.ids))
-        moved = resample_label_map_to(baseline_labels, followup.geometry)
-        lost = [i for i in baseline_labels.ids if i not in moved.ids]
-        return engine_base.TrackingResult(moved, lost_ids=lost)
+        own = engine_base.as_lesion_masks(baseline_labels)  # each lesion's own whole mask, moved on its own
+        type(self).calls.append((baseline.name, followup.name, sorted(own)))
+        type(self).prompts.append({k: m.to_full() for k, m in own.items()})
+        lesions = {}
+        for lid, m in own.items():
+            moved = resample_label_map_to(LabelMap(m.to_full().astype(np.uint8), baseline.geometry), followup.geometry)
+            mask = LesionMask.from_full(followup.geometry, moved.array > 0)
+            lesions[lid] = LesionResult(lid, mask, "ok" if not mask.is_empty else "lost")
+        labels = compose_label_map(lesions, followup.geometry)
+        lost = [i for i, r in lesions.items() if r.status == "lost"]
+        return engine_base.TrackingResult(labels, lost_ids=lost, lesions=lesions)
 
 
 @pytest.fixture
@@ -132,6 +141,7 @@ def copy_engine(monkeypatch):
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(engine_base.ENGINE_TABLE, "classical", f"{mod.__name__}:WorldCopyEngine")
     _WorldCopyEngine.calls = []
+    _WorldCopyEngine.prompts = []
     return _WorldCopyEngine
 
 

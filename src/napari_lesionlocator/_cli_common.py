@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .core.errors import CheckpointError, OutputExistsError, PromptError
+from .core.errors import OutputExistsError, PromptError
 from .core.image import Image, LabelMap
 from .core.progress import ProgressEvent
 from .core.prompts import BoxPrompt, PointPrompt, Prompt, prompts_from_label_map, read_prompt_json
@@ -23,10 +20,12 @@ __all__ = [
     "UsageError",
     "warn",
     "info",
+    "resolve_engine",
     "choose_engine_name",
     "make_engine",
+    "run_key",
     "read_prompt_file",
-    "run_segmentation",
+    "segment_case",
     "checked_prompts",
     "lesion_file",
     "instance_file",
@@ -34,9 +33,10 @@ __all__ = [
     "existing_outputs",
     "plan_outputs",
     "OutputPlan",
+    "case_writer",
+    "report_lesions",
     "warn_if_not_ct",
     "read_one_volume",
-    "write_case_outputs",
     "ProgressBar",
     "strip_channel",
 ]
@@ -69,69 +69,50 @@ def _write_line(text: str) -> None:
 
 
 # ------------------------------------------------------------------ engines
-def _configured_checkpoint() -> str | None:
-    from .engines.lesionlocator.config import get_configured_checkpoint
+def resolve_engine(args: argparse.Namespace):
+    """The engine the flags ask for, resolved by :func:`api.engine_settings` (the GUI resolves the same way):
+    ``--engine`` if given, else lesionlocator when a checkpoint is configured (``-m``,
+    ``$LESIONLOCATOR_CHECKPOINT`` or the config file), else classical; ``-device auto`` picks cuda, mps,
+    then cpu; TTA on for lesionlocator unless ``--disable_tta``."""
+    from .api import engine_settings
 
-    try:
-        return get_configured_checkpoint()
-    except CheckpointError as exc:
-        warn(str(exc))
-        return None
+    return engine_settings(args.engine, checkpoint=args.checkpoint, device=args.device, folds=args.folds,
+                           tta=False if args.disable_tta else None, threads=args.threads,
+                           allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)))
 
 
 def choose_engine_name(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(engine name, checkpoint): ``--engine`` if given, else lesionlocator when a checkpoint is
-    configured (``-m``, ``$LESIONLOCATOR_CHECKPOINT`` or the config file), else classical."""
-    checkpoint = args.checkpoint or os.environ.get(ENV_CHECKPOINT) or None
-    if args.engine == "classical":
-        return "classical", None
-    if checkpoint is None and args.engine in (None, "lesionlocator"):
-        checkpoint = _configured_checkpoint()
-    if args.engine is None:
-        return ("lesionlocator", checkpoint) if checkpoint else ("classical", None)
-    if not checkpoint:
-        from .engines.lesionlocator.config import no_checkpoint_message
-
-        raise UsageError(f"--engine {args.engine} needs -m CHECKPOINT: {no_checkpoint_message()}")
-    return args.engine, checkpoint
-
-
-def _resolve_auto_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        from .engines.lesionlocator.device import available_devices
-
-        devices = available_devices()
-    except ImportError:
-        return "cpu"
-    return next((d for d in ("cuda", "mps") if d in devices), "cpu")
+    """(engine name, checkpoint) the flags resolve to (see :func:`resolve_engine`)."""
+    resolved = resolve_engine(args)
+    return resolved.name, resolved.settings.checkpoint
 
 
 def make_engine(args: argparse.Namespace):
-    """Build the engine the flags ask for (see :func:`choose_engine_name`)."""
-    from .engines.base import EngineSettings, create_engine
+    """Build the engine the flags ask for (see :func:`resolve_engine`); its notes become warnings."""
+    from .api import make_engine as build
 
-    name, checkpoint = choose_engine_name(args)
-    if checkpoint is not None and not Path(checkpoint).expanduser().exists():
-        raise CheckpointError(f"the checkpoint folder {checkpoint} does not exist (download it with "
-                              "`lesionlocator download-weights`)")
-    settings = EngineSettings(threads=args.threads, device="cpu", checkpoint=checkpoint,
-                              folds=args.folds, tta=False,
-                              extra={"allow_unsafe": bool(getattr(args, "allow_unsafe_checkpoint", False))})
-    if name == "lesionlocator":
-        settings.device = _resolve_auto_device(args.device)
-        settings.tta = not args.disable_tta  # the official CLI mirrors by default
-        info(f"engine: lesionlocator (checkpoint {checkpoint}, device {settings.device}, "
-             f"folds {'all found' if args.folds is None else list(args.folds)}, TTA {'on' if settings.tta else 'off'})",
-             args)
-        if settings.device == "cpu":
-            warn("LesionLocator on the CPU is slow (the real model needs about a minute per network forward; "
-                 "TTA runs 8 forwards per tile and every fold adds as many): consider --disable_tta, -f 0, "
-                 "a GPU (-device cuda), or --engine classical")
-    else:
-        info("engine: classical (no weights)", args)
-    return create_engine(name, settings)
+    resolved = resolve_engine(args)
+    info(resolved.describe(), args)
+    for note in resolved.notes:
+        warn(note)
+    return build(resolved)
+
+
+def run_key(args: argparse.Namespace, *parts) -> str:
+    """Identifies a job (prompt file contents, prompt type, engine flags): a cancelled run's finished
+    lesions are resumed only by the same job."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            h.update(part.read_bytes() if part.is_file() else str(part).encode())
+        else:
+            h.update(repr(part).encode())
+    flags = [getattr(args, k, None) for k in ("prompt_type", "engine", "checkpoint", "folds", "disable_tta")]
+    h.update(json.dumps(flags, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ prompts
@@ -166,15 +147,21 @@ def read_prompt_file(path: Path, image: Image, kind: str) -> tuple[list[Prompt],
     return prompts_from_label_map(labels.array, kind), labels
 
 
-def run_segmentation(engine, image: Image, prompts: Sequence[Prompt], label_prompt: LabelMap | None, kind: str,
-                     bar: ProgressBar):
-    """Segment ``prompts`` on ``image`` (api.iter_segment), or hand a label-map prompt to an engine that
-    derives its own prompts from it (``segment_label_prompts``). Returns a SegmentationResult."""
-    if label_prompt is not None and hasattr(engine, "segment_label_prompts"):
-        return engine.segment_label_prompts(image, label_prompt, kind, on_progress=bar.note)
-    from .api import iter_segment
+def segment_case(engine, image: Image, prompts: Sequence[Prompt], label_prompt: LabelMap | None, kind: str,
+                 writer, bar: ProgressBar):
+    """Segment a case one lesion at a time, each lesion's own mask written (``writer.add``) as soon as it
+    is finished; lesions ``writer`` already holds (a resumed run) are skipped. A label-map prompt goes
+    through :func:`api.iter_segment_label_map` (engines that derive their own prompts from it get it).
+    Returns the SegmentationResult of the lesions run now."""
+    from .api import iter_segment, iter_segment_label_map
 
-    gen = iter_segment(engine, image, prompts, on_progress=bar.note)
+    done = set(writer.done)
+    if label_prompt is not None:
+        gen = iter_segment_label_map(engine, image, label_prompt, kind, on_progress=bar.note, on_lesion=writer.add,
+                                     skip_ids=sorted(done))
+    else:
+        gen = iter_segment(engine, image, [p for p in prompts if p.lesion_id not in done], on_progress=bar.note,
+                           on_lesion=writer.add)
     while True:
         try:
             bar.event(next(gen))
@@ -210,16 +197,22 @@ def checked_prompts(prompts: Sequence[Prompt], image: Image, source: str) -> lis
 
 # ------------------------------------------------------------------ outputs
 def lesion_file(out: Path, case: str, lesion_id: int) -> Path:
-    return out / f"{case}_lesion_{int(lesion_id)}.nii.gz"
+    from .api.outputs import lesion_file as f
+
+    return f(out, case, lesion_id)
 
 
 def instance_file(out: Path, case: str) -> Path:
-    return out / f"{case}_lesions.nii.gz"
+    from .api.outputs import instance_file as f
+
+    return f(out, case)
 
 
 def case_outputs(out: Path, case: str, ids: Sequence[int]) -> list[Path]:
-    """Every file a case produces: one binary mask per id, then the instance map."""
-    return [lesion_file(out, case, i) for i in ids] + [instance_file(out, case)]
+    """Every file a finished case has: one mask per id, the instance map, the summary."""
+    from .api.outputs import case_outputs as f
+
+    return f(out, case, ids)
 
 
 def existing_outputs(paths: Sequence[Path]) -> list[Path]:
@@ -228,40 +221,65 @@ def existing_outputs(paths: Sequence[Path]) -> list[Path]:
 
 @dataclass
 class OutputPlan:
-    """What to do with one case's outputs: ``"run"`` or ``"skip"`` (complete, --continue_prediction)."""
+    """What to do with one case: ``action`` ``"run"`` or ``"skip"`` (finished and valid, --continue_prediction);
+    ``overwrite``: the case's existing outputs may be replaced (as a whole, when the new ones are written);
+    ``resume``: keep the lesions a cancelled run of the same job finished."""
 
     action: str
     overwrite: bool
+    resume: bool = False
 
 
-def plan_outputs(paths: Sequence[Path], args: argparse.Namespace, what: str) -> OutputPlan:
-    """Decide for one case; OutputExistsError (exit 3) when outputs exist and neither flag allows it."""
-    existing = existing_outputs(paths)
+def plan_outputs(out: Path, case: str, ids: Sequence[int], geometry, args: argparse.Namespace, what: str) -> OutputPlan:
+    """Decide for one case; OutputExistsError (exit 3) when outputs exist and neither flag allows it.
+
+    A case is finished when its summary, every lesion file and the instance map are there, readable and on
+    ``geometry``'s grid; a cancelled run leaves ``<case>.partial/`` with the lesions it finished."""
+    from .api.outputs import case_is_complete, staging_folder
+
+    existing = existing_outputs(case_outputs(out, case, ids))
+    partial = staging_folder(out, case)
+    if partial.exists():
+        existing.append(partial)
     if not existing:
         return OutputPlan("run", False)
-    if args.continue_prediction and len(existing) == len(paths):
-        return OutputPlan("skip", False)
-    if args.overwrite or args.continue_prediction:
-        # --continue_prediction redoes an incomplete case (an interrupted run) and replaces its pieces.
+    if args.continue_prediction:
+        if not partial.exists() and case_is_complete(out, case, ids, geometry):
+            return OutputPlan("skip", False)
+        # Redo an unfinished case (an interrupted run), keeping the lesions it finished.
+        return OutputPlan("run", True, resume=True)
+    if args.overwrite:
         return OutputPlan("run", True)
     shown = ", ".join(p.name for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
     raise OutputExistsError(
-        f"{what}: output(s) already exist in {existing[0].parent}: {shown}. Use --continue_prediction to skip "
-        "finished cases or --overwrite to replace them"
+        f"{what}: output(s) already exist in {out}: {shown}. Use --continue_prediction to skip "
+        "finished cases (and resume unfinished ones) or --overwrite to replace them"
     )
 
 
-def write_case_outputs(labels: LabelMap, out: Path, case: str, ids: Sequence[int], *, overwrite: bool) -> list[Path]:
-    """Write ``<case>_lesion_<id>.nii.gz`` (uint8 0/1) per id and ``<case>_lesions.nii.gz``, in the source geometry."""
-    from .io.images import write_label_map
+def case_writer(out: Path, case: str, geometry, ids: Sequence[int], plan: OutputPlan, key: str | None,
+                args: argparse.Namespace):
+    """The :class:`api.CaseWriter` for a planned case; says what a resumed run keeps."""
+    from .api import CaseWriter
 
-    written = []
-    for lid in ids:
-        mask = (labels.array == lid).astype(np.uint8)
-        written.append(write_label_map(mask, lesion_file(out, case, lid), geometry=labels.geometry,
-                                       overwrite=overwrite))
-    written.append(write_label_map(labels, instance_file(out, case), overwrite=overwrite))
-    return written
+    writer = CaseWriter(out, case, geometry, ids, replace=plan.overwrite, resume=plan.resume, run_key=key)
+    if writer.resumed:
+        info(f"{case}: {len(writer.resumed)} lesion(s) finished by the interrupted run are kept "
+             f"(--continue_prediction)", args)
+    return writer
+
+
+def report_lesions(case: str, lesions, args: argparse.Namespace) -> None:
+    """One line per lesion whose status is not ok (its reasons), on stderr."""
+    for r in lesions.values():
+        if r.status == "ok":
+            continue
+        why = "; ".join(r.messages) or "no reason given"
+        line = f"{case}: lesion {r.lesion_id}: {r.status}: {why}"
+        if r.status in ("empty", "lost"):
+            warn(line + " (written as an empty file)")
+        else:
+            info(line, args)
 
 
 # ------------------------------------------------------------------ progress

@@ -7,11 +7,7 @@ from pathlib import Path
 
 from ._cli_common import UsageError, info, read_one_volume, warn
 from .core.image import Image, LabelMap
-from .core.measurements import measure_study
-from .core.recist import recist_for_study, select_targets
-from .core.study import parse_date
 from .io.images import read_label_map
-from .io.tables import write_lesion_table
 
 __all__ = ["run_measure", "parse_ids"]
 
@@ -51,38 +47,24 @@ def _timepoints(args: argparse.Namespace) -> list[tuple[Image, LabelMap]]:
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from .core.study import Study, Timepoint
+    from .api import measure_timepoints, write_measurements
 
     targets = parse_ids(args.targets, "--targets")
     nodes = parse_ids(args.nodes, "--nodes") or []
     pairs = _timepoints(args)
-    if args.dates is not None:
-        if len(args.dates) != len(pairs):
-            raise UsageError(f"--dates has {len(args.dates)} value(s) for {len(pairs)} timepoint(s)")
-        for (image, _), d in zip(pairs, args.dates):
-            image.acquisition_date = parse_date(d).isoformat()
-    # Timepoints stay in the order given (not re-sorted by date): the first one is the baseline.
-    study = Study([Timepoint(img, lab) for img, lab in pairs], sort_by_date=False)
-    ids = study.lesion_ids
-    unknown = sorted(set(targets or []) - set(ids)) + sorted(set(nodes) - set(ids))
-    if unknown:
-        raise UsageError(f"lesion id(s) {sorted(set(unknown))} given in --targets/--nodes are in no label map "
-                         f"(ids present: {ids})")
+    if args.dates is not None and len(args.dates) != len(pairs):
+        raise UsageError(f"--dates has {len(args.dates)} value(s) for {len(pairs)} timepoint(s)")
     for image, labels in pairs:
         info(f"measuring {image.name} ({len(labels.ids)} lesion(s))", args)
-    rows = measure_study(study)
-    recist = None
-    baseline_rows = [r for r in rows if r.timepoint == 0]
-    chosen = targets if targets is not None else select_targets(baseline_rows, nodes=nodes)
-    if not chosen:
-        warn("no measurable target lesion at baseline (long axis >= 10 mm, nodes >= 15 mm short axis): "
-             "no RECIST summary; choose targets with --targets")
-    else:
-        try:
-            recist = recist_for_study(study, chosen, nodes=[n for n in nodes if n in chosen], rows=rows)
-        except ValueError as exc:
-            raise UsageError(f"RECIST: {exc}") from None
-    paths = write_lesion_table(args.output, rows, recist, overwrite=args.overwrite,
+    try:
+        # Timepoints stay in the order given (not re-sorted by date): the first one is the baseline.
+        result = measure_timepoints(pairs, targets=targets, nodes=nodes, dates=args.dates)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("given as targets/nodes", "given in --targets/--nodes")) from None
+    for note in result.notes:
+        warn(note.replace("choose targets explicitly", "choose targets with --targets"))
+    rows, recist = result.rows, result.recist
+    paths = write_measurements(args.output, result, overwrite=args.overwrite,
                                metadata={"images": [img.source or img.name for img, _ in pairs]})
     # A short human summary on stdout; the files hold everything.
     print(f"{'tp':>2} {'lesion':>6} {'present':>7} {'vol_ml':>9} {'long_mm':>8} {'short_mm':>8} {'mean_HU':>8}")

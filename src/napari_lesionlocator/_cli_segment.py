@@ -9,20 +9,22 @@ from pathlib import Path
 from ._cli_common import (
     ProgressBar,
     UsageError,
-    case_outputs,
+    case_writer,
     checked_prompts,
     info,
     make_engine,
     plan_outputs,
     read_one_volume,
     read_prompt_file,
-    run_segmentation,
+    report_lesions,
+    run_key,
+    segment_case,
     strip_channel,
     warn,
     warn_if_not_ct,
-    write_case_outputs,
 )
 from .core.errors import InputImageError
+from .core.results import overlaps
 from .io.images import case_name, is_image_path
 
 __all__ = ["run_segment", "pair_cases"]
@@ -120,7 +122,7 @@ def run_segment(args: argparse.Namespace) -> int:
         prompts, label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)
         prompts = checked_prompts(prompts, image, source=case.prompt_path.name)
         ids = [p.lesion_id for p in prompts]
-        plan = plan_outputs(case_outputs(out, case.name, ids), args, what=f"case {case.name}")
+        plan = plan_outputs(out, case.name, ids, image.geometry, args, what=f"case {case.name}")
         if plan.action == "skip":
             info(f"{case.name}: outputs complete, skipped (--continue_prediction)", args)
             continue
@@ -137,14 +139,22 @@ def run_segment(args: argparse.Namespace) -> int:
                 image = read_one_volume(case.image_path)
                 label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)[1]
             bar.bar.set_description(case.name)
-            result = run_segmentation(engine, image, prompts, label_prompt, args.prompt_type, bar)
-            bar.advance(len(prompts))
-            for lid in result.empty_ids:
-                warn(f"{case.name}: lesion {lid}: the mask is empty (written as an empty file)")
+            ids = [p.lesion_id for p in prompts]
+            # Each lesion's own mask is written as soon as it is finished (a cancelled run keeps it).
+            writer = case_writer(out, case.name, image.geometry, ids, plan,
+                                 run_key(args, case.prompt_path, case.image_path.name), args)
+            bar.advance(len(writer.done))
+            result = segment_case(engine, image, prompts, label_prompt, args.prompt_type, writer, bar)
+            bar.advance(len(prompts) - len(writer.resumed))
+            lesions = {i: writer.done[i] for i in ids if i in writer.done}
+            report_lesions(case.name, lesions, args)
             for msg in result.messages:
-                info(f"{case.name}: {msg}", args)
-            files = write_case_outputs(result.labels, out, case.name, [p.lesion_id for p in prompts],
-                                       overwrite=plan.overwrite)
+                if not msg.startswith("lesion "):  # per-lesion notes are reported with the lesion's status
+                    info(f"{case.name}: {msg}", args)
+            files = writer.finish()
+            for a, b, n in overlaps(lesions):
+                info(f"{case.name}: lesions {a} and {b} overlap in {n} voxel(s) (both files hold them; the "
+                     f"instance map shows {b} there)", args)
             info(f"{case.name}: wrote {len(files)} file(s) to {out}", args)
     finally:
         bar.close()

@@ -1,63 +1,70 @@
 """``lesionlocator track``: baseline lesions followed through one or more follow-ups (autoregressive).
 
-Each follow-up is tracked from the previous one (its predicted masks are the next prompts) and
-written as soon as it is done, so an interrupted run resumes with ``--continue_prediction`` from
-the last finished follow-up (its instance map is read back from the output folder).
+Every lesion is tracked from its own whole mask: the baseline masks of ``-t box|point``, each file of
+``-t prev_mask``, and at follow-up k+1 the lesion's own mask found at follow-up k (never its part of a
+merged instance map: masks of two lesions may overlap). Each follow-up is written as soon as it is
+done (``<fu>_lesion_<id>``, ``<fu>_lesions``, ``<fu>_summary.json``), and
+``<baseline>_track_summary.json`` collects every lesion at every follow-up; an interrupted run
+resumes with ``--continue_prediction`` from the last finished follow-up (each lesion's mask is read
+back from its own file).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-
-import numpy as np
 
 from ._cli_common import (
     ProgressBar,
     UsageError,
-    case_outputs,
+    case_writer,
     checked_prompts,
     info,
-    instance_file,
     make_engine,
     plan_outputs,
     read_one_volume,
     read_prompt_file,
-    run_segmentation,
-    warn,
+    report_lesions,
+    run_key,
+    segment_case,
     warn_if_not_ct,
-    write_case_outputs,
 )
-from .core.image import Image, LabelMap
+from .core.image import Image
+from .core.results import LesionMask, overlaps
 from .io.images import read_label_map
 
-__all__ = ["run_track", "prev_mask_labels"]
+__all__ = ["run_track", "prev_mask_lesions", "track_summary_file"]
 
 
-def prev_mask_labels(paths: list[Path], baseline: Image) -> LabelMap:
-    """Baseline instance map from ``-t prev_mask`` files.
+def track_summary_file(out: Path, baseline_case: str) -> Path:
+    return Path(out) / f"{baseline_case}_track_summary.json"
 
-    One file: an instance map whose ids are kept as they are (a binary mask is lesion 1).
-    Several files: each file's non-zero voxels become one lesion, ids 1, 2, ... in the order given
-    (where masks overlap, the later file wins).
+
+def prev_mask_lesions(paths: list[Path], baseline: Image) -> dict[int, LesionMask]:
+    """Each lesion's own baseline mask from ``-t prev_mask`` files.
+
+    One file: an instance map whose ids are kept as they are (a binary mask is lesion 1). Several
+    files: each file's non-zero voxels are one lesion, ids 1, 2, ... in the order given; the masks may
+    overlap (each is its own lesion's prompt, none is cut by another).
     """
+    from .core.results import results_from_label_map
+
     for p in paths:
         if not p.exists():
             raise UsageError(f"prompt mask not found: {p}")
     if len(paths) == 1:
         labels = read_label_map(paths[0], like=baseline, name=f"{baseline.name}_lesions")
-        if not labels.ids:
+        found = results_from_label_map(labels)
+        if not found:
             raise UsageError(f"{paths[0].name}: the mask is empty, there is no lesion to track")
-        return labels
-    out = LabelMap.empty(baseline.geometry, f"{baseline.name}_lesions")
+        return {lid: r.mask for lid, r in found.items()}
+    out: dict[int, LesionMask] = {}
     for k, p in enumerate(paths, start=1):
-        mask = read_label_map(p, like=baseline).array != 0
-        if not mask.any():
+        mask = LesionMask.from_full(baseline.geometry, read_label_map(p, like=baseline).array != 0)
+        if mask.is_empty:
             raise UsageError(f"{p.name}: the mask is empty (lesion {k} would have no voxel)")
-        out.paste(k, mask)
-    lost = [k for k in range(1, len(paths) + 1) if k not in out.ids]
-    if lost:
-        raise UsageError(f"mask(s) {lost} are entirely covered by later masks; give non-overlapping masks")
+        out[k] = mask
     return out
 
 
@@ -67,6 +74,35 @@ def _drain(gen, bar: ProgressBar):
             bar.note(next(gen))
         except StopIteration as stop:
             return stop.value
+
+
+def _write_track_summary(out: Path, baseline: Image, followups: list[Image]) -> Path:
+    """``<baseline>_track_summary.json``: one entry per lesion per follow-up (with the follow-up's case name),
+    the overlaps and the new-lesion candidates of every finished follow-up, read from their summaries."""
+    from .api.outputs import summary_file
+    from .io.tables import atomic_write_text
+
+    doc = {"baseline": baseline.name, "followups": [], "lesions": [], "overlaps": [], "new_candidates": []}
+    for fu in followups:
+        try:
+            one = json.loads(summary_file(out, fu.name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        doc["followups"].append(fu.name)
+        doc["lesions"].extend({"case": fu.name} | e for e in one.get("lesions", []))
+        doc["overlaps"].extend({"case": fu.name} | e for e in one.get("overlaps", []))
+        doc["new_candidates"].extend({"case": fu.name} | c for c in one.get("new_candidates", []))
+    return atomic_write_text(track_summary_file(out, baseline.name), json.dumps(doc, indent=2) + "\n",
+                             overwrite=True)
+
+
+def _read_back(out: Path, image: Image):
+    from .api import read_case_lesions
+
+    lesions = read_case_lesions(out, image.name, image.geometry)
+    if lesions is None:
+        raise UsageError(f"{image.name}: its outputs in {out} changed while starting; run again")
+    return lesions
 
 
 def run_track(args: argparse.Namespace) -> int:
@@ -87,11 +123,11 @@ def run_track(args: argparse.Namespace) -> int:
         warn_if_not_ct(img)
     prompt_paths = [Path(p) for p in args.prompts]
 
-    baseline_labels: LabelMap | None = None
+    source: dict[int, LesionMask] | None = None
     prompts = label_prompt = None
     if args.prompt_type == "prev_mask":
-        baseline_labels = prev_mask_labels(prompt_paths, baseline)
-        ids = baseline_labels.ids
+        source = prev_mask_lesions(prompt_paths, baseline)
+        ids = sorted(source)
     else:
         if len(prompt_paths) != 1:
             raise UsageError(f"-t {args.prompt_type} takes one prompt file for the baseline, got {len(prompt_paths)}")
@@ -100,9 +136,9 @@ def run_track(args: argparse.Namespace) -> int:
         ids = [p.lesion_id for p in prompts]
 
     # Decide everything before any work: exit 3 here leaves the folder untouched.
-    seg_plan = plan_outputs(case_outputs(out, baseline.name, ids), args, f"baseline {baseline.name}") \
+    seg_plan = plan_outputs(out, baseline.name, ids, baseline.geometry, args, f"baseline {baseline.name}") \
         if prompts is not None else None
-    plans = [plan_outputs(case_outputs(out, f.name, ids), args, f"follow-up {f.name}") for f in followups]
+    plans = [plan_outputs(out, f.name, ids, f.geometry, args, f"follow-up {f.name}") for f in followups]
     start = next((k for k, p in enumerate(plans) if p.action == "run"), len(followups))
     if seg_plan is not None and seg_plan.action == "run":
         start = 0
@@ -112,6 +148,7 @@ def run_track(args: argparse.Namespace) -> int:
     redo_later = [followups[k].name for k in range(start, len(followups)) if plans[k].action == "skip"]
     if redo_later:
         info(f"recomputing {', '.join(redo_later)}: they depend on a follow-up that is recomputed", args)
+    key = run_key(args, *prompt_paths)
 
     engine = make_engine(args)
     bar = ProgressBar(len(followups) - start + (1 if seg_plan is not None and seg_plan.action == "run" else 0),
@@ -120,35 +157,41 @@ def run_track(args: argparse.Namespace) -> int:
         if seg_plan is not None:
             if seg_plan.action == "run":
                 bar.bar.set_description(f"segment {baseline.name}")
-                result = run_segmentation(engine, baseline, prompts, label_prompt, args.prompt_type, bar)
-                baseline_labels = result.labels
-                for lid in result.empty_ids:
-                    warn(f"{baseline.name}: lesion {lid}: the baseline mask is empty; it cannot be tracked")
-                write_case_outputs(baseline_labels, out, baseline.name, ids, overwrite=seg_plan.overwrite)
+                writer = case_writer(out, baseline.name, baseline.geometry, ids, seg_plan, key, args)
+                segment_case(engine, baseline, prompts, label_prompt, args.prompt_type, writer, bar)
+                report_lesions(baseline.name, writer.done, args)
+                writer.finish()
+                lesions = writer.done
                 bar.advance(1)
             else:
-                baseline_labels = read_label_map(instance_file(out, baseline.name), like=baseline)
+                lesions = _read_back(out, baseline)
                 info(f"{baseline.name}: baseline segmentation read back from {out} (--continue_prediction)", args)
-        previous, source = baseline, baseline_labels
+            source = {i: lesions[i].mask for i in ids}
+        previous = baseline
         if start > 0:
             previous = followups[start - 1]
-            source = read_label_map(instance_file(out, previous.name), like=previous)
-            info(f"resuming after {previous.name} (--continue_prediction)", args)
+            back = _read_back(out, previous)
+            source = {i: back[i].mask for i in ids}
+            info(f"resuming after {previous.name}: each lesion's own mask read back (--continue_prediction)", args)
         for k in range(start, len(followups)):
             fu = followups[k]
             bar.bar.set_description(f"{previous.name} -> {fu.name}")
+            plan = plans[k]
+            if plan.action == "skip":  # recomputed: it depends on an earlier follow-up that is recomputed
+                plan = type(plan)("run", True)
+            writer = case_writer(out, fu.name, fu.geometry, ids, plan, None, args)
             series = _drain(iter_track_series(engine, previous, source, [fu], on_progress=bar.note), bar)
             result = series.results[0]
-            labels = result.labels
-            lost = sorted(set(result.lost_ids) | {i for i in ids if not np.any(labels.array == i)})
-            if lost:
-                warn(f"{fu.name}: lesion(s) {lost} not found (written as empty files)")
-            for msg in result.messages:
-                info(f"{fu.name}: {msg}", args)
-            overwrite = plans[k].overwrite or plans[k].action == "skip"
-            write_case_outputs(labels, out, fu.name, ids, overwrite=overwrite)
+            for lid in ids:
+                writer.add(result.lesions[lid])
+            report_lesions(fu.name, result.lesions, args)
+            for a, b, n in overlaps(result.lesions):
+                info(f"{fu.name}: lesions {a} and {b} overlap in {n} voxel(s) (both files hold them)", args)
+            writer.finish(new_candidates=result.new_candidates)
+            _write_track_summary(out, baseline, followups)
             bar.advance(1)
-            previous, source = fu, labels
+            # each lesion's own whole mask at follow-up k is its prompt for k+1
+            previous, source = fu, {lid: result.lesions[lid].mask for lid in ids}
     finally:
         bar.close()
     info(f"wrote results for {len(followups) - start} follow-up(s) to {out}", args)

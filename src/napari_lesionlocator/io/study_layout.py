@@ -10,6 +10,7 @@ API (all a study generator needs)::
         in timepoint order; Image.name = "<case>_<folder>", acquisition_date from naming.csv.
     read_study(folder, *, case=None) -> core.study.Study
     list_layout_cases(folder) -> list[str]
+    layout_rows(folder) -> {case: [naming.csv row, ...]}   (paths only, no image read)
 
 Folder layout (several cases may share one root)::
 
@@ -52,6 +53,7 @@ __all__ = [
     "read_study_layout",
     "read_study",
     "list_layout_cases",
+    "layout_rows",
 ]
 
 NAMING_CSV = "naming.csv"
@@ -225,6 +227,13 @@ def _rows_by_case(root: Path) -> dict[str, list[dict[str, str]]]:
             f"{root} is not a study layout: no {NAMING_CSV} in our format and no Baseline/images files"
         )
     return cases
+
+
+def layout_rows(folder: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
+    """Each case's ``naming.csv`` rows (or the rows found by pairing file names), without reading
+    any image: ``{case: [{case, timepoint, folder, image, label, acquisition_date}, ...]}`` with
+    ``image``/``label`` relative to ``folder`` (``label`` empty when there is none)."""
+    return _rows_by_case(Path(folder))
 
 
 def list_layout_cases(folder: str | os.PathLike) -> list[str]:

@@ -10,6 +10,10 @@ use. ``LesionLocatorEngine`` implements ``engines.base.Engine``:
   plain full-volume pipeline's (``segmentation.segment_full_volume_reference``);
 * ``track`` delegates to ``tracking.track_lesions`` with the model from ``tracking.load_track_model``.
 
+Every lesion is predicted and exported on its own (reference 3.7): results carry each lesion's own
+whole mask (``SegmentationResult.lesions`` / ``TrackingResult.lesions``), and tracking takes each
+lesion's own mask as its prompt; the instance map ``labels`` is only the display product.
+
 Engine-specific settings go in ``EngineSettings.extra``: ``allow_unsafe`` (bool: permit a full
 unpickling load of a user-chosen checkpoint when the weights-only load refuses it) and
 ``precision`` (``"float16"``: the official numerics, default; ``"float32"``: labelled option).
@@ -30,6 +34,7 @@ from ...core.errors import EngineError, PromptError
 from ...core.image import Image, LabelMap
 from ...core.progress import CancelToken, ProgressCallback, report
 from ...core.prompts import BoxPrompt, PointPrompt, Prompt, instance_map_from_labels
+from ...core.results import LesionMask, LesionResult, compose_label_map
 from ..base import EngineSettings, SegmentationResult, TrackingResult
 
 __all__ = ["LesionLocatorEngine"]
@@ -220,30 +225,33 @@ class LesionLocatorEngine:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> SegmentationResult:
-        """One lesion per prompt (point prompts -> point_optimized, boxes -> bbox_optimized), ids as given."""
-        from .prompting import map_prompt
+        """One lesion per prompt (point prompts -> point_optimized, boxes -> bbox_optimized), ids as given.
+
+        Every lesion is predicted and exported on its own: ``lesions[id]`` is its own whole mask (a crop
+        inside its tiles' region), whatever the other prompts' masks cover; ``labels`` is the display
+        map (later prompt wins where masks overlap). ``prompts`` may also hold the preprocessed prompts
+        :meth:`label_map_prompts` returns."""
+        from .prompting import PromptPP, map_prompt
 
         jobs = []
         for p in prompts:
+            if isinstance(p, PromptPP):
+                jobs.append((p.lesion_id, p.kind, p, None))
+                continue
             if not isinstance(p, (PointPrompt, BoxPrompt)):
                 raise PromptError(f"unsupported prompt {p!r}")
             part = "box" if isinstance(p, BoxPrompt) else "point"
             pre = self.meta(image, part)
-            jobs.append((p.lesion_id, part, map_prompt(p, pre)))
+            jobs.append((p.lesion_id, part, map_prompt(p, pre), p))
         return self._run_jobs(image, jobs, on_progress, cancel)
 
-    def segment_label_prompts(
-        self,
-        image: Image,
-        labels: LabelMap | np.ndarray,
-        kind: str,
-        *,
-        on_progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None,
-    ) -> SegmentationResult:
+    def label_map_prompts(self, image: Image, labels: LabelMap | np.ndarray, kind: str):
         """Prompts from a label map as the official tool derives them (6.1): the map is resampled with the
         image (as a segmentation); every id (or 26-connected component of a binary map) gives a box
-        ``[min - 1, max + 2)`` or a centroid point in preprocessed voxels. Ids kept (gaps, > 255)."""
+        ``[min - 1, max + 2)`` or a centroid point in preprocessed voxels. Ids kept (gaps, > 255).
+
+        Returns ``(prompts, vanished)``: prompts :meth:`segment` takes (one lesion each), and
+        ``{id: reason}`` for lesions that give no prompt."""
         from .preprocessing import resample_label_map
         from .prompting import prompts_from_preprocessed_labels
 
@@ -255,17 +263,43 @@ class LesionLocatorEngine:
         resampled = resample_label_map(inst, pre, self.model(kind).configuration_manager)
         pps = prompts_from_preprocessed_labels(resampled, kind)
         lost = sorted({int(v) for v in np.unique(inst) if v} - {p.lesion_id for p in pps})
-        result = self._run_jobs(image, [(p.lesion_id, kind, p) for p in pps], on_progress, cancel)
-        for lid in lost:
+        return pps, dict.fromkeys(lost, "vanished when the label map was resampled to the model spacing")
+
+    def segment_label_prompts(
+        self,
+        image: Image,
+        labels: LabelMap | np.ndarray,
+        kind: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> SegmentationResult:
+        """Segment every lesion of a label-map prompt (see :meth:`label_map_prompts`), each on its own."""
+        pps, vanished = self.label_map_prompts(image, labels, kind)
+        result = self._run_jobs(image, [(p.lesion_id, kind, p, None) for p in pps], on_progress, cancel)
+        for lid, reason in vanished.items():
             result.empty_ids.append(lid)
-            result.messages.append(f"lesion {lid}: vanished when the label map was resampled to the model spacing")
+            result.messages.append(f"lesion {lid}: {reason}")
+            result.lesions[lid] = LesionResult(lid, LesionMask.empty(image.geometry), "empty", [reason],
+                                               {"engine": self.name, "prompt": f"label map ({kind})"})
         return result
 
+    def _provenance(self, part: str, prompt, n_tiles: int) -> dict:
+        m = self.model(part)
+        return {
+            "engine": self.name,
+            "prompt": part if prompt is not None else f"label map ({part})",
+            "folds": [int(f) for f in m.folds],
+            "tta": bool(self.settings.tta),
+            "precision": self.precision,
+            "tiles": int(n_tiles),
+        }
+
     def _run_jobs(self, image, jobs, on_progress, cancel) -> SegmentationResult:
-        from .segmentation import ForwardCounter, count_forwards, plan_tiles, segment_prompt_fast
+        from .segmentation import ForwardCounter, count_forwards, plan_tiles, segment_prompt_fast_crop
 
         counts = []
-        for _lid, part, pp in jobs:
+        for _lid, part, pp, _orig in jobs:
             m = self.model(part)
             pre = self.meta(image, part)
             starts, _, _ = plan_tiles(pp, pre.new_shape, m.patch_size)
@@ -281,17 +315,16 @@ class LesionLocatorEngine:
             left = (time.perf_counter() - t0) / step * (total - step)
             report(on_progress, step, total, f"lesion {current[0]}: forward {step}/{total}, {_fmt_seconds(left)}")
 
-        labels = LabelMap.empty_like(image)
         # Each note (e.g. "using fold(s) [0]") is reported once, in the first result after it arose.
-        result = SegmentationResult(labels=labels, messages=self._unreported)
+        result = SegmentationResult(labels=LabelMap.empty_like(image), messages=self._unreported)
         self._unreported = []
         report(on_progress, 0, total, f"{total} network forward(s) to run on {self.device}")
-        for (lid, part, pp), n in zip(jobs, counts):
+        for (lid, part, pp, orig), n in zip(jobs, counts):
             current[0] = lid
             m = self.model(part)
             counter = ForwardCounter(n, tick, cancel)
             counter.check()
-            mask = segment_prompt_fast(
+            fm = segment_prompt_fast_crop(
                 self.preprocessed_for(image, part, pp),
                 pp,
                 m,
@@ -300,11 +333,13 @@ class LesionLocatorEngine:
                 counter=counter,
             )
             done_before[0] += n
-            if not mask.any():
+            mask = LesionMask.from_crop(image.geometry, fm.start, fm.crop)
+            lesion = _judge_segmentation(lid, mask, orig, fm.limit_axes, self._provenance(part, orig, fm.n_tiles))
+            result.lesions[lid] = lesion
+            if lesion.status == "empty":
                 result.empty_ids.append(lid)
-                result.messages.append(f"lesion {lid}: the model found no lesion at this prompt")
-                continue
-            labels.paste(lid, mask)
+            result.messages.extend(f"lesion {lid}: {msg}" for msg in lesion.messages)
+        result.labels = compose_label_map(result.lesions, image.geometry, f"{image.name}_lesions")
         report(on_progress, total, total, "done")
         return result
 
@@ -318,12 +353,8 @@ class LesionLocatorEngine:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> TrackingResult:
-        """Delegates to ``tracking.track_lesions(engine, baseline, baseline_labels, followup, ...)``."""
-        if not isinstance(baseline_labels, LabelMap):  # interim: per-lesion masks composed (overlaps lost)
-            from ...core.results import LesionResult, compose_label_map
-
-            baseline_labels = compose_label_map(
-                [LesionResult(k, m) for k, m in baseline_labels.items()], baseline.geometry, "baseline")
+        """Track every lesion from its own whole baseline mask (``{id: LesionMask}`` or an instance map)
+        into ``followup`` (``tracking.track_lesions``); ``lesions[id]`` is its own mask there."""
         mod = _tracking_module()
         fn = getattr(mod, "track_lesions", None) if mod else None
         if fn is None:
@@ -337,7 +368,37 @@ class LesionLocatorEngine:
                 self._field_cache = cache_cls() if cache_cls else None
             kwargs["field_cache"] = self._field_cache
         kwargs = {k: v for k, v in kwargs.items() if k in params}
-        return fn(self.model("track"), baseline, baseline_labels, followup, **kwargs)
+        result = fn(self.model("track"), baseline, baseline_labels, followup, **kwargs)
+        result.messages[:0] = self._unreported
+        self._unreported = []
+        return result
+
+
+def _judge_segmentation(lesion_id: int, mask: LesionMask, prompt, limit_axes, provenance) -> LesionResult:
+    """Status and reasons for one segmented lesion (the mask itself is never changed: it is the model's)."""
+    if mask.is_empty:
+        return LesionResult(lesion_id, mask, "empty", ["the model found no lesion at this prompt"], provenance)
+    notes = []
+    if limit_axes:
+        notes.append(
+            f"the mask reaches the edge of the region the network saw (along {', '.join(limit_axes)}); the lesion "
+            "may continue beyond it: check it, or prompt with a box that covers the whole lesion"
+        )
+    if isinstance(prompt, PointPrompt):
+        z, y, x = (int(v) - s for v, s in zip(prompt.zyx, mask.start))
+        inside = all(0 <= v < n for v, n in zip((z, y, x), mask.array.shape)) and bool(mask.array[z, y, x])
+        if not inside:
+            notes.append(f"the mask does not contain the clicked point {list(prompt.zyx)}")
+    elif isinstance(prompt, BoxPrompt):
+        lo = np.maximum(np.asarray(prompt.start), np.asarray(mask.start))
+        hi = np.minimum(np.asarray(prompt.stop), np.asarray(mask.stop))
+        inside = 0
+        if np.all(hi > lo):
+            sub = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, mask.start))
+            inside = int(np.count_nonzero(mask.array[sub]))
+        if inside * 2 < mask.voxels:
+            notes.append(f"{100 - 100 * inside // mask.voxels} % of the mask lies outside the prompt box")
+    return LesionResult(lesion_id, mask, "check" if notes else "ok", notes, provenance)
 
 
 def _tracking_module():

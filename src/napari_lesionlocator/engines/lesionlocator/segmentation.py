@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,8 +46,11 @@ __all__ = [
     "export_full",
     "region_export_plan",
     "export_region",
+    "export_region_crop",
+    "FastMask",
     "segment_full_volume_reference",
     "segment_prompt_fast",
+    "segment_prompt_fast_crop",
     "count_forwards",
 ]
 
@@ -252,9 +256,12 @@ def region_export_plan(u_lo, u_hi, pre: Preprocessed, configuration_manager) -> 
     return out
 
 
-def export_region(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill=float("nan")) -> np.ndarray:
+def export_region_crop(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill=float("nan")):
     """Like ``export_full`` for logits given on ``[u_lo, u_lo + shape)`` only (``fill`` elsewhere: NaN for
-    the float16 numerics, 0 for float32), resampling only the output region that can be lesion."""
+    the float16 numerics, 0 for float32), resampling only the output region that can be lesion.
+
+    Returns ``(start, crop)``: the bool mask on the original grid's crop ``[start, start + crop.shape)``;
+    every voxel outside the crop is background in the whole-volume export too."""
     import torch
 
     u_lo = np.asarray(u_lo)
@@ -271,9 +278,15 @@ def export_region(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill
     res = configuration_manager.resampling_fn_probabilities(crop, out_shape, pre.target_spacing, pre.original_spacing)
     seg = _mask_from_logits(res)
     keep = tuple(slice(ap.k0 - ap.b0, ap.k1 - ap.b0) for ap in plan)
+    start = tuple(int(o) + ap.k0 for o, ap in zip(pre.crop_offset, plan))
+    return start, np.ascontiguousarray(seg[keep])
+
+
+def export_region(logits_u, u_lo, pre: Preprocessed, configuration_manager, fill=float("nan")) -> np.ndarray:
+    """:func:`export_region_crop` pasted into a full bool volume on the original grid."""
+    start, crop = export_region_crop(logits_u, u_lo, pre, configuration_manager, fill)
     full = np.zeros(pre.shape_before_cropping, dtype=bool)
-    off = pre.crop_offset
-    full[tuple(slice(int(o) + ap.k0, int(o) + ap.k1) for o, ap in zip(off, plan))] = seg[keep]
+    full[tuple(slice(s, s + n) for s, n in zip(start, crop.shape))] = crop
     return full
 
 
@@ -329,7 +342,41 @@ def segment_full_volume_reference(
     return export_full(torch.as_tensor(logits).cpu(), pre, cm)
 
 
-def segment_prompt_fast(
+@dataclass
+class FastMask:
+    """One lesion's mask from the fast path, as a crop of the original grid.
+
+    ``start``/``crop``: bool mask on ``[start, start + crop.shape)`` (background elsewhere, exactly as
+    the full-volume export). ``limit_axes``: axes ("z", "y", "x") along which the network's mask
+    (before export) reaches the edge of the region its tiles covered where the volume continues:
+    the lesion may extend past what the network saw.
+    """
+
+    start: tuple[int, int, int]
+    crop: np.ndarray
+    limit_axes: list[str] = field(default_factory=list)
+    n_tiles: int = 0
+
+    def to_full(self, shape) -> np.ndarray:
+        full = np.zeros(tuple(shape), dtype=bool)
+        full[tuple(slice(s, s + n) for s, n in zip(self.start, self.crop.shape))] = self.crop
+        return full
+
+
+def _limit_axes(mask_pp: np.ndarray, u_lo, u_hi, shape) -> list[str]:
+    """Axes where ``mask_pp`` (on ``[u_lo, u_hi)``) touches a face of that box that lies inside the volume."""
+    out = []
+    for a, name in enumerate("zyx"):
+        if mask_pp.shape[a] == 0:
+            continue
+        low = int(u_lo[a]) > 0 and bool(np.take(mask_pp, 0, axis=a).any())
+        high = int(u_hi[a]) < int(shape[a]) and bool(np.take(mask_pp, -1, axis=a).any())
+        if low or high:
+            out.append(name)
+    return out
+
+
+def segment_prompt_fast_crop(
     pre: Preprocessed,
     prompt: PromptPP,
     model: LoadedModel,
@@ -337,8 +384,10 @@ def segment_prompt_fast(
     tta: bool = True,
     precision: str = "float16",
     counter: ForwardCounter | None = None,
-) -> np.ndarray:
-    """The fast path on a cached ``Preprocessed`` image: only the needed tiles and output region."""
+) -> FastMask:
+    """The fast path on a cached ``Preprocessed`` image: only the needed tiles and output region.
+
+    The mask equals :func:`segment_full_volume_reference`'s (pasted at ``start``)."""
     patch = model.patch_size
     starts, _padded, before = plan_tiles(prompt, pre.new_shape, patch)
     r_lo, r_hi = tile_union(starts, patch)
@@ -362,5 +411,21 @@ def segment_prompt_fast(
     u_hi = np.minimum(r_hi - np.asarray(before), np.asarray(pre.new_shape))
     sl = tuple(slice(int(a + b - r), int(c + b - r)) for a, c, b, r in zip(u_lo, u_hi, before, r_lo))
     logits = logits[(slice(None), *sl)]
+    limits = _limit_axes(_mask_from_logits(logits), u_lo, u_hi, pre.new_shape)
     fill = float("nan") if precision == "float16" else 0.0
-    return export_region(logits, u_lo, pre, model.configuration_manager, fill=fill)
+    start, crop = export_region_crop(logits, u_lo, pre, model.configuration_manager, fill=fill)
+    return FastMask(start, crop, limits, len(starts))
+
+
+def segment_prompt_fast(
+    pre: Preprocessed,
+    prompt: PromptPP,
+    model: LoadedModel,
+    *,
+    tta: bool = True,
+    precision: str = "float16",
+    counter: ForwardCounter | None = None,
+) -> np.ndarray:
+    """:func:`segment_prompt_fast_crop` as a full bool volume on the original grid."""
+    res = segment_prompt_fast_crop(pre, prompt, model, tta=tta, precision=precision, counter=counter)
+    return res.to_full(pre.shape_before_cropping)

@@ -34,7 +34,8 @@ import torch
 from ...core.errors import EngineError
 from ...core.image import Image, LabelMap
 from ...core.progress import CancelToken, ProgressCallback, report
-from ..base import TrackingResult
+from ...core.results import LesionMask, LesionResult, compose_label_map
+from ..base import TrackingResult, as_lesion_masks
 from . import registration as reg
 from .registration import (
     CONFIGURATION,
@@ -315,7 +316,7 @@ def _accumulate_flipped_back(acc: _LogitSum, region, logits: np.ndarray, flip, s
 def track_lesions(
     track_model,
     baseline: Image,
-    baseline_labels: LabelMap,
+    baseline_labels,
     followup: Image,
     *,
     tta: bool,
@@ -324,15 +325,16 @@ def track_lesions(
     cancel: CancelToken | None = None,
     field_cache: reg.FieldCache | None = None,
 ) -> TrackingResult:
-    """Track every lesion of ``baseline_labels`` into ``followup`` (one step, ids kept).
+    """Track every baseline lesion into ``followup`` from its own whole mask (one step, ids kept).
 
     Parameters
     ----------
     track_model : TrackModel or the engine's loaded tracking model
     baseline, followup : Image
         CT volumes (HU) with their own geometries (sizes, spacings and origins may differ).
-    baseline_labels : LabelMap
-        Instance map on ``baseline``'s grid; every non-zero id is one lesion.
+    baseline_labels : mapping of int to LesionMask, or LabelMap
+        Each lesion's own whole mask on ``baseline``'s grid (masks may overlap: every one is its
+        own lesion's prompt), or an instance map whose every non-zero id is one lesion.
     tta : bool
         Mirror all three axes (8 passes per fold), as the official tracker always does.
     device : str or torch.device
@@ -340,33 +342,41 @@ def track_lesions(
     Returns
     -------
     TrackingResult
-        Labels on ``followup``'s grid with the baseline ids; ``lost_ids`` lists lesions that
-        were not found (warped mask empty in every pass, or empty prediction).
+        ``lesions[id]``: each lesion's own whole mask on ``followup``'s grid (status ``lost`` where it
+        was not found: warped mask empty in every pass, or empty prediction; ``check`` where the
+        engine doubts it); ``labels``: the display instance map; ``lost_ids``.
     """
-    baseline.geometry.require_same_grid(baseline_labels.geometry, "baseline labels")
+    if isinstance(baseline_labels, LabelMap):
+        baseline.geometry.require_same_grid(baseline_labels.geometry, "baseline labels")
+    sources: dict[int, LesionMask] = as_lesion_masks(baseline_labels)
+    for lid, m in sources.items():
+        baseline.geometry.require_same_grid(m.geometry, f"lesion {lid}'s baseline mask")
     device = torch.device(device)
     plans, folds, _ = _fold_runner(track_model)
-    ids = baseline_labels.ids
-    out = LabelMap.empty(followup.geometry, name=f"{followup.name}_lesions", dtype=baseline_labels.array.dtype)
+    ids = sorted(sources)
     if not ids:
-        return TrackingResult(out, [], ["the baseline has no lesions to track"])
+        return TrackingResult(LabelMap.empty(followup.geometry, name=f"{followup.name}_lesions"), [],
+                              ["the baseline has no lesions to track"])
     n_flips = len(ALL_FLIPS) if tta else 1
     total = 2 + len(folds) * n_flips * (1 + len(ids)) + len(ids)
     pm, cm = _managers(track_model, plans)
     report(on_progress, 0, total, "preprocessing baseline and follow-up")
-    pre0, masks = _preprocess(baseline, pm, cm, {i: baseline_labels.mask(i) for i in ids})
+    pre0, masks = _preprocess(baseline, pm, cm, sources)
     report(on_progress, 1, total, "baseline preprocessed")
     pre1, _ = _preprocess(followup, pm, cm, {})
     report(on_progress, 2, total, "follow-up preprocessed")
-    messages: list[str] = []
-    lost: list[int] = []
+    provenance = {"engine": "lesionlocator", "tracked_from": baseline.name, "folds": [int(f) for f in folds],
+                  "tta": bool(tta)}
+    notes: dict[int, list[str]] = {i: [] for i in ids}
+    lesions: dict[int, LesionResult] = {}
     prompts = {}
     for i in ids:
         if masks[i].any():
             prompts[i] = masks[i]
+        elif sources[i].is_empty:
+            notes[i].append("its baseline mask is empty; not tracked")
         else:
-            lost.append(i)
-            messages.append(f"lesion {i}: its baseline mask vanished when resampled to the model spacing; not tracked")
+            notes[i].append("its baseline mask vanished when resampled to the model spacing; not tracked")
     step = 2
     sums = {}
     if prompts:
@@ -379,8 +389,10 @@ def track_lesions(
         step += len(folds) * n_flips * (1 + len(prompts))
     else:
         total = 2 + len(ids)
+    empty = LesionMask.empty(followup.geometry)
     for i in ids:
         if i not in sums:
+            lesions[i] = LesionResult(i, empty, "lost", notes[i], dict(provenance))
             step += 1
             report(on_progress, step, total, f"lesion {i} not tracked")
             continue
@@ -388,20 +400,46 @@ def track_lesions(
         if cancel is not None:
             cancel.raise_if_cancelled()
         if s.hits == 0:
-            lost.append(i)
-            messages.append(f"lesion {i}: registration moved it outside the follow-up in every pass; not found")
+            notes[i].append("registration moved it outside the follow-up in every pass; not found")
+            lesions[i] = LesionResult(i, empty, "lost", notes[i], dict(provenance))
         else:
-            mask = _export(s.mean(), pre1, cm)
-            if mask.any():
-                out.paste(i, mask)
+            mean = s.mean()
+            mask = LesionMask.from_full(followup.geometry, _export(mean, pre1, cm))
+            if mask.is_empty:
+                notes[i].append("the network found no lesion voxels at the registered position; not found")
+                lesions[i] = LesionResult(i, mask, "lost", notes[i], dict(provenance))
             else:
-                lost.append(i)
-                messages.append(f"lesion {i}: the network found no lesion voxels at the registered position")
-            if s.hits < s.passes:
-                messages.append(f"lesion {i}: warped outside the follow-up in {s.passes - s.hits} of {s.passes} passes")
+                doubts = []
+                if s.hits < s.passes:
+                    doubts.append(f"warped outside the follow-up in {s.passes - s.hits} of {s.passes} passes")
+                edge = _patch_limit_axes(s, mean)
+                if edge:
+                    doubts.append(f"the mask reaches the edge of the network's patch (along {', '.join(edge)}); "
+                                  "the lesion may continue beyond it: check it")
+                notes[i].extend(doubts)
+                lesions[i] = LesionResult(i, mask, "check" if doubts else "ok", notes[i], dict(provenance))
         step += 1
         report(on_progress, step, total, f"lesion {i} exported")
-    return TrackingResult(out, sorted(lost), messages)
+    labels = compose_label_map(lesions, followup.geometry, f"{followup.name}_lesions")
+    messages = [f"lesion {i}: {m}" for i in ids for m in lesions[i].messages]
+    lost = sorted(i for i, r in lesions.items() if r.status == "lost")
+    return TrackingResult(labels, lost, messages, lesions)
+
+
+def _patch_limit_axes(s: _LogitSum, mean: np.ndarray) -> list[str]:
+    """Axes along which the averaged prediction (preprocessed grid) touches a face of the patches' union
+    that lies inside the volume."""
+    if s.acc is None:
+        return []
+    box = tuple(slice(int(a), int(b)) for a, b in zip(s.lo, s.hi))
+    pred = mean[1][box] > mean[0][box]
+    out = []
+    for a, name in enumerate("zyx"):
+        low = int(s.lo[a]) > 0 and bool(np.take(pred, 0, axis=a).any())
+        high = int(s.hi[a]) < s.shape[a] and bool(np.take(pred, -1, axis=a).any())
+        if low or high:
+            out.append(name)
+    return out
 
 
 def _managers(model, plans: dict):
@@ -416,13 +454,13 @@ def _managers(model, plans: dict):
     return pm, cm
 
 
-def _preprocess(image: Image, pm, cm, masks: dict[int, np.ndarray]):
-    """Preprocess ``image`` like DefaultPreprocessor; each binary mask is resampled as a segmentation
-    on its own (one lesion per prompt, as the official tracker feeds them)."""
+def _preprocess(image: Image, pm, cm, masks: dict[int, LesionMask]):
+    """Preprocess ``image`` like DefaultPreprocessor; each lesion's own whole mask is resampled as a
+    segmentation on its own (one lesion per prompt, as the official tracker feeds them)."""
     from .preprocessing import preprocess_image, resample_label_map
 
     pre = preprocess_image(image.array, image.geometry.spacing, pm, cm)
-    out = {i: resample_label_map(m.astype(np.uint8), pre, cm) == 1 for i, m in masks.items()}
+    out = {i: resample_label_map(m.to_full().astype(np.uint8), pre, cm) == 1 for i, m in masks.items()}
     return pre, out
 
 

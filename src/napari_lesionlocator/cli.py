@@ -216,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", choices=["bbox", "point", "track"], default=["bbox", "point", "track"],
                    help="which models to write (default: all three; track builds the 70 M-parameter uniGradICON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LesionLocatorCheckpoint folder")
+
+    # batch (a cohort on Dask distributed; see _cli_batch)
+    from ._cli_batch import add_batch_parser
+
+    add_batch_parser(sub, parents=[common], formatter_class=_Formatter, add_engine_args=_add_engine_args)
     return parser
 
 
@@ -282,6 +287,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_download(args)
     if args.command == "generate-checkpoint":
         return _cmd_generate(args)
+    if args.command == "batch":
+        from ._cli_batch import run_batch_command
+
+        return run_batch_command(args)
     raise AssertionError(args.command)  # argparse restricts the choices
 
 

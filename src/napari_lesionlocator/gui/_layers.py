@@ -51,11 +51,25 @@ __all__ = [
 
 META_KEY = "lesionlocator"
 DEFAULT_WINDOW = "soft tissue"
-# One palette for every lesion layer: napari's default cyclic colours with a fixed seed, so
-# lesion k is drawn in the same colour at every timepoint and in every session.
-_PALETTE_SIZE = 49
-_PALETTE_SEED = 0.5
-
+# One palette for every lesion layer, so lesion k has the same colour at every timepoint and in
+# every session. Every colour is bright and saturated (no greys, no dark colours): each stands out
+# over CT at 0.6 opacity, over soft tissue (mid grey), lung (dark) and bone (white) alike
+# (tests/gui/test_gui_display.py checks the blended contrast). Neighbouring ids differ in hue.
+LESION_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (1.00, 0.85, 0.10),  # yellow
+    (0.10, 0.90, 1.00),  # cyan
+    (1.00, 0.30, 0.85),  # magenta
+    (0.40, 1.00, 0.20),  # lime
+    (1.00, 0.55, 0.10),  # orange
+    (0.35, 0.65, 1.00),  # sky blue
+    (1.00, 0.30, 0.35),  # coral red
+    (0.75, 0.45, 1.00),  # violet
+    (0.15, 1.00, 0.70),  # spring green
+    (0.85, 1.00, 0.10),  # chartreuse
+    (1.00, 0.45, 0.60),  # rose
+    (0.10, 0.75, 1.00),  # azure
+)
+LESION_OPACITY = 0.6
 
 # --------------------------------------------------------------------- layer data
 def image_layer_data(image: Image, *, window: str = DEFAULT_WINDOW, name: str | None = None) -> tuple:
@@ -92,7 +106,7 @@ def labels_layer_data(labels: LabelMap, *, name: str | None = None, image_name: 
         "metadata": meta,
         "colormap": lesion_colormap(),
         "visible": visible,
-        "opacity": 0.6,
+        "opacity": LESION_OPACITY,
         **labels.geometry.napari_transform(),
     }
     return (labels.array, kwargs, "labels")
@@ -162,10 +176,11 @@ def image_from_layer(layer) -> Image:
     )
 
 
-def label_map_from_layer(layer, geometry: Geometry | None = None) -> LabelMap:
-    """A copy of a Labels layer as a :class:`LabelMap` (a copy, so workers never see GUI edits mid-run)."""
+def label_map_from_layer(layer, geometry: Geometry | None = None, *, copy: bool = True) -> LabelMap:
+    """A Labels layer as a :class:`LabelMap`: a copy by default, so workers never see GUI edits mid-run
+    (``copy=False``: a view, for reading on the GUI thread)."""
     geometry = geometry or geometry_from_layer(layer)
-    array = np.array(layer.data, copy=True)
+    array = np.array(layer.data, copy=True) if copy else np.asarray(layer.data)
     if not np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.uint32)
     return LabelMap(array, geometry, str(layer.name))
@@ -173,10 +188,11 @@ def label_map_from_layer(layer, geometry: Geometry | None = None) -> LabelMap:
 
 # --------------------------------------------------------------------- colours
 def lesion_colormap():
-    """The cyclic label colormap every lesion layer uses (same id -> same colour)."""
-    from napari.utils.colormaps import label_colormap
+    """The cyclic label colormap every lesion layer uses (same id -> same colour; see LESION_PALETTE)."""
+    from napari.utils.colormaps import CyclicLabelColormap
 
-    return label_colormap(_PALETTE_SIZE, seed=_PALETTE_SEED)
+    colours = [[0.0, 0.0, 0.0, 0.0]] + [[*c, 1.0] for c in LESION_PALETTE]
+    return CyclicLabelColormap(colors=colours, background_value=0)
 
 
 _COLOURS: dict[int, np.ndarray] = {}

@@ -75,15 +75,26 @@ class EnginePanel(QWidget):
             tip = textwrap.fill(f"LesionLocator unavailable: {reason}", 80,
                                 break_on_hyphens=False, break_long_words=False)  # keep paths whole
             self.engine.setItemData(1, tip, 3)  # 3 = Qt.ToolTipRole
-        self.tta = QCheckBox("mirroring TTA")
+        self.engine.setToolTip("The engine every dock uses: classical (no weights, any CPU) or the "
+                               "LesionLocator model (needs its checkpoint).")
+        self.tta = QCheckBox("TTA")
+        self.tta.setToolTip("Mirroring test-time augmentation (LesionLocator; slower, a little more accurate).")
         self.folds = QLineEdit()
         self.folds.setPlaceholderText("all folds (e.g. 0,1,2)")
+        self.folds.setToolTip("Which folds of the checkpoint to average (empty: all present).")
         self.device = QComboBox()
         self.device.addItems(["cpu", "cuda", "mps"])
+        self.device.setToolTip("Where the LesionLocator model runs.")
         layout.addRow("Engine", self.engine)
-        layout.addRow("Folds", self.folds)
-        layout.addRow("Device", self.device)
-        layout.addRow("", self.tta)
+        # The LesionLocator options in one row, shown only when that engine is chosen.
+        self.options = QWidget()
+        row = QHBoxLayout(self.options)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Folds"))
+        row.addWidget(self.folds, 1)
+        row.addWidget(self.device)
+        row.addWidget(self.tta)
+        layout.addRow(self.options)
         self.engine.currentIndexChanged.connect(self._sync)
         self._sync()
 
@@ -91,6 +102,7 @@ class EnginePanel(QWidget):
         ll = self.engine_name == "lesionlocator"
         for w in (self.tta, self.folds, self.device):
             w.setEnabled(ll)
+        self.options.setVisible(ll)
 
     @property
     def engine_name(self) -> str:
@@ -156,33 +168,68 @@ class ImageLayerCombo(QComboBox):
 
 
 class ProgressRow(QWidget):
-    """Progress bar, status line and a Cancel button."""
+    """Progress bar, status line and a Cancel button.
+
+    One scale for the whole job: the job's own steps (a lesion, a follow-up) divide the bar, and
+    the engine's finer progress inside a step moves it within that step's share. The bar only
+    moves forward.
+    """
+
+    _RESOLUTION = 1000
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         self.bar = QProgressBar()
-        self.bar.setRange(0, 1)
+        self.bar.setRange(0, self._RESOLUTION)
         self.bar.setValue(0)
         self.cancel = QPushButton("Cancel")
+        self.cancel.setToolTip("Stop the running job; nothing is written.")
         self.cancel.setEnabled(False)
         row.addWidget(self.bar, 1)
         row.addWidget(self.cancel)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self._step = (0.0, 1.0)  # (start, width) of the current job step, as fractions of the bar
+        self.values: list[int] = []  # every value the bar took during the current job (for tests)
+
+    def start_job(self, total: int | None = None) -> None:
+        self._step = (0.0, 1.0)
+        self.values = []
+        self.bar.setRange(0, self._RESOLUTION)
+        self.bar.setValue(0)
+
+    def _advance(self, fraction: float) -> None:
+        value = int(round(min(max(fraction, 0.0), 1.0) * self._RESOLUTION))
+        if value > self.bar.value():
+            self.bar.setValue(value)
+            self.values.append(value)
 
     def show_event(self, event: ProgressEvent) -> None:
+        """A step of the job itself (e.g. ``lesion 2 of 3``)."""
         total = max(int(event.total), 1)
-        self.bar.setRange(0, total)
-        self.bar.setValue(min(int(event.step), total))
+        step = min(max(int(event.step), 0), total)
+        self._step = (step / total, 1.0 / total)
+        self._advance(step / total)
         if event.message:
             self.status.setText(event.message)
+
+    def show_detail(self, event: ProgressEvent) -> None:
+        """The engine's progress inside the current step (moves the bar within that step's share)."""
+        total = int(event.total)
+        if total > 0:
+            start, width = self._step
+            self._advance(start + width * min(max(int(event.step), 0), total) / total)
 
     def set_running(self, running: bool) -> None:
         self.cancel.setEnabled(running)
         if running:
-            self.bar.setValue(0)
+            self.start_job()
+
+    def finish(self) -> None:
+        """The job's results are written: the bar is full."""
+        self._advance(1.0)
 
 
 def show_end_state(runner, row: ProgressRow) -> None:

@@ -64,7 +64,9 @@ class JobRunner(QObject):
     Signals (all delivered on the GUI thread)
     ------------------------------------------
     progressed(ProgressEvent)
-        Every event the job yields or the engine reports.
+        Every step the job yields.
+    detail(ProgressEvent)
+        Progress the engine reports inside a step.
     succeeded(object)
         The job's return value (not emitted when cancelled or failed).
     cancelled()
@@ -76,6 +78,7 @@ class JobRunner(QObject):
     """
 
     progressed = Signal(object)
+    detail = Signal(object)  # the engine's finer progress inside a job step
     succeeded = Signal(object)
     cancelled = Signal()
     failed = Signal(object)
@@ -87,7 +90,7 @@ class JobRunner(QObject):
         super().__init__(parent)
         self.worker = None
         self.token: CancelToken | None = None
-        self._engine_progress.connect(self.progressed.emit)
+        self._engine_progress.connect(self.detail.emit)
         self._finished_state: str | None = None
         self.last_error: BaseException | None = None
 

@@ -31,12 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.errors import LesionLocatorError
 from ..core.geometry import Geometry
 from ..core.progress import ProgressEvent
 from ._gc import freeze_long_lived_objects
-from ._layers import META_KEY, geometry_from_layer, image_from_layer, label_map_from_layer
+from ._layers import META_KEY, geometry_from_layer, label_map_from_layer
 from ._panels import paint_lesion_item
-from ._session import AnnotationSession
+from ._session import session_for
 from ._view import camera, centre_view, grid
 from ._workers import JobRunner
 
@@ -71,8 +72,8 @@ class ReviewWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = AnnotationSession(napari_viewer)
+        self.session = session_for(napari_viewer)
+        self.viewer = napari_viewer = self.session.viewer  # the real viewer: its layers compare with ``is``
         self.runner = JobRunner(self)
         freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
         self.volumes: dict[int, list[float | None]] = {}
@@ -87,8 +88,12 @@ class ReviewWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setMinimumHeight(24 + 6 * 22)  # header + at least 6 lesion rows
         self.measure_button = QPushButton("Measure lesions")
+        self.measure_button.setToolTip("Volume (mL) of every lesion at every timepoint, in the timeline's order.")
         self.grid_button = QPushButton("Side-by-side review")
+        self.grid_button.setToolTip("Every timepoint side by side, each centred on the selected lesion.")
         self.grid_button.setCheckable(True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -97,7 +102,8 @@ class ReviewWidget(QWidget):
         buttons.addWidget(self.grid_button)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
-        layout.addWidget(QLabel("Lesion volume (mL) per timepoint; click a row to centre every timepoint on it"))
+        layout.setSpacing(4)
+        layout.addWidget(QLabel("Volume (mL) per timepoint; click a row to centre on it"))
         layout.addWidget(self.table, 1)
         layout.addWidget(self.status)
 
@@ -112,10 +118,17 @@ class ReviewWidget(QWidget):
         """Measure every lesion at every timepoint in a worker; the table fills when done."""
         if self.runner.running:
             return False
-        self._timepoints = self.session.timepoints()
+        self._timepoints = self.session.timepoints(self.session.order or None)
         pairs = []
         for tp in self._timepoints:
-            image = image_from_layer(tp)
+            try:
+                image = self.session.image(tp)  # no mL from a voxel size the file did not give
+            except LesionLocatorError as exc:
+                from napari.utils.notifications import show_error
+
+                show_error(str(exc))
+                self.status.setText(f"Not measured: {exc}")
+                return False
             labels_layer = self.session.labels_layer_for(tp, create=False)
             labels = label_map_from_layer(labels_layer, image.geometry) if labels_layer is not None else None
             pairs.append((image, labels))
@@ -138,7 +151,11 @@ class ReviewWidget(QWidget):
             paint_lesion_item(item, lid)
             self.table.setItem(row, 0, item)
             for col, vol in enumerate(vols, start=1):
-                text = "n/a" if vol is None else ("absent" if vol == 0 else f"{vol:.2f}")
+                state = self.session.lesion_state(self._timepoints[col - 1], lid, bool(vol))
+                text = "n/a" if vol is None else (f"{vol:.2f}" if vol else
+                                                  {"lost": "lost", "not tracked": "not tracked"}.get(state, "absent"))
+                if state == "check" and vol:
+                    text += " (check)"
                 cell = QTableWidgetItem(text)
                 cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, cell)
@@ -167,15 +184,19 @@ class ReviewWidget(QWidget):
         """Show every timepoint side by side (image + lesions per grid cell)."""
         if self.reviewing:
             return
-        tps = self.session.timepoints()
+        tps = self.session.timepoints(self.session.order or None)
         if not tps:
             self.status.setText("No CT image layers to review.")
             self.grid_button.setChecked(False)
             return
         self._timepoints = tps
         self._hidden = [layer for layer in self.viewer.layers if layer.visible]
-        for layer in self._hidden:
-            layer.visible = False
+        self.session._applying = True  # hiding the scans for the grid is not a change of timepoint
+        try:
+            for layer in self._hidden:
+                layer.visible = False
+        finally:
+            self.session._applying = False
         created = []
         for tp in tps:
             labels = self.session.labels_layer_for(tp)
@@ -223,9 +244,13 @@ class ReviewWidget(QWidget):
             layer.events.paint.disconnect(callback)
         self._links = []
         grid(self.viewer).enabled = False
-        for layer in self._hidden:
-            if layer in self.viewer.layers:
-                layer.visible = True
+        self.session._applying = True
+        try:
+            for layer in self._hidden:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+        finally:
+            self.session._applying = False
         self._hidden = []
         self.grid_button.blockSignals(True)
         self.grid_button.setChecked(False)

@@ -18,9 +18,10 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFormLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
+    QListView,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -33,9 +34,10 @@ from qtpy.QtWidgets import (
 from .. import api
 from ..core.errors import LesionLocatorError
 from ._gc import freeze_long_lived_objects
-from ._layers import apply_lesion_labels, image_from_layer, label_map_from_layer, lesion_colour, lesion_ids_in
-from ._panels import EnginePanel, ProgressRow, paint_lesion_item, show_end_state
-from ._session import AnnotationSession, preload_engine_modules
+from ._layers import apply_lesion_labels, label_map_from_layer, lesion_colour, lesion_ids_in
+from ._layers import geometry_from_layer as labels_layer_geometry
+from ._panels import ProgressRow, paint_lesion_item, show_end_state
+from ._session import preload_engine_modules, session_for
 from ._workers import JobRunner
 
 if TYPE_CHECKING:
@@ -57,23 +59,33 @@ def _notify(kind: str, message: str) -> None:
 
 _DONE = object()
 
+# What a cell of the lesion table shows for each state, and its tooltip.
+_STATE_TEXT = {
+    "present": ("\u25cf", "present"),
+    "check": ("\u25cf?", "present; check it: the engine doubts this mask"),
+    "lost": ("\u2715", "lost: tracked to this timepoint and not found (disappeared)"),
+    "empty": ("\u2205", "prompted here, nothing found"),
+    "not tracked": ("\u00b7", "not tracked yet: propagate to look for it here"),
+}
+
 
 class TimelineWidget(QWidget):
     """Timepoints, lesion presence per timepoint, and propagation of lesions to later timepoints."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = AnnotationSession(napari_viewer)
+        self.session = session_for(napari_viewer)
+        self.viewer = napari_viewer = self.session.viewer  # the real viewer: its layers compare with ``is``
         self.runner = JobRunner(self)
         freeze_long_lived_objects(napari_viewer)  # short full GCs: see _gc
         preload_engine_modules()  # engine imports off the first run: see _session
-        self._order: list[str] = []
         self._job = None
         self._to_write: list = []
         self._to_create: Iterator[None] = iter(())  # steps making the follow-ups' missing Labels layers
         self._pending_start = None  # (job, total) until the missing Labels layers exist
         self._lost_notes: list[str] = []
+        self._closed_during_run: list[str] = []
+        self._undo_entry: dict = {"layers": [], "history": {}}
         self._engine_notes: list[str] = []
         self._written_ids: list[int] = []
         self._watched: set[int] = set()
@@ -84,46 +96,106 @@ class TimelineWidget(QWidget):
         self._refresh_timer.timeout.connect(self.refresh)
 
         self.timepoint_list = QListWidget()
+        self.timepoint_list.setFlow(QListView.Flow.LeftToRight)  # one row: the timepoints read left to right
         self.timepoint_list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
-        self.timepoint_list.setToolTip("Timepoints ordered by acquisition date; drag to reorder.")
-        self.timepoint_list.setMaximumHeight(110)
+        self.timepoint_list.setToolTip("Timepoints ordered by acquisition date; drag to reorder; "
+                                       "click one to look at it.")
+        self.timepoint_list.setFixedHeight(34)
         self.table = QTableWidget()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setMinimumHeight(24 + 6 * 22)  # header + at least 6 lesion rows
+        self.table.setToolTip("\u25cf present, \u25cf? check (the engine doubts the mask), \u2715 lost (tracked "
+                              "there, not found: disappeared), \u2205 nothing found from the prompt, "
+                              "\u00b7 not tracked yet. Click a cell to look at that lesion there.")
         self.source_combo = QComboBox()
-        self.engine_panel = EnginePanel()
+        self.source_combo.setToolTip("Propagate from this timepoint to every later one.")
+        self.engine_label = QLabel("")
+        self.engine_label.setToolTip("The engine is chosen once, in the Lesion prompts dock.")
         self.refresh_button = QPushButton("Refresh")
-        self.propagate_button = QPushButton("Propagate to later timepoints")
-        self.propagate_button.setToolTip("Track all lesions (or the selected rows) from the chosen timepoint onwards.")
+        self.refresh_button.setToolTip("Re-read the timepoints and lesions (this happens on its own after changes).")
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.setToolTip("Track all lesions (or the selected rows) from the chosen timepoint "
+                                         "to every later one.")
         self.progress = ProgressRow()
 
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Timepoints (drag to reorder)"))
+        layout.setSpacing(4)
+        layout.addWidget(QLabel("Timepoints (drag to reorder, click to view)"))
         layout.addWidget(self.timepoint_list)
-        layout.addWidget(QLabel("Lesions per timepoint (select rows to propagate only those)"))
         layout.addWidget(self.table, 1)
-        form = QFormLayout()
-        form.addRow("From timepoint", self.source_combo)
-        layout.addLayout(form)
-        layout.addWidget(self.engine_panel)
-        layout.addWidget(self.propagate_button)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("From"))
+        row.addWidget(self.source_combo, 1)
+        row.addWidget(self.propagate_button)
+        row.addWidget(self.refresh_button)
+        layout.addLayout(row)
+        layout.addWidget(self.engine_label)
         layout.addWidget(self.progress)
         layout.addWidget(self.progress.status)
-        layout.addWidget(self.refresh_button)
 
         self.refresh_button.clicked.connect(self.refresh)
         self.propagate_button.clicked.connect(lambda: self.propagate())
         self.progress.cancel.clicked.connect(self.cancel)
         self.timepoint_list.model().rowsMoved.connect(self._on_reordered)
+        self.timepoint_list.itemClicked.connect(self._on_timepoint_clicked)
+        self.table.cellClicked.connect(self._on_cell_clicked)
         self.runner.progressed.connect(self.progress.show_event)
+        self.runner.detail.connect(self.progress.show_detail)
         self.runner.succeeded.connect(self._apply_result)
         self.runner.done.connect(self._on_done)
+        self.session.results_changed.connect(self._schedule_table_refresh)
+        self.session.active_changed.connect(self._show_active)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._on_layers_changed)
         self.refresh()
 
+    @property
+    def engine_panel(self):
+        """The study's one engine block (in the Lesion prompts dock), or None when that dock is closed."""
+        return self.session.engine_panel
+
+    def _on_timepoint_clicked(self, item) -> None:
+        tp = next((t for t in self.timepoints() if t.name == item.text()), None)
+        if tp is not None:
+            self.session.set_active(tp)
+
+    def _on_cell_clicked(self, row: int, col: int) -> None:
+        tps = self.timepoints()
+        header = self.table.verticalHeaderItem(row)
+        if header is None or not 0 <= col < len(tps):
+            return
+        lid = int(header.data(Qt.ItemDataRole.UserRole))
+        self.session.set_active(tps[col])
+        layer = self.session.labels_layer_for(tps[col], create=False)
+        if layer is not None and lid in lesion_ids_in(layer):
+            import numpy as np
+
+            from ._view import centre_view
+
+            layer.selected_label = lid
+            idx = np.argwhere(np.asarray(layer.data) == lid).mean(axis=0)
+            centre_view(self.viewer, np.asarray(layer.data_to_world(idx), dtype=float))
+
+    def _show_active(self, *_) -> None:
+        active = self.session.active_image()
+        for i in range(self.timepoint_list.count()):
+            item = self.timepoint_list.item(i)
+            font = item.font()
+            font.setBold(active is not None and item.text() == active.name)
+            item.setFont(font)
+
     # ------------------------------------------------------------------ model
+    @property
+    def _order(self) -> list[str]:
+        return self.session.order
+
+    @_order.setter
+    def _order(self, value: list[str]) -> None:
+        self.session.order = list(value)
+
     def timepoints(self) -> list:
         """Image layers in timeline order (acquisition date, or the user's drag order)."""
         return self.session.timepoints(self._order or None)
@@ -182,30 +254,50 @@ class TimelineWidget(QWidget):
             self._table_refresh_pending = True
             QTimer.singleShot(0, self._refresh_table)
 
+    def states(self) -> dict[int, list[str]]:
+        """lesion id -> its state at each timepoint (see :meth:`StudySession.lesion_state`)."""
+        tps = self.timepoints()
+        presence = self.presence()
+        ids = sorted(set(presence) | self.session.known_lesion_ids())
+        return {lid: [self.session.lesion_state(tp, lid, presence.get(lid, [False] * len(tps))[t])
+                      for t, tp in enumerate(tps)] for lid in ids}
+
     def _refresh_table(self, *_) -> None:
         self._table_refresh_pending = False
         self._watch_lesion_layers()
         tps = self.timepoints()
-        presence = self.presence()
+        states = self.states()
         selected = set(self.selected_lesions())
         self.table.clear()
         self.table.setColumnCount(len(tps))
-        self.table.setRowCount(len(presence))
+        self.table.setRowCount(len(states))
         self.table.setHorizontalHeaderLabels([tp.name for tp in tps])
-        self.table.setVerticalHeaderLabels([f"lesion {lid}" for lid in presence])
-        for row, (lid, flags) in enumerate(presence.items()):
+        self.table.setVerticalHeaderLabels([f"lesion {lid}" for lid in states])
+        for row, (lid, flags) in enumerate(states.items()):
             colour = QColor.fromRgbF(*[float(c) for c in lesion_colour(lid)[:3]])
             header = self.table.verticalHeaderItem(row)
             header.setData(Qt.ItemDataRole.UserRole, lid)
             paint_lesion_item(header, lid)
-            for col, present in enumerate(flags):
-                item = QTableWidgetItem("\u25cf" if present else "\u2013")
+            for col, state in enumerate(flags):
+                text, tip = _STATE_TEXT[state]
+                res = self.session.result(tps[col], lid)
+                if res is not None and res.messages:
+                    tip += "\n" + "\n".join(res.messages[-3:])
+                item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                if present:
+                item.setToolTip(tip)
+                item.setData(Qt.ItemDataRole.UserRole, state)
+                if state in ("present", "check"):
                     item.setForeground(colour)
                 self.table.setItem(row, col, item)
             if lid in selected:
                 self.table.selectRow(row)
+        overlaps = self.session.overlaps(tps)
+        if overlaps and not self.busy:
+            self.progress.status.setText("Overlapping lesions: " + "; ".join(
+                f"{name}: {a}/{b} ({n} voxels)" for name, a, b, n in overlaps))
+        self.engine_label.setText(f"Engine: {self.session.engine_label()} (chosen in Lesion prompts)")
+        self._show_active()
 
     def selected_lesions(self) -> list[int]:
         rows = sorted({index.row() for index in self.table.selectedIndexes()})
@@ -244,10 +336,11 @@ class TimelineWidget(QWidget):
             _notify("warning", f"None of the lesions {wanted} exists at {source}.")
             return False
         try:
-            engine_name, settings = self.engine_panel.engine_name, self.engine_panel.settings()
-            baseline = image_from_layer(tps[k])
-            baseline_labels = label_map_from_layer(src_layer, baseline.geometry)
-            followups = [image_from_layer(tp) for tp in tps[k + 1:]]
+            engine_name, settings = self.session.engine_choice()
+            baseline = self.session.image(tps[k])
+            # each lesion's own whole mask (two lesions' masks may overlap), or the reader's edit of it
+            baseline_labels = self.session.own_masks(tps[k], label_map_from_layer(src_layer, baseline.geometry), ids)
+            followups = [self.session.image(tp) for tp in tps[k + 1:]]
         except LesionLocatorError as exc:
             _notify("error", str(exc))
             return False
@@ -257,6 +350,7 @@ class TimelineWidget(QWidget):
         # handler froze the GUI for their sum (~0.5-0.9 s for two follow-ups).
         self._to_create = self._layer_steps(tps[k + 1:])
         self._job = (tps[k + 1:], ids)
+        self._undo_entry = {"what": f"propagation of lesion(s) {ids} from {source}", "layers": [], "history": {}}
         self.progress.set_running(True)
         self.propagate_button.setEnabled(False)
         self.progress.status.setText(f"Tracking {len(ids)} lesion(s) from {source} to {len(followups)} timepoint(s)...")
@@ -337,6 +431,7 @@ class TimelineWidget(QWidget):
         self._to_write = list(zip(followup_layers, series.results, strict=True))
         self._lost_notes = []
         self._engine_notes = []
+        self._closed_during_run = []
         self._written_ids = ids
         QTimer.singleShot(_STEP_MS, self._write_next)
 
@@ -346,7 +441,20 @@ class TimelineWidget(QWidget):
         tp, result = self._to_write.pop(0)
         if tp in self.viewer.layers:  # a timepoint closed during the run gets nothing
             labels_layer = self.session.labels_layer_for(tp)
-            apply_lesion_labels(labels_layer, result.labels.array, self._written_ids)
+            before = self.session.history_length(labels_layer)
+            if apply_lesion_labels(labels_layer, result.labels.array, self._written_ids):
+                self._undo_entry["layers"].append(labels_layer)
+                self._undo_entry["history"][id(labels_layer)] = before + 1
+            lesions = dict(result.lesions) if result.lesions else {}
+            for lid in self._written_ids:  # every lesion sent was looked for here
+                if lid not in lesions and lid in set(result.lost_ids):
+                    from ..core.results import LesionMask, LesionResult
+
+                    lesions[lid] = LesionResult(lid, LesionMask.empty(labels_layer_geometry(labels_layer)), "lost")
+            self.session.record_results(tp, {lid: r for lid, r in lesions.items() if lid in self._written_ids},
+                                        tracked=True)
+        else:
+            self._closed_during_run.append(tp.name)
         if result.lost_ids:
             self._lost_notes.append(f"{tp.name}: lesion(s) {sorted(result.lost_ids)} not found")
         # The engine's reasons (why a lesion was lost, what it skipped) are notified, not dropped.
@@ -356,9 +464,14 @@ class TimelineWidget(QWidget):
             return
         for note in self._lost_notes + self._engine_notes:
             _notify("info", note)
-        n_layers = len(self._job[0])
+        n_layers = len(self._job[0]) - len(self._closed_during_run)
+        if self._undo_entry["layers"]:
+            self.session.push_undo(self._undo_entry)
+        self.progress.finish()
         self.progress.status.setText(
             f"Propagated {len(self._written_ids)} lesion(s) to {n_layers} timepoint(s)."
+            + (f" {', '.join(self._closed_during_run)} closed during the run: nothing written there."
+               if self._closed_during_run else "")
             + (" " + "; ".join(self._lost_notes) if self._lost_notes else "")
         )
         self.propagate_button.setEnabled(True)

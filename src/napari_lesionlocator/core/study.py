@@ -34,6 +34,7 @@ save itself can run in a worker.
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -513,10 +514,14 @@ class Study:
         if imported_review not in REVIEW_STATES:
             raise StudyError(f"unknown review state {imported_review!r}; one of {', '.join(REVIEW_STATES)}")
         self.patient_id = str(patient_id)
+        #: Identifies this review across saves and autosaves (recovery folders are named by it).
+        self.session_id = uuid.uuid4().hex
         #: Engine name and settings (plain JSON values) the session was made with; saved with it.
         self.engine: dict = {}
         #: Free-form notes saved with the session (e.g. the reader's comment).
         self.notes: dict = {}
+        #: The session folder this study was restored from or last saved to (None: never saved).
+        self.session_folder = None
         self._timepoints: list[Timepoint] = []
         self._info: dict[int, _LesionInfo] = {}
         self._obs: dict[tuple[int, str], Observation] = {}
@@ -1214,6 +1219,7 @@ class Study:
                 })
         return {
             "patient_id": self.patient_id,
+            "session_id": self.session_id,
             "timepoints": [
                 {"name": tp.name, "date": tp.acquisition_date, "image": tp.image, "has_labels": tp.labels is not None}
                 for tp in self._timepoints
@@ -1226,6 +1232,47 @@ class Study:
             "notes": dict(self.notes),
             "revision": self._revision,
         }
+
+    def restore_state(self, state: Mapping) -> None:
+        """Put back lesions, observations, marks and the id counter from a :meth:`snapshot_state`
+        dict whose ``"mask"`` entries are :class:`~.results.LesionMask` objects on this study's
+        grids (the session reader builds it). Replaces every lesion of this study."""
+        from .prompts import prompts_from_json_dict
+
+        self._info.clear()
+        self._obs.clear()
+        self._measure_cache.clear()
+        for entry in state.get("lesions", []):
+            lid = self._register(entry["id"])
+            site, role = entry.get("site", "other"), entry.get("role", "not assessed")
+            if site not in SITES or role not in ROLES:
+                raise StudyError(f"lesion {lid}: unknown site {site!r} or role {role!r}")
+            self._info[lid] = _LesionInfo(str(entry.get("name", "")), site, role)
+        for entry in state.get("observations", []):
+            lid = self._require_lesion(entry["lesion_id"])
+            name = self._name(entry["timepoint"])
+            mask = entry["mask"]
+            self[name].geometry.require_same_grid(mask.geometry, what=f"lesion {lid}'s mask and {name}")
+            prompts = []
+            for d in entry.get("prompts", []):
+                prompts.extend(prompts_from_json_dict({str(lid): {k: v for k, v in d.items() if k != "positive"}}))
+            result = LesionResult(lid, mask, entry.get("engine_status", "ok"), list(entry.get("messages", [])),
+                                  dict(entry.get("engine_details", {})))
+            merged = entry.get("merged_into")
+            self._obs[(lid, name)] = Observation(
+                lid, name, result, entry.get("review", "unverified"), None if merged is None else int(merged),
+                prompts, Provenance.from_dict(entry.get("provenance", {})),
+                bool(entry.get("unequivocal_progression", False)))
+        self._not_evaluable = {(int(lid), self._name(tp)) for lid, tp in state.get("not_evaluable", [])}
+        self.reserve_ids(int(state.get("next_id", 1)))
+        self.engine = dict(state.get("engine", {}))
+        self.notes = dict(state.get("notes", {}))
+        if state.get("session_id"):
+            self.session_id = str(state["session_id"])
+        for tp in self._timepoints:
+            if tp.labels is not None or any(k[1] == tp.name for k in self._obs):
+                tp.labels = self.render_labels(tp.name)
+        self._touch()
 
     def __repr__(self) -> str:
         parts = [f"{tp.name}({tp.acquisition_date or 'undated'})" for tp in self._timepoints]

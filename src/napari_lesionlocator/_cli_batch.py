@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ._cli_common import choose_engine_name, info, warn
+from ._cli_common import info, warn
 
 __all__ = ["add_batch_parser", "run_batch_command", "EXIT_SOME_FAILED"]
 
@@ -86,6 +86,15 @@ def add_batch_parser(sub, *, parents, formatter_class, add_engine_args) -> argpa
     return p
 
 
+def _checkpoint_configured(args: argparse.Namespace) -> bool:
+    from .api import engine_settings
+
+    try:
+        return engine_settings(None, checkpoint=args.checkpoint, device="cpu").name == "lesionlocator"
+    except Exception:  # noqa: BLE001 - the real resolution below reports the problem
+        return bool(args.checkpoint)
+
+
 def _validate(args: argparse.Namespace) -> None:
     from ._cli_common import UsageError
 
@@ -99,28 +108,22 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _engine_config(args: argparse.Namespace, gpus: int, workers: int | None):
+    """The workers' engine, resolved by :func:`.api.engine_settings` like every other command's. The
+    device is decided here, not by probing this machine: with GPU workers ``cuda``, else ``cpu``."""
+    from .api import engine_settings
     from .batch import EngineConfig
 
-    name, checkpoint = choose_engine_name(args)
-    if checkpoint is not None and not os.path.isdir(os.path.expanduser(checkpoint)):
-        from .core.errors import CheckpointError
-
-        raise CheckpointError(f"the checkpoint folder {checkpoint} does not exist (download it with "
-                              "`lesionlocator download-weights`)")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
+    device = args.device if args.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    resolved = engine_settings(args.engine, checkpoint=args.checkpoint, device=device, folds=args.folds,
+                               tta=False if args.disable_tta else None, threads=args.threads,
+                               allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)))
+    for note in resolved.notes:
+        warn(note)
     threads = args.threads
     if threads is None and not args.scheduler:
         # the cores are shared by the local workers' studies: one numeric thread each unless cores are spare
         threads = max(1, (os.cpu_count() or 1) // max(1, (workers or 1) * args.threads_per_worker))
-    return EngineConfig(
-        name=name, checkpoint=os.path.expanduser(checkpoint) if checkpoint else None,
-        folds=tuple(args.folds) if args.folds is not None else None,
-        tta=(not args.disable_tta) if name == "lesionlocator" else False,
-        device=device if name == "lesionlocator" else "cpu", threads=threads,
-        allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)),
-    )
+    return EngineConfig.from_resolved(resolved, threads=threads)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
@@ -130,7 +133,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     _validate(args)
     specs = load_manifest(args.manifest, prompt_type=args.prompt_type)
     info(f"manifest: {len(specs)} studies from {args.manifest}", args)
-    name, _ = choose_engine_name(args)
+    name = args.engine or ("lesionlocator" if _checkpoint_configured(args) else "classical")
     gpus = args.gpus_per_worker
     if gpus is None:
         gpus = 1 if (name == "lesionlocator" and not args.scheduler and args.device in ("auto", "cuda")

@@ -43,7 +43,12 @@ PLUGIN_NAME = "napari-lesionlocator-engine"
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How every worker builds its engine (picklable; sent to the workers with the plugin)."""
+    """How every worker builds its engine (picklable and hashable; sent to the workers with the plugin).
+
+    Build it from what the user chose with :meth:`from_resolved` on :func:`..api.engine_settings`
+    (the one place engine choices are resolved), or directly for the classical engine.
+    ``extra`` holds the engine-specific settings as ``(key, value)`` pairs.
+    """
 
     name: str = "classical"
     checkpoint: str | None = None
@@ -51,20 +56,34 @@ class EngineConfig:
     tta: bool = False
     device: str = "cpu"
     threads: int | None = 1
-    allow_unsafe: bool = False
+    extra: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def from_resolved(cls, resolved, *, threads: int | None = None) -> EngineConfig:
+        """From an :class:`..api.settings.ResolvedEngine` (``threads`` overrides its thread count)."""
+        s = resolved.settings
+        return cls(name=resolved.name, checkpoint=s.checkpoint,
+                   folds=tuple(int(f) for f in s.folds) if s.folds is not None else None, tta=bool(s.tta),
+                   device=s.device, threads=threads if threads is not None else s.threads,
+                   extra=tuple(sorted((str(k), v) for k, v in (s.extra or {}).items())))
+
+    def settings(self):
+        from ..engines.base import EngineSettings
+
+        return EngineSettings(threads=self.threads, device=self.device, checkpoint=self.checkpoint,
+                              folds=list(self.folds) if self.folds is not None else None, tta=self.tta,
+                              extra=dict(self.extra))
 
     def create(self):
-        from ..engines.base import EngineSettings, create_engine
+        from ..engines.base import create_engine
 
-        settings = EngineSettings(threads=self.threads, device=self.device, checkpoint=self.checkpoint,
-                                  folds=list(self.folds) if self.folds is not None else None, tta=self.tta,
-                                  extra={"allow_unsafe": self.allow_unsafe})
-        return create_engine(self.name, settings)
+        return create_engine(self.name, self.settings())
 
     def result_settings(self) -> dict:
         """The settings that change results (a finished study is reused only for the same ones)."""
+        extra = {k: v for k, v in self.extra if k not in ("allow_unsafe",)}
         return {"engine": self.name, "checkpoint": self.checkpoint,
-                "folds": list(self.folds) if self.folds is not None else None, "tta": self.tta}
+                "folds": list(self.folds) if self.folds is not None else None, "tta": self.tta, "extra": extra}
 
     @property
     def thread_safe(self) -> bool:

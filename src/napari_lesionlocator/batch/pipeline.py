@@ -1,7 +1,10 @@
 """One study, end to end, as one batch task: read, segment the baseline, track, measure, write.
 
-:func:`process_study` is the whole per-study pipeline (one function, so that it can be re-pointed
-at the api's case-level helpers as they land). It writes into a private staging folder next to the
+:func:`process_study` is the whole per-study pipeline, on the api: ``api.iter_segment`` and
+``api.iter_track_series`` (each lesion's own whole mask, with its status), ``api.write_case_outputs``
+per timepoint, ``api.measure_timepoints`` for the study's lesion table and RECIST 1.1, and
+``core.measurements.measure_lesion_mask`` for the cohort rows (each lesion's own mask, so that
+overlapping lesions are measured whole). It writes into a private staging folder next to the
 final one and publishes the study with one atomic ``rename``; the staging folder's last file is
 ``done.json``, which lists the SHA-256 of every other file and the fingerprint of the inputs and
 settings. A study folder counts as finished only when ``done.json`` parses, its fingerprint
@@ -10,11 +13,14 @@ worker, a full disk or a crash is never taken as done, and a rerun redoes exactl
 
 Layout of one finished study (``OUT/studies/<study_id>/``)::
 
-    <id>_tp<k>_lesions.nii.gz            instance map at timepoint k (source geometry, ids kept)
-    <id>_tp<k>_lesion_<n>.nii.gz         lesion n's own whole mask at k (uint8; empty when lost)
-    <id>_lesions.csv, <id>_recist.csv, <id>.json   lesion table + RECIST 1.1 (io.tables)
-    study.json                            the cohort-table rows of this study, notes, timings
-    done.json                             written last: checksums + fingerprint
+    <id>_tp<k>_lesion_<n>.nii.gz         lesion n's own whole mask at timepoint k (uint8, the source
+                                         geometry; empty when lost)
+    <id>_tp<k>_lesions.nii.gz            display instance map at k (ids kept, later lesion wins)
+    <id>_tp<k>_summary.json              per-lesion status/voxels/volume/notes, overlaps, new-lesion
+                                         candidates (follow-ups)
+    <id>_lesions.csv, <id>_recist.csv, <id>.json   lesion table + RECIST 1.1 (as `lesionlocator measure`)
+    study.json                           the cohort-table rows of this study, notes, timings
+    done.json                            written last: checksums + fingerprint
 """
 
 from __future__ import annotations
@@ -182,19 +188,10 @@ def _read_prompts(spec: StudySpec, baseline: Image):
 
 # ----------------------------------------------------------------------------- measuring
 def _measure(image: Image, mask: LesionMask, lesion_id: int, timepoint: int):
-    """Measure a lesion's own mask inside its crop (same numbers as on the full grid)."""
-    from dataclasses import replace
+    """Measure a lesion's own whole mask (inside its crop; same numbers as on the full grid)."""
+    from ..core.measurements import measure_lesion_mask
 
-    from ..core.measurements import LesionMeasurement, measure_mask
-
-    if mask.is_empty:
-        return LesionMeasurement(lesion_id=int(lesion_id), timepoint=timepoint, present=False,
-                                 date=image.acquisition_date, image=image.name)
-    sub_geom = image.geometry.crop(mask.start, mask.stop)
-    sub_img = image.with_array(image.array[mask.slices], geometry=sub_geom)
-    row = measure_mask(mask.array, sub_geom, lesion_id=lesion_id, image=sub_img, timepoint=timepoint,
-                       date=image.acquisition_date)
-    return replace(row, axial_slice=row.axial_slice + mask.start[0], image=image.name)
+    return measure_lesion_mask(mask, image, lesion_id=lesion_id, timepoint=timepoint)
 
 
 def _dice(mask: LesionMask, truth: LabelMap | None, lesion_id: int) -> tuple[float, float]:
@@ -207,8 +204,7 @@ def _dice(mask: LesionMask, truth: LabelMap | None, lesion_id: int) -> tuple[flo
     return float(dice(mask.to_full(), gt)), gt_ml
 
 
-def _row(spec: StudySpec, k: int, image: Image, result: LesionResult, source: str, truth: LabelMap | None,
-         extra_messages: list[str]) -> tuple[dict, object]:
+def _row(spec: StudySpec, k: int, image: Image, result: LesionResult, source: str, truth: LabelMap | None) -> dict:
     m = _measure(image, result.mask, result.lesion_id, k)
     d, gt_ml = _dice(result.mask, truth, result.lesion_id)
     c = m.centroid_mm or (float("nan"),) * 3
@@ -219,8 +215,8 @@ def _row(spec: StudySpec, k: int, image: Image, result: LesionResult, source: st
         "volume_ml": float(m.volume_ml), "long_axis_mm": float(m.long_axis_mm), "short_axis_mm": float(m.short_axis_mm),
         "axial_slice": m.axial_slice, "mean_hu": float(m.mean_hu), "std_hu": float(m.std_hu),
         "centroid_z_mm": float(c[0]), "centroid_y_mm": float(c[1]), "centroid_x_mm": float(c[2]),
-        "dice": d, "gt_volume_ml": gt_ml, "messages": "; ".join([*result.messages, *extra_messages]),
-    }, m
+        "dice": d, "gt_volume_ml": gt_ml, "messages": "; ".join(result.messages),
+    }
 
 
 # ----------------------------------------------------------------------------- writing
@@ -270,33 +266,26 @@ def _publish(staging: Path, final: Path, fingerprint: str, overwrite: bool) -> b
 
 
 def _write_outputs(staging: Path, spec: StudySpec, images: list[Image], per_tp: list[dict[int, LesionResult]],
-                   rows: list[dict], measurements: list, messages: list[str], timings: dict,
+                   candidates: list[list[dict] | None], rows: list[dict], messages: list[str], timings: dict,
                    fingerprint: str) -> dict[str, str]:
-    from ..core.recist import recist_from_measurements
-    from ..io.images import write_label_map
-    from ..io.tables import atomic_write_text, write_lesion_table
+    from ..api import measure_timepoints, write_case_outputs, write_measurements
+    from ..core.results import compose_label_map
+    from ..io.tables import atomic_write_text
 
-    ids = sorted({lid for tp in per_tp for lid in tp})
     written: list[Path] = []
-    for image, lesions in zip(images, per_tp, strict=True):
-        from ..core.results import compose_label_map
-
-        inst = compose_label_map([lesions[i] for i in sorted(lesions)], image.geometry, f"{image.name}_lesions")
-        written.append(write_label_map(inst, staging / f"{image.name}_lesions.nii.gz"))
-        for lid in ids:
-            mask = lesions[lid].mask.to_full() if lid in lesions else np.zeros(image.shape, dtype=bool)
-            written.append(write_label_map(mask.astype(np.uint8), staging / f"{image.name}_lesion_{lid}.nii.gz",
-                                           geometry=image.geometry))
-    recist = None
-    try:
-        recist = recist_from_measurements(measurements, n_timepoints=len(images))
-    except ValueError as exc:  # e.g. no measurable lesion at baseline
-        messages.append(f"RECIST not assessed: {exc}")
-    written.extend(write_lesion_table(staging / spec.study_id, measurements, recist).values())
+    maps = []
+    for image, lesions, cands in zip(images, per_tp, candidates, strict=True):
+        ordered = {lid: lesions[lid] for lid in sorted(lesions)}
+        written.extend(write_case_outputs(staging, image.name, ordered, image.geometry, new_candidates=cands))
+        maps.append((image, compose_label_map(ordered, image.geometry, f"{image.name}_lesions")))
+    measured = measure_timepoints(maps)  # RECIST 1.1 and the study's lesion table, as `lesionlocator measure`
+    messages.extend(measured.notes)
+    written.extend(write_measurements(staging / spec.study_id, measured).values())
     record = {
         "format": _FORMAT, "study_id": spec.study_id, "patient": spec.patient, "spec": spec.to_dict(),
         "rows": [{k: _clean_float(v) for k, v in r.items()} for r in rows], "messages": messages,
-        "timings_s": timings, "recist": recist.to_dict() if recist is not None else None,
+        "timings_s": timings, "recist": measured.recist.to_dict() if measured.recist is not None else None,
+        "recist_targets": list(measured.targets),
     }
     written.append(atomic_write_text(staging / STUDY_RECORD, json.dumps(record, indent=1, default=_json_default)))
     files = {p.name: _sha256(p) for p in written}
@@ -346,6 +335,7 @@ def process_study(spec: StudySpec, engine, out: str | os.PathLike, *, fingerprin
                 if len(images) > 1 and masks else None
             timings["track_s"] = time.perf_counter() - t2
         per_tp: list[dict[int, LesionResult]] = [baseline]
+        candidates: list[list[dict] | None] = [None]
         for k in range(1, len(images)):
             tracked = dict(series.results[k - 1].lesions) if series is not None else {}
             for lid in baseline:  # a lesion empty at baseline, or lost earlier, stays lost
@@ -353,18 +343,17 @@ def process_study(spec: StudySpec, engine, out: str | os.PathLike, *, fingerprin
                     tracked[lid] = LesionResult(lid, LesionMask.empty(images[k].geometry), "lost",
                                                 ["not tracked: no mask at the previous timepoint"])
             per_tp.append(tracked)
+            candidates.append(list(series.results[k - 1].new_candidates) if series is not None else [])
             if series is not None:
                 messages.extend(f"tp{k}: {m}" for m in series.results[k - 1].messages)
         t3 = time.perf_counter()
-        rows, measurements = [], []
+        rows = []
         for k, (image, lesions) in enumerate(zip(images, per_tp, strict=True)):
             for lid in sorted(lesions):
-                row, m = _row(spec, k, image, lesions[lid], source0 if k == 0 else "tracked", truths[k], [])
-                rows.append(row)
-                measurements.append(m)
+                rows.append(_row(spec, k, image, lesions[lid], source0 if k == 0 else "tracked", truths[k]))
         timings["measure_s"] = time.perf_counter() - t3
         t4 = time.perf_counter()
-        _write_outputs(staging, spec, images, per_tp, rows, measurements, messages, timings, fingerprint)
+        _write_outputs(staging, spec, images, per_tp, candidates, rows, messages, timings, fingerprint)
         timings["write_s"] = time.perf_counter() - t4
         published = _publish(staging, final, fingerprint, overwrite)
     except BaseException:

@@ -150,6 +150,11 @@ def _status(result, lid: int) -> tuple[str, list[str]]:
     return r.status, list(r.messages)
 
 
+def _quality(result, lid: int) -> dict:
+    r = getattr(result, "lesions", {}).get(lid)
+    return dict(r.provenance.get("quality", {})) if r is not None else {}
+
+
 def _lesion_mask(result, lid: int) -> np.ndarray:
     r = getattr(result, "lesions", {}).get(lid)
     return r.mask.to_full() if r is not None else result.labels.array == lid
@@ -194,7 +199,8 @@ def family_case(engine, seed: int, records: list[dict], cand_records: list[dict]
             d = dice(_lesion_mask(res, rec.id), gt)
             records.append({"seed": seed, "grid": case.grid, "id": rec.id, "kind": rec.kind, "prompt": kind,
                             "dice": d, "status": status, "messages": msgs, "s": time.perf_counter() - t1,
-                            "diameter": rec.diameter_mm, "contrast": rec.contrast_hu})
+                            "diameter": rec.diameter_mm, "contrast": rec.contrast_hu,
+                            "quality": _quality(res, rec.id)})
     masks = {r.id: LesionMask.from_full(labels.geometry, labels.array == r.id) for r in case.lesions
              if r.scales[0] > 0}
     t1 = time.perf_counter()
@@ -301,12 +307,16 @@ def family_tables(title: str, records: list[dict], cand_records: list[dict]) -> 
     return out
 
 
-def family(engine, seeds, title: str) -> dict[str, float]:
+def family(engine, seeds, title: str, dump: str | None = None) -> dict[str, float]:
     records: list[dict] = []
     cand_records: list[dict] = []
     print(f"\n## {title}: seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} cases)\n")
     for seed in seeds:
         family_case(engine, seed, records, cand_records)
+        if dump:
+            import json
+
+            Path(dump).write_text(json.dumps({"masks": records, "candidates": cand_records}, indent=1, default=str))
     return family_tables(title, records, cand_records)
 
 
@@ -424,6 +434,7 @@ def main(argv=None) -> int:
     ap.add_argument("--family", type=int, default=12, help="number of family tuning seeds (0: none)")
     ap.add_argument("--family-start", type=int, default=0, help="first family tuning seed")
     ap.add_argument("--held-out", type=int, default=0, help="number of held-out family seeds (report only)")
+    ap.add_argument("--dump", default=None, help="write the family's per-mask records to this JSON file")
     args = ap.parse_args(argv)
     engine = ClassicalEngine(EngineSettings(threads=args.threads))
     summary: list[tuple[str, dict]] = []
@@ -431,7 +442,8 @@ def main(argv=None) -> int:
         from napari_lesionlocator.sample.family import TUNING_SEEDS
 
         seeds = list(TUNING_SEEDS[args.family_start: args.family_start + args.family])
-        summary.append((f"family, tuning seeds {seeds[0]}-{seeds[-1]}", family(engine, seeds, "family (tuning)")))
+        means = family(engine, seeds, "family (tuning)", args.dump)
+        summary.append((f"family, tuning seeds {seeds[0]}-{seeds[-1]}", means))
     if args.held_out:
         from napari_lesionlocator.sample.family import HELD_OUT_SEEDS
 

@@ -191,3 +191,86 @@ def test_segment_with_the_lesionlocator_engine(tiny_checkpoint, tmp_path, capsys
     assert np.allclose(out.GetOrigin(), ref.GetOrigin(), atol=1e-5)
     assert np.allclose(out.GetSpacing(), ref.GetSpacing(), atol=1e-6)
     assert (tmp_path / "o" / "ll_lesions.nii.gz").exists()
+
+
+# ------------------------------------------------------------------ probing report (issue 16)
+def _link_chain_zip() -> bytes:
+    import stat
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("LesionLocatorCheckpoint/LesionLocatorSeg/plans.json", "{}")
+        for name, target in (("p", ".."), ("q", "p/.."), ("r", "q/.."), ("s", "r/..")):
+            info = zipfile.ZipInfo(f"LesionLocatorCheckpoint/{name}")
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+        zf.writestr("LesionLocatorCheckpoint/s/marker.txt", "outside")
+    return buf.getvalue()
+
+
+def _link_chain_tar() -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        def add(name, target=None, data=b"x"):
+            info = tarfile.TarInfo(f"LesionLocatorCheckpoint/{name}")
+            if target is None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tf.addfile(info)
+        add("LesionLocatorSeg/plans.json")
+        for name, target in (("p", ".."), ("q", "p/.."), ("r", "q/.."), ("s", "r/..")):
+            add(name, target)
+        add("s/marker.txt", data=b"outside")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("path", "payload", "words"), [
+    ("/chain.zip", _link_chain_zip(), "refusing symbolic link"),
+    ("/chain.tar.gz", _link_chain_tar(), "resolves outside the archive"),
+])
+def test_symlink_chain_archive_is_refused_through_the_cli(server, tmp_path, capsys, path, payload, words):
+    server["files"][path] = payload
+    dest = tmp_path / "a" / "b" / "c"
+    code, out, err = _run(capsys, "download-weights", "--url", server["url"](path), "--dest", dest)
+    assert code == 1, err
+    assert words in err and "deleted" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("marker.txt"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert out == ""
+
+
+def test_url_without_checksum_says_nothing_was_verified_even_quiet(server, tmp_path, capsys):
+    code, out, err = _run(capsys, "download-weights", "--url", server["url"]("/good.zip"), "--dest", tmp_path / "d",
+                          "-q")
+    assert code == 0, err
+    assert "NOT be verified" in err and "--sha256" in err
+
+
+def test_bad_archive_in_downloads_is_discarded_with_and_without_overwrite(server, tmp_path, capsys):
+    dest = tmp_path / "d"
+    cached = dest / "downloads" / "good.zip"
+    for extra in ([], ["--overwrite"]):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(b"PK\x03\x04 a broken archive from an earlier run")
+        code, out, err = _run(capsys, "download-weights", "--url", server["url"]("/good.zip"), "--dest", dest,
+                              "--sha256", hashlib.sha256(GOOD).hexdigest(), *extra)
+        assert code == 0, err
+        assert ("discarding the earlier download" in err) if extra else ("not usable" in err and "deleted" in err)
+        assert (dest / "LesionLocatorCheckpoint" / "LesionLocatorTrack" / "plans.json").exists()
+        assert not (dest / "downloads").exists()
+        import shutil
+
+        shutil.rmtree(dest / "LesionLocatorCheckpoint")
+
+
+def test_dest_that_is_a_file_is_refused_before_downloading(server, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    n = len(server["ranges"])
+    code, _, err = _run(capsys, "download-weights", "--url", server["url"]("/good.zip"), "--dest", afile)
+    assert code == 2 and "is a file" in err
+    assert len(server["ranges"]) == n and afile.read_text() == "keep me"

@@ -287,11 +287,11 @@ class ProgressBar:
     """A tqdm bar on stderr fed with :class:`ProgressEvent` (disabled by ``--quiet``)."""
 
     def __init__(self, total: int, desc: str, args: argparse.Namespace, unit: str = "lesion") -> None:
-        from tqdm import tqdm
+        from .io.console import progress_bar  # a live bar on a terminal, whole lines in a log
 
         self.offset = 0
-        self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=getattr(args, "quiet", False),
-                        dynamic_ncols=True, leave=True)
+        self.bar = progress_bar(total=total, desc=desc, unit=unit, stream=sys.stderr,
+                                disable=getattr(args, "quiet", False), dynamic_ncols=True, leave=True)
 
     def event(self, ev: ProgressEvent) -> None:
         self.bar.n = min(self.bar.total or 0, self.offset + ev.step) if self.bar.total else self.offset + ev.step
@@ -324,11 +324,13 @@ def warn_if_not_ct(image: Image) -> None:
         warn(msg + "; results may be meaningless")
 
 
-def read_one_volume(path: Path) -> Image:
-    """One image from a file or a DICOM folder (InputImageError, exit 2, when it cannot)."""
-    from .io.volumes import read_volume
+def read_one_volume(path: Path, series: str | None = None) -> Image:
+    """One image from a file or a DICOM folder (InputImageError, exit 2, when it cannot); ``series``
+    (``--series``) picks one when the folder holds several."""
+    from .io.volumes import choose_volume, read_volumes
 
-    image = read_volume(path)
+    images = read_volumes(path)
+    image = images[0] if len(images) == 1 else choose_volume(images, path, series)
     if path.is_file() or is_image_path(path):
         image.name = case_name(path)
     return image

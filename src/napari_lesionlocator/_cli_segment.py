@@ -117,7 +117,7 @@ def run_segment(args: argparse.Namespace) -> int:
     # Phase 1: read prompts, check them and the outputs for every case before any work.
     jobs = []
     for case in cases:
-        image = read_one_volume(case.image_path)
+        image = read_one_volume(case.image_path, args.series)
         warn_if_not_ct(image)
         prompts, label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)
         prompts = checked_prompts(prompts, image, source=case.prompt_path.name)
@@ -136,7 +136,7 @@ def run_segment(args: argparse.Namespace) -> int:
     try:
         for case, prompts, label_prompt, plan, image in jobs:
             if image is None:
-                image = read_one_volume(case.image_path)
+                image = read_one_volume(case.image_path, args.series)
                 label_prompt = read_prompt_file(case.prompt_path, image, args.prompt_type)[1]
             bar.bar.set_description(case.name)
             ids = [p.lesion_id for p in prompts]

@@ -109,8 +109,8 @@ def run_track(args: argparse.Namespace) -> int:
     from .api import iter_track_series
 
     out = Path(args.output)
-    baseline = read_one_volume(Path(args.baseline))
-    followups = [read_one_volume(Path(f)) for f in args.followup]
+    baseline = read_one_volume(Path(args.baseline), args.series)
+    followups = [read_one_volume(Path(f), args.series) for f in args.followup]
     names = [baseline.name] + [f.name for f in followups]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -31,6 +31,7 @@ from .core.errors import (
     InputImageError,
     LesionLocatorError,
     OutputExistsError,
+    OutputPathError,
     PromptError,
 )
 
@@ -57,7 +58,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_CANCELLED
     if isinstance(exc, OutputExistsError):
         return EXIT_EXISTS
-    if isinstance(exc, (InputImageError, PromptError, CheckpointError, StudyError)):
+    if isinstance(exc, (InputImageError, PromptError, CheckpointError, StudyError, OutputPathError)):
         return EXIT_USAGE
     return EXIT_ERROR
 
@@ -96,6 +97,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                         "(e.g. the official download), this permits a full load, which can run code in the file")
 
 
+def _add_series_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", default=None, metavar="SERIES",
+                   help="when an input DICOM folder holds several series: the one to use, by its index as listed, "
+                        "its SeriesInstanceUID or its series description (default: refuse and list them)")
+
+
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("existing outputs")
     g.add_argument("--continue_prediction", "--c", action="store_true", dest="continue_prediction",
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder of images, a folder of such files named like the images (case.nii.gz <-> case.json)")
     p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box"], help="prompt type")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    _add_series_arg(p)
     p.add_argument("--skip_unmatched", action="store_true",
                    help="process the image/prompt pairs that match and only warn about the rest (default: exit 2)")
     _add_engine_args(p)
@@ -149,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="-t point|box: one prompt JSON or label map for the baseline; -t prev_mask: one instance map "
                         "(ids kept) or several binary masks (each one lesion, ids 1, 2, ... in the order given)")
     p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box", "prev_mask"], help="prompt type")
+    _add_series_arg(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
     _add_engine_args(p)
     _add_output_args(p)
@@ -232,9 +241,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    def warn(msg: str) -> None:  # shown even with --quiet
+        print(msg, file=sys.stderr, flush=True)
+
     root = download_weights(args.url, args.dest, sha256=args.sha256, md5=args.md5, api_url=args.zenodo_api,
                             overwrite=args.overwrite, keep_archive=args.keep_archive, progress=not args.quiet,
-                            timeout=args.timeout, log=log)
+                            timeout=args.timeout, log=log, warn=warn)
     if args.set_default:
         from .engines.lesionlocator.config import set_configured_checkpoint
 
@@ -270,7 +282,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_output_location(args: argparse.Namespace) -> None:
+    """An output path that is a file or cannot be written is found before any work (exit 2)."""
+    from .io.atomic import require_output_folder
+
+    if args.command in ("segment", "track"):
+        require_output_folder(args.output)
+    elif args.command == "measure":
+        require_output_folder(Path(args.output).parent, what="folder of the output prefix")
+    elif args.command == "download-weights" and args.dest:
+        require_output_folder(args.dest, what="--dest folder")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    _check_output_location(args)
     if args.command == "segment":
         from ._cli_segment import run_segment
 

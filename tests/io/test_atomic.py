@@ -186,13 +186,15 @@ def test_full_disk_for_real_nifti_and_tables(small_disk):
 
 
 def test_require_output_folder(tmp_path):
-    assert require_output_folder(tmp_path / "new" / "deep").is_dir()
+    assert not require_output_folder(tmp_path / "new" / "deep").exists()  # checked, nothing created
+    assert list(tmp_path.iterdir()) == []
+    assert require_output_folder(tmp_path / "new" / "deep", create=True).is_dir()
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(OutputPathError, match="is a file"):
         require_output_folder(afile)
-    with pytest.raises(OutputPathError, match="part of that path is a file"):
-        require_output_folder(afile / "sub")
+    with pytest.raises(OutputPathError, match="is a file"):
+        require_output_folder(afile / "sub" / "deeper")
 
 
 def test_read_only_output_folder_is_found_first(tmp_path):

@@ -276,3 +276,156 @@ def test_not_enough_disk_space_is_refused_before_extracting(tmp_path, monkeypatc
         safe_extract(arc, tmp_path / "out")
     assert not (tmp_path / "out" / "ck").exists()
     assert not list((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------ link chains (probing report, issue 16)
+def _zip_link(zf: zipfile.ZipFile, name: str, target: str) -> None:
+    import stat
+
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zf.writestr(info, target)
+
+
+def _chain_zip(final_file: str = "ck/r/marker.txt") -> bytes:
+    """Each link looks harmless on its own (``p -> ..``, ``q -> p/..``); the file goes through the last."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ck/LesionLocatorSeg/plans.json", "{}")
+        _zip_link(zf, "ck/p", "..")
+        _zip_link(zf, "ck/q", "p/..")
+        _zip_link(zf, "ck/r", "q/..")
+        zf.writestr(final_file, "written outside")
+    return buf.getvalue()
+
+
+def test_zip_symlinks_are_refused_even_when_each_looks_harmless(tmp_path):
+    arc = tmp_path / "a.zip"
+    arc.write_bytes(_chain_zip())
+    with pytest.raises(ArchiveError, match="refusing symbolic link 'ck/p'.*needs none"):
+        safe_extract(arc, tmp_path / "root" / "dest")
+    assert not list(tmp_path.rglob("marker.txt"))
+    assert not (tmp_path / "root" / "dest").exists() or not any((tmp_path / "root" / "dest").iterdir())
+    one = io.BytesIO()
+    with zipfile.ZipFile(one, "w") as zf:
+        _zip_link(zf, "ck/alias", "plans.json")  # even a link inside the folder: a checkpoint needs none
+    arc.write_bytes(one.getvalue())
+    with pytest.raises(ArchiveError, match="symbolic link"):
+        archive_members(arc)
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        # the chain of the probing report, in tar form
+        ([_file("ck/LesionLocatorSeg/plans.json"), _link("ck/p", ".."), _link("ck/q", "p/.."), _link("ck/r", "q/.."),
+          _file("ck/r/marker.txt")], "resolves outside"),
+        # the same chain declared in the other order (q before the p it goes through)
+        ([_link("ck/q", "p/.."), _link("ck/p", ".."), _file("ck/x.txt")], "resolves outside"),
+        # a link that points inside, and a file written through it
+        ([_file("ck/sub/a.txt"), _link("ck/l", "sub"), _file("ck/l/b.txt")], "written through the symbolic link"),
+        # a deep chain towards an absolute path
+        ([_link("ck/a", "b"), _link("ck/b", "c"), _link("ck/c", "../../../../etc")], "outside"),
+        # links that loop
+        ([_link("ck/a", "b"), _link("ck/b", "a"), _link("ck/c", "a/x")], "loop"),
+        # a file placed, then replaced by a link of the same name
+        ([_file("ck/a.txt"), _link("ck/a.txt", "../b")], "twice"),
+    ],
+)
+def test_tar_link_chains_are_resolved_as_one_tree(tmp_path, members, message):
+    arc = _tar(tmp_path, members)
+    dest = tmp_path / "root" / "dest"
+    with pytest.raises(ArchiveError, match=message):
+        safe_extract(arc, dest)
+    assert not list(tmp_path.rglob("marker.txt")) and not list(tmp_path.rglob("b.txt"))
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_tar_inside_links_are_created_last_and_point_inside(tmp_path):
+    arc = _tar(tmp_path, [_file("ck/sub/a.txt", b"A"), _link("ck/alias", "sub/a.txt"), _link("ck/d", "sub"),
+                          _file("ck/z.txt", b"Z")])
+    out = safe_extract(arc, tmp_path / "o")
+    assert out == [tmp_path / "o" / "ck"]
+    assert (tmp_path / "o" / "ck" / "alias").read_bytes() == b"A"
+    assert (tmp_path / "o" / "ck" / "d").is_symlink() and (tmp_path / "o" / "ck" / "d" / "a.txt").read_bytes() == b"A"
+
+
+def test_extracted_files_get_the_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        arc = tmp_path / "a.zip"
+        arc.write_bytes(_zip_with([("ck/file.txt", "x")]))
+        safe_extract(arc, tmp_path / "o")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "o" / "ck" / "file.txt").stat().st_mode & 0o777) == 0o640
+
+
+def test_bad_archive_kept_in_downloads_is_discarded_and_fetched_again(server, tmp_path):
+    good = _checkpoint_zip()
+    server.files["/LesionLocatorCheckpoint.zip"] = good
+    dest = tmp_path / "d"
+    cached = dest / "downloads" / "LesionLocatorCheckpoint.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(good[: len(good) // 2])  # a truncated archive from an earlier, broken run
+    logs: list[str] = []
+    root = download_weights(server.url("/LesionLocatorCheckpoint.zip"), dest, progress=False, log=logs.append)
+    assert root == dest / "LesionLocatorCheckpoint"
+    assert any("not usable" in m and "deleted" in m for m in logs), logs
+    assert any("NOT be verified" in m for m in logs), logs
+    assert len([r for r in server.requests if r["path"].endswith(".zip")]) == 1
+
+
+def test_overwrite_discards_an_earlier_download(server, tmp_path):
+    good = _checkpoint_zip()
+    server.files["/LesionLocatorCheckpoint.zip"] = good
+    dest = tmp_path / "d"
+    cached = dest / "downloads" / "LesionLocatorCheckpoint.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(_zip_with([("LesionLocatorCheckpoint/LesionLocatorSeg/plans.json", "old")]))
+    logs: list[str] = []
+    download_weights(server.url("/LesionLocatorCheckpoint.zip"), dest, progress=False, overwrite=True,
+                     log=logs.append)
+    assert any("--overwrite: discarding" in m for m in logs)
+    assert (dest / "LesionLocatorCheckpoint" / "LesionLocatorTrack" / "plans.json").exists()
+
+
+def test_refused_download_is_not_kept_for_reuse(server, tmp_path):
+    server.files["/LesionLocatorCheckpoint.zip"] = _chain_zip("LesionLocatorCheckpoint/r/marker.txt")
+    dest = tmp_path / "d"
+    with pytest.raises(ArchiveError, match="symbolic link.*deleted"):
+        download_weights(server.url("/LesionLocatorCheckpoint.zip"), dest, progress=False, log=lambda s: None)
+    assert not (dest / "downloads").exists()
+    assert not list(tmp_path.rglob("marker.txt"))
+
+
+def test_download_progress_in_a_log_is_whole_lines(server, tmp_path, monkeypatch):
+    import sys
+
+    server.files["/big.zip"] = _checkpoint_zip()  # about 1.5 MB: two 1 MiB chunks
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)  # not a terminal
+    download_file(server.url("/big.zip"), tmp_path / "big.zip", progress=True)
+    text = buf.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines and "big.zip" in lines[-1] and "100%" in lines[-1]
+
+
+def test_line_stream_turns_redraws_into_rate_limited_lines():
+    from napari_lesionlocator.io.console import LineStream
+
+    now = [0.0]
+    out = io.StringIO()
+    stream = LineStream(out, interval=10.0, clock=lambda: now[0])
+    stream.write("\rdl:   0%|")
+    for pct in range(1, 100):
+        now[0] += 1.0
+        stream.write(f"\rdl: {pct:3d}%|")
+    stream.write("\rdl: 100%|\n")
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0] == "dl:   0%|" and lines[-1] == "dl: 100%|"
+    assert 9 <= len(lines) <= 12  # one line per 10 s of a 100 s job, plus the last

@@ -242,27 +242,35 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = F
     return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite)
 
 
-def require_output_folder(folder: str | os.PathLike, *, what: str = "output folder") -> Path:
+def require_output_folder(folder: str | os.PathLike, *, what: str = "output folder", create: bool = False) -> Path:
     """Make sure results can be written into ``folder`` before any work starts.
 
-    Creates it when missing; raises :class:`OutputPathError` when it is a file, lies below a
-    file, or cannot be written (read-only mount, permissions), by really creating and removing a
-    probe file (``os.access`` is not enough for root or read-only mounts).
+    Raises :class:`OutputPathError` when it is a file, lies below a file, or cannot be written
+    (read-only mount, permissions): a probe file is really created and removed in the folder, or
+    in its nearest existing parent when the folder does not exist yet (``os.access`` is not
+    enough for root or read-only mounts). Nothing is left behind unless ``create``, which makes
+    the folder.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"the {what} {folder} is a file, not a folder; choose a folder (-o)")
+        raise OutputPathError(f"the {what} {folder} is a file, not a folder; choose a folder")
+    probe_in = folder
+    while not probe_in.exists():
+        if probe_in.is_symlink():
+            raise OutputPathError(f"the {what} {folder}: {probe_in} is a broken symbolic link")
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise OutputPathError(f"cannot create the {what} {folder}: {probe_in} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputPathError(f"cannot create the {what} {folder}: part of that path is a file") from None
-    except OSError as exc:
-        raise OutputPathError(f"cannot create the {what} {folder}: {exc.strerror or exc}") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=probe_in)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputPathError(f"cannot write into the {what} {folder}: {exc.strerror or exc} "
+        raise OutputPathError(f"cannot write into the {what} {folder}: {exc.strerror or exc} in {probe_in} "
                               "(read-only or no permission); choose another folder") from None
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"cannot create the {what} {folder}: {exc.strerror or exc}") from None
     return folder

@@ -26,8 +26,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ..core.errors import CheckpointError, LesionLocatorError
-from .archive import archive_members, safe_extract
+from ..core.errors import CheckpointError, LesionLocatorError, OutputExistsError
+from .archive import ArchiveError, archive_members, safe_extract
 
 __all__ = [
     "ZENODO_RECORD",
@@ -123,7 +123,7 @@ def download_file(
         On HTTP errors, network errors (the partial file is kept for a later resume), an
         incomplete transfer, or a checksum mismatch (the corrupt file is deleted).
     """
-    from tqdm import tqdm
+    from .console import progress_bar
 
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -150,9 +150,9 @@ def download_file(
                                             f"({resp.headers.get('Content-Range')!r}, expected byte {offset})")
                 total = _total_size(resp, offset)
                 written = offset
-                with open(part, "ab" if offset else "wb") as fh, tqdm(
+                with open(part, "ab" if offset else "wb") as fh, progress_bar(
                     total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=dest.name, file=sys.stderr, disable=not progress, leave=False,
+                    desc=dest.name, stream=sys.stderr, disable=not progress, leave=False,
                 ) as bar:
                     for block in iter(lambda: resp.read(_CHUNK), b""):
                         fh.write(block)
@@ -244,6 +244,7 @@ def download_weights(
     progress: bool = True,
     timeout: float = 60.0,
     log=print,
+    warn=None,
 ) -> Path:
     """Download, verify and unpack the LesionLocator checkpoint; return the checkpoint folder.
 
@@ -262,11 +263,15 @@ def download_weights(
         Replace an unpacked checkpoint that is already there (default: keep it and return it).
     keep_archive : bool
         Keep the downloaded archive after unpacking (default: delete it, it is several GB).
+    log, warn : callable
+        Where status lines and warnings go (``warn`` defaults to ``log``; the CLI shows warnings even
+        with ``--quiet``).
 
     Raises
     ------
     DownloadError, ArchiveError, CheckpointError, OutputExistsError
     """
+    warn = warn or log
     dest = Path(dest) if dest is not None else default_data_dir()
     name = archive_name_from_url(url)
     existing = find_checkpoint_root(dest)
@@ -279,28 +284,60 @@ def download_weights(
         try:
             md5 = zenodo_md5(api_url, name, timeout=timeout)
         except DownloadError as exc:
-            log(f"warning: {exc}; continuing without a checksum")
+            warn(f"warning: {exc}; continuing without a checksum")
         if md5:
             log(f"Expected MD5 (from {api_url}): {md5}")
+    if not sha256 and not md5:
+        warn("warning: no checksum (--sha256 or --md5) was given and none is published for this URL: the "
+            "download will NOT be verified; pass the archive's published checksum to verify it")
     archive = dest / "downloads" / name
+    if overwrite:
+        for old in (archive, archive.with_name(archive.name + ".part")):
+            if old.exists():
+                log(f"--overwrite: discarding the earlier download {old} and downloading afresh")
+                old.unlink()
     if archive.exists():
-        log(f"Reusing the downloaded archive {archive}")
-        _verify(archive, sha256=sha256, md5=md5, name=name)
-    else:
+        log(f"Reusing the downloaded archive {archive} (delete it, or pass --overwrite, to download again)")
+        try:
+            _verify(archive, sha256=sha256, md5=md5, name=name)
+            _checkpoint_members(archive, name)
+        except (DownloadError, ArchiveError, CheckpointError) as exc:
+            archive.unlink(missing_ok=True)
+            warn(f"warning: the earlier download is not usable ({exc}); it was deleted, downloading afresh")
+    if not archive.exists():
         log(f"Downloading {url}\n         to {archive}")
         download_file(url, archive, sha256=sha256, md5=md5, progress=progress, timeout=timeout)
+        try:
+            _checkpoint_members(archive, name)
+        except (ArchiveError, CheckpointError) as exc:
+            archive.unlink(missing_ok=True)
+            _remove_if_empty(archive.parent)
+            raise type(exc)(f"{exc}; the downloaded archive was deleted") from None
+    try:
+        tops = safe_extract(archive, dest, overwrite=overwrite)
+    except (ArchiveError, OutputExistsError) as exc:
+        raise type(exc)(f"{exc} (the downloaded archive {archive} is kept and the next run reuses it; delete "
+                        "it or pass --overwrite to download again)") from None
+    root = next((r for t in tops if (r := find_checkpoint_root(t)) is not None), None)
+    if root is None:  # e.g. the archive's top level is LesionLocatorSeg itself
+        root = dest
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+        _remove_if_empty(archive.parent)
+    return root
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _checkpoint_members(archive: Path, name: str) -> list[str]:
+    """The archive's checked members; ArchiveError when unsafe/corrupt, CheckpointError when no checkpoint."""
     members = archive_members(archive)
     if not any(part in CHECKPOINT_FOLDERS for m in members for part in m.split("/")):
         raise CheckpointError(
             f"{name} does not hold a LesionLocator checkpoint (no {' or '.join(CHECKPOINT_FOLDERS)} folder); "
             "nothing was unpacked"
         )
-    tops = safe_extract(archive, dest, overwrite=overwrite)
-    root = next((r for t in tops if (r := find_checkpoint_root(t)) is not None), None)
-    if root is None:  # e.g. the archive's top level is LesionLocatorSeg itself
-        root = dest
-    if not keep_archive:
-        archive.unlink(missing_ok=True)
-        if not any(archive.parent.iterdir()):
-            shutil.rmtree(archive.parent, ignore_errors=True)
-    return root
+    return members

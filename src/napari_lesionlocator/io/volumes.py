@@ -19,7 +19,7 @@ from ..core.image import Image
 from .dicom import describe_series, is_dicom_file, read_dicom_folder
 from .images import case_name, is_image_path, read_image
 
-__all__ = ["read_volumes", "read_volume", "check_ct", "NotCTWarning", "looks_like_ct_hu"]
+__all__ = ["read_volumes", "read_volume", "choose_volume", "check_ct", "NotCTWarning", "looks_like_ct_hu"]
 
 
 class NotCTWarning(UserWarning):
@@ -118,13 +118,24 @@ def read_volume(path: str | os.PathLike, *, series: int | str | None = None) -> 
     InputImageError
         When the path holds several volumes and ``series`` does not pick one; the message lists them.
     """
-    images = read_volumes(path)
+    return choose_volume(read_volumes(path), path, series)
+
+
+def choose_volume(images: list[Image], path: str | os.PathLike, series: int | str | None = None) -> Image:
+    """The one volume of ``images`` (read from ``path``) that ``series`` names; see :func:`read_volume`.
+
+    A single volume is returned whatever ``series`` says only when ``series`` is None; a string of
+    digits is taken as an index.
+    """
     if len(images) == 1 and series is None:
         return images[0]
     if series is None:
         raise InputImageError(
-            f"{path} holds {len(images)} volumes; choose one (series=index or name):\n" + describe_series(images)
+            f"{path} holds {len(images)} volumes; choose one with --series INDEX, UID or DESCRIPTION on the "
+            "command line (series=... in Python):\n" + describe_series(images)
         )
+    if isinstance(series, str) and series.strip().isdigit():
+        series = int(series.strip())
     if isinstance(series, int):
         if 0 <= series < len(images):
             return images[series]

@@ -10,8 +10,9 @@ from ...core.errors import PromptError
 from ...core.image import Image, LabelMap
 from ...core.progress import CancelToken, ProgressCallback, report
 from ...core.prompts import BoxPrompt, PointPrompt, Prompt
+from ...core.results import LesionMask, LesionResult, compose_label_map
 from ..base import EngineSettings, LesionMasks, SegmentationResult, TrackingResult
-from .segment import LesionMask, segment_box, segment_point
+from .segment import RoiMask, segment_box, segment_point
 
 __all__ = ["ClassicalEngine"]
 
@@ -48,8 +49,8 @@ class ClassicalEngine:
         return None
 
     # -------------------------------------------------------------- segment
-    def segment_one(self, image: Image, prompt: Prompt, *, cancel: CancelToken | None = None) -> LesionMask:
-        """One prompt -> a :class:`LesionMask` on a crop of ``image`` (PromptError for bad prompts)."""
+    def segment_one(self, image: Image, prompt: Prompt, *, cancel: CancelToken | None = None) -> RoiMask:
+        """One prompt -> a :class:`.segment.RoiMask` on a crop of ``image`` (PromptError for bad prompts)."""
         check = _checker(cancel)
         spacing = np.asarray(image.geometry.spacing)
         shape = image.geometry.shape
@@ -94,14 +95,24 @@ class ClassicalEngine:
                 cancel.raise_if_cancelled()
             report(on_progress, i, total, f"segmenting lesion {prompt.lesion_id} ({prompt.kind})")
             lesion = self.segment_one(image, prompt, cancel=cancel)
-            if lesion.empty:
-                result.empty_ids.append(prompt.lesion_id)
+            lid = prompt.lesion_id
+            own = LesionMask.from_crop(image.geometry, lesion.start, lesion.mask)
+            if own.is_empty:
                 why = lesion.message or "nothing lesion-like found"
-                result.messages.append(f"lesion {prompt.lesion_id}: empty mask ({why})")
-            else:
-                lesion.paste_into(labels.array, prompt.lesion_id)
-                if lesion.message:
-                    result.messages.append(f"lesion {prompt.lesion_id}: {lesion.message}")
+                result.empty_ids.append(lid)
+                result.messages.append(f"lesion {lid}: empty mask ({why})")
+                result.lesions[lid] = LesionResult(lid, own, "empty", [why], {"engine": self.name})
+                continue
+            notes = list(lesion.reasons)
+            if lesion.message and not any(lesion.message == n for n in notes):
+                notes.append(lesion.message)
+            result.lesions[lid] = LesionResult(lid, own, lesion.status, notes,
+                                               {"engine": self.name, "quality": dict(lesion.quality)})
+            if lesion.message:
+                result.messages.append(f"lesion {lid}: {lesion.message}")
+            elif lesion.reasons:
+                result.messages.append(f"lesion {lid}: check: " + "; ".join(lesion.reasons))
+        result.labels = compose_label_map(result.lesions, image.geometry, labels.name)
         report(on_progress, total, total, "segmentation done")
         return result
 

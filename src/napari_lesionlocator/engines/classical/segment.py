@@ -30,15 +30,15 @@ in voxel indices (z, y, x) with spacing in mm.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from .roi import Roi, ball_mask, ellipsoid_mask, roi_bounds_mm
-from .star import star_region
+from .star import radial_regularise, star_region
 
-__all__ = ["IntensityModel", "LesionMask", "segment_point", "segment_box", "lesion_intensity_model"]
+__all__ = ["IntensityModel", "RoiMask", "segment_point", "segment_box", "lesion_intensity_model"]
 
 SMOOTH_SIGMA_MM = 0.8
 NOISE_FLOOR_HU = 12.0
@@ -71,7 +71,7 @@ class IntensityModel:
 
 
 @dataclass
-class LesionMask:
+class RoiMask:
     """A lesion mask on a crop of the full volume.
 
     ``mask`` is bool on the crop ``[start, stop)`` (full-volume voxel indices, z, y, x).
@@ -81,6 +81,15 @@ class LesionMask:
     start: np.ndarray
     stop: np.ndarray
     message: str = ""
+    #: why the engine doubts this mask (empty: no doubt); numeric quality signals
+    reasons: list = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.empty:
+            return "empty"
+        return "check" if self.reasons else "ok"
 
     @property
     def empty(self) -> bool:
@@ -282,6 +291,7 @@ def _segment_in_roi(
     # lesion's thickness, its necks) measure its shape and not its noise.
     comp = ndimage.binary_fill_holes(_component_at(within, seed))
     check()
+    first_dark = model.dark
     if prior is None:
         # Second look: the tissue right around the first estimate (1.5-6 mm) is the lesion's real
         # neighbour (liver around a liver lesion...); the whole region mixes in distant organs.
@@ -317,8 +327,12 @@ def _segment_in_roi(
     mask = ndimage.binary_fill_holes(mask)
     # Only when the lesion's lower bound sits well above the lung (a solid core): a core that
     # already holds ground glass has its rim inside [low, high] anyway.
-    if prior is None and model.dark is not None and model.dark < AIR_LIKE_HU and model.low - model.dark > GGO_GAP_HU:
-        mask = _add_ground_glass(img, mask, model, sp, seed, radius, inside_box)
+    # The lung around: the first (whole-region) model's darker tissue; the second look's ring may
+    # already be the ground-glass rim itself.
+    lung = min((d for d in (model.dark, first_dark) if d is not None), default=None)
+    if prior is None and lung is not None and lung < AIR_LIKE_HU and model.low - lung > GGO_GAP_HU:
+        mask = _add_ground_glass(img, mask, IntensityModel(model.center, model.low, model.high, lung), sp, seed,
+                                 radius, inside_box)
     return _component_at(mask, seed), "", radius, model
 
 
@@ -328,21 +342,22 @@ def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float
     Ground glass lies between aerated lung and solid tissue. A blurred solid edge crosses that
     density band within about a millimetre (plus a voxel); a ground-glass component covers
     most of the shell 1.5-3 mm (plus one voxel) around the solid part. Only then is the lesion
-    grown into the band (up to max(10 mm, 2 radii) from the solid part), opened by 1.5 mm to
+    grown into the band (up to max(12 mm, 3 radii) from the solid part), opened by 1.5 mm to
     drop vessel edges and lung texture, and its holes filled.
     """
     ggo_low = model.dark + 0.2 * (model.low - model.dark) if model.dark is not None else model.low
     band = (img >= ggo_low) & (img < model.low)
     dist = _edt(~solid, sp)
-    # The blurred edge of a solid lesion spans about a voxel more on coarse grids, and thick
-    # slices smear it along their axis: the coarsest axis sets the margin (conservative).
-    vox = float(np.max(sp))
+    # The blurred edge of a solid lesion spans about a voxel more on coarse grids; thick slices
+    # smear it along their axis only, so the in-plane voxel sets the margin (the shell's caps
+    # along the thick axis are partial volume either way, a minority of the shell).
+    vox = float(np.min(sp))
     shell = (dist > 1.5 + vox) & (dist <= 3.0 + 1.5 * vox)
     if inside_box is not None:
         shell &= inside_box
     if shell.sum() == 0 or band[shell].mean() < 0.5:
         return solid
-    grow = (band | solid) & (img <= model.high) & (dist <= max(10.0, 2.0 * radius))
+    grow = (band | solid) & (img <= model.high) & (dist <= max(12.0, 3.0 * radius))
     if inside_box is not None:
         grow &= inside_box
     grown = _component_at(grow, seed)
@@ -362,7 +377,7 @@ def segment_point(
     check: CancelCheck = _noop,
     start_radius_mm: float = POINT_START_RADIUS_MM,
     max_radius_mm: float = POINT_MAX_RADIUS_MM,
-) -> LesionMask:
+) -> RoiMask:
     """Segment the lesion under a point (voxel index z, y, x) of ``array`` (HU, spacing mm).
 
     The search region starts ``start_radius_mm`` around the point; when the mask touches its
@@ -371,12 +386,17 @@ def segment_point(
     the region (half-open full-volume indices). Without a ``prior``, a mask that leaks beyond
     that reach (or beyond ``PLAUSIBLE_POINT_VOLUME_MM3``) becomes the compact star-shaped
     estimate of :func:`_compact_fallback`.
+
+    Then a shape prior (:func:`.star.radial_regularise`) bounds what the mask may hold around its
+    deepest point, the click is always inside the result (a blob-sized estimate replaces a mask
+    that misses it), and the mask gets a status with reasons (:func:`_grade`).
     """
     spacing = np.asarray(spacing, dtype=float)
     shape = np.asarray(array.shape)
     point = np.asarray(point, dtype=int)
     radius = start_radius_mm
     message = ""
+    reasons: list[str] = []
     while True:
         lo, hi = roi_bounds_mm(point, radius, spacing, shape)
         if limit is not None:
@@ -396,7 +416,8 @@ def segment_point(
         if prior is None and (too_big or _reach_mm(work_mask, roi.to_work(point), roi.spacing) > limit_mm):
             # Already beyond (an organ enclosed by the region, or cut by the scan's border), or
             # larger than any lesion a click plausibly means.
-            return _compact_fallback(array, spacing, point, shape, limit, model, check)
+            return _finish_point(array, spacing, point, _compact_fallback(array, spacing, point, shape, limit,
+                                                                          model, check), model, check)
         touching = roi.touches_inner_faces(work_mask, shape)
         enclosed = touching == 0 or (limit is not None and np.all(lo == limit[0]) and np.all(hi == limit[1]))
         if enclosed:
@@ -404,12 +425,132 @@ def segment_point(
         if radius >= limit_mm:
             if prior is not None:
                 message = f"the mask reaches the {radius:.0f} mm search limit (low contrast to its surroundings?)"
+                reasons.append(f"touches the search limit ({radius:.0f} mm)")
                 break
             # Leak: the lesion has no intensity edge against some neighbour of the same density.
-            return _compact_fallback(array, spacing, point, shape, limit, model, check)
+            return _finish_point(array, spacing, point, _compact_fallback(array, spacing, point, shape, limit,
+                                                                          model, check), model, check)
         # Jump straight to the limit (one more pass, not several): the inscribed radius is known.
         radius = limit_mm
-    return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
+    if work_mask.any():
+        # Shape prior around the lesion's deepest point near the click.
+        depth = _edt(work_mask, roi.spacing)
+        seed_w = roi.to_work_voxel(point)
+        near = ball_mask(work_mask.shape, seed_w, max(5.0, float(depth[seed_w])), roi.spacing) & work_mask
+        centre = tuple(int(v) for v in np.unravel_index(int(np.argmax(np.where(near, depth, 0))), depth.shape))
+        kept, removed = radial_regularise(work_mask, roi.spacing, centre)
+        kept = _component_at(kept, centre)
+        if kept[seed_w] or not work_mask[seed_w]:
+            work_mask = kept
+            if removed > LEAK_SHARE:
+                reasons.append(f"leaked into a neighbour of similar density and was bounded by the shape prior "
+                               f"({removed:.0%} cut)")
+    out = RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message, reasons=reasons)
+    return _finish_point(array, spacing, point, out, model, check)
+
+
+LEAK_FALLBACK_REASON = (
+    "leaked into tissue of similar density and was bounded to a compact estimate from the nearest edges"
+)
+# Share of an intensity mask the shape prior may cut before the mask is called leaked.
+LEAK_SHARE = 0.25
+
+
+def _finish_point(array, spacing, point, lm: RoiMask, model: IntensityModel | None, check) -> RoiMask:
+    """Guarantee the click is inside the mask (else a blob-sized estimate), then grade it."""
+    rel = np.asarray(point) - lm.start
+    inside = bool(np.all(rel >= 0) and np.all(rel < np.asarray(lm.mask.shape)) and lm.mask[tuple(rel)])
+    if not inside and model is not None and model.center >= AIR_LIKE_HU:
+        check()
+        lm = _blob_estimate(array, spacing, point, model, had_mask=not lm.empty)
+    return _grade(array, spacing, lm, model, point)
+
+
+# A lesion mask smaller than a ball of this diameter (mm) is doubtful whatever its contrast.
+MIN_PLAUSIBLE_DIAMETER_MM = 4.0
+
+
+def _grade(array, spacing, lm: RoiMask, model: IntensityModel | None, point=None,
+           box: tuple | None = None) -> RoiMask:
+    """Quality signals of a mask and the reasons to doubt it (see :attr:`RoiMask.status`).
+
+    Signals (``lm.quality``): volume and equivalent diameter; the contrast between the mask and a
+    ring 1.5-4 mm around it in units of the image noise inside (a real lesion boundary is an
+    intensity step); the share of that ring that is still lesion-like (the mask stops where the
+    lesion goes on: a leak was cut, or contact with tissue of the same density).
+    """
+    if lm.empty:
+        return lm
+    sp = np.asarray(spacing, dtype=float)
+    pad = np.ceil(5.0 / sp).astype(int)
+    a = np.maximum(np.asarray(lm.start) - pad, 0)
+    b = np.minimum(np.asarray(lm.stop) + pad, np.asarray(array.shape))
+    raw = np.asarray(array[a[0]:b[0], a[1]:b[1], a[2]:b[2]], dtype=np.float32)
+    img = _smooth(raw, sp)
+    mask = np.zeros(raw.shape, dtype=bool)
+    o = np.asarray(lm.start) - a
+    mask[o[0]:o[0] + lm.mask.shape[0], o[1]:o[1] + lm.mask.shape[1], o[2]:o[2] + lm.mask.shape[2]] = lm.mask
+    d_out = _edt(~mask, sp)
+    ring = (d_out > 1.5) & (d_out <= 4.0)
+    vol = float(mask.sum()) * float(np.prod(sp))
+    diam = (6.0 * vol / np.pi) ** (1 / 3)
+    inside = raw[mask]
+    med_in = float(np.median(inside))
+    noise = max(1.4826 * float(np.median(np.abs(inside - med_in))), 3.0)
+    q = {"volume_mm3": vol, "diameter_mm": diam, "noise_hu": noise}
+    if ring.any():
+        med_ring = float(np.median(img[ring]))
+        q["contrast_hu"] = med_in - med_ring
+        q["contrast_snr"] = abs(med_in - med_ring) / noise
+        if model is not None:
+            q["ring_lesion_like"] = float(np.mean((img[ring] >= model.low) & (img[ring] <= model.high)))
+    lm.quality.update(q)
+    reasons = lm.reasons
+    if diam < MIN_PLAUSIBLE_DIAMETER_MM:
+        reasons.append(f"very small for the contrast seen ({vol:.0f} mm3, {diam:.1f} mm across)")
+    return lm
+
+
+def _log_radius_mm(array, spacing, point) -> float:
+    """Radius (mm) of the blob centred at ``point``: scale of the largest normalised Laplacian of Gaussian."""
+    sp = np.asarray(spacing, dtype=float)
+    shape = np.asarray(array.shape)
+    best, best_r = 0.0, 3.0
+    lo, hi = roi_bounds_mm(point, 36.0, sp, shape)
+    crop = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    c = np.asarray(point) - lo
+    for sigma in (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.6):
+        sig = np.maximum(sigma / sp, 0.3)
+        half = np.ceil(3 * sig).astype(int)
+        a, b = np.maximum(c - half, 0), np.minimum(c + half + 1, crop.shape)
+        patch = crop[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        g = np.ogrid[tuple(slice(int(x - y), int(z - y)) for x, y, z in zip(a, c, b, strict=True))]
+        r2 = sum(((gg * s) / sigma) ** 2 for gg, s in zip(g, sp, strict=True))
+        w = np.exp(-0.5 * r2)
+        w /= w.sum()
+        # sigma^2 * LoG at the centre, up to a constant: (weighted mean at r^2) - 3 * (weighted mean).
+        resp = float(((r2 - 3.0) * w * patch).sum())
+        if abs(resp) > best:
+            best, best_r = abs(resp), sigma * np.sqrt(3.0)
+    return float(np.clip(best_r, 2.5, 30.0))
+
+
+def _blob_estimate(array, spacing, point, model: IntensityModel, had_mask: bool) -> RoiMask:
+    """A ball of the blob's size at the click, restricted to lesion-like tissue (always holds the click)."""
+    sp = np.asarray(spacing, dtype=float)
+    r = _log_radius_mm(array, sp, point)
+    lo, hi = roi_bounds_mm(point, r + 2.0, sp, np.asarray(array.shape))
+    crop = _smooth(np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32), sp)
+    c = tuple(int(v) for v in np.asarray(point) - lo)
+    ball = ball_mask(crop.shape, c, r, sp)
+    low = min(model.low, model.center - 2 * NOISE_FLOOR_HU)
+    high = max(model.high, model.center + 2 * NOISE_FLOOR_HU)
+    like = ball & (crop >= low) & (crop <= high)
+    like[c] = True
+    mask = ndimage.binary_fill_holes(_component_at(like, c))
+    why = ("the intensity mask missed the click" if had_mask else "no lesion-like region found at the click")
+    msg = f"{why}: the mask is a blob-sized estimate ({2 * r:.0f} mm) around it (check it)"
+    return RoiMask(mask, lo, hi, msg, reasons=[f"weak edge: {why}, blob-sized estimate"])
 
 
 def _reach_mm(mask: np.ndarray, center, spacing) -> float:
@@ -419,7 +560,7 @@ def _reach_mm(mask: np.ndarray, center, spacing) -> float:
     return float(np.sqrt(d2.max()))
 
 
-def _compact_fallback(array, spacing, point, shape, limit, model: IntensityModel, check: CancelCheck) -> LesionMask:
+def _compact_fallback(array, spacing, point, shape, limit, model: IntensityModel, check: CancelCheck) -> RoiMask:
     """Star-shaped estimate of a lesion whose intensity region leaked (see :mod:`.star`).
 
     The region is bounded by ``LEAK_FALLBACK_RADIUS_MM`` around the click, so a click on a
@@ -440,7 +581,8 @@ def _compact_fallback(array, spacing, point, shape, limit, model: IntensityModel
         "low contrast to its surroundings: the intensity region leaked, so the mask is a compact "
         f"estimate from the nearest edges within {LEAK_FALLBACK_RADIUS_MM:.0f} mm of the point (check it)"
     )
-    return LesionMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message)
+    return RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message,
+                      reasons=[LEAK_FALLBACK_REASON])
 
 
 def segment_box(
@@ -452,7 +594,7 @@ def segment_box(
     prior: IntensityModel | None = None,
     check: CancelCheck = _noop,
     core: tuple | None = None,
-) -> LesionMask:
+) -> RoiMask:
     """Segment the lesion inside a half-open box ``[start, stop)`` (voxel indices z, y, x).
 
     The mask never leaves the box; a margin of ``BOX_MARGIN_MM`` around it samples the
@@ -476,10 +618,26 @@ def segment_box(
     wlo, whi = to_work_bounds(start, stop)
     core_w = to_work_bounds(*core) if core is not None else None
     center = roi.to_work_voxel((start + stop - 1) / 2.0)
-    work_mask, message, _, _ = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check, core_box=core_w)
+    work_mask, message, _, model = _segment_in_roi(roi, center, box=(wlo, whi), prior=prior, check=check,
+                                                   core_box=core_w)
     mask = roi.mask_to_crop(work_mask)
     # The box is a hard limit (resampling can blur a voxel across it).
     rel_lo, rel_hi = start - lo, stop - lo
     clip = np.zeros_like(mask)
     clip[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]] = True
-    return LesionMask(mask & clip, roi.start, roi.stop, message)
+    out = RoiMask(mask & clip, roi.start, roi.stop, message)
+    if out.empty or core is not None:  # tracking grades its own results
+        return out
+    out = _grade(array, spacing, out, model)
+    # A lesion drawn around by a box fills about half of it (an ellipsoid fills 52 %).
+    fill = float(out.mask.sum()) / float(np.prod(stop - start))
+    out.quality["box_fill"] = fill
+    if fill < BOX_FILL_RANGE[0]:
+        out.reasons.append(f"very small for the box ({fill:.0%} of it)")
+    elif fill > BOX_FILL_RANGE[1]:
+        out.reasons.append(f"fills the box ({fill:.0%}): weak edge, the lesion may go on beyond it")
+    return out
+
+
+# Share of a box a lesion drawn around by it plausibly fills.
+BOX_FILL_RANGE = (0.12, 0.9)

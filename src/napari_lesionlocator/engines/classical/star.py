@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["fibonacci_directions", "star_region"]
+__all__ = ["fibonacci_directions", "star_region", "radial_regularise"]
 
 STAR_SIGMA_MM = 1.5
 STAR_MIN_RADIUS_MM = 3.0
@@ -137,3 +137,45 @@ def _fill(shape, sp: np.ndarray, seed: np.ndarray, dirs: np.ndarray, tree: cKDTr
     mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = dist <= table[ip, np.broadcast_to(ia, dist.shape)]
     mask[tuple(int(v) for v in seed)] = True
     return mask
+
+
+def radial_regularise(mask: np.ndarray, spacing, seed, *, clamp: float = 1.7, n_directions: int = STAR_DIRECTIONS
+                      ) -> tuple[np.ndarray, float]:
+    """Shape prior for a lesion mask: keep what a smooth star-shaped region around ``seed`` allows.
+
+    Along each ray from ``seed`` (its deepest point) the mask's radius is where the ray first
+    leaves it. Lesions are roughly star-shaped around their centre with a smooth radius
+    function: the radius function is smoothed (median of neighbouring rays, which drops thin
+    vessels and spicule-like leaks) and clamped at ``clamp`` times its median over all rays (a
+    leak into a neighbour of the same density along a broad front is far longer than the
+    lesion's own radius on its free side). The result is the mask inside that radius function.
+
+    Returns the regularised mask and the share of the mask's voxels it removed.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    seed_a = np.asarray(seed, dtype=float)
+    if not mask.any():
+        return mask, 0.0
+    idx = np.argwhere(mask)
+    reach = float(np.sqrt((((idx - seed_a) * sp) ** 2).sum(axis=1)).max()) + float(sp.max())
+    dirs = fibonacci_directions(n_directions)
+    step = max(0.4, 0.5 * float(sp.min()))
+    radii = np.arange(0.0, reach + step, step)
+    pts = seed_a[None, None, :] + dirs[:, None, :] * radii[None, :, None] / sp[None, None, :]
+    vals = ndimage.map_coordinates(mask.astype(np.float32), pts.reshape(-1, 3).T, order=1, mode="constant",
+                                   cval=0.0).reshape(len(dirs), radii.size)
+    out = vals < 0.5
+    r_mask = np.where(out.any(axis=1), radii[out.argmax(axis=1)], radii[-1])
+    tree = cKDTree(dirs)
+    _, nn = tree.query(dirs, k=min(STAR_NEIGHBOURS, len(dirs)))
+    r_s = r_mask.copy()
+    for _ in range(2):
+        r_s = np.median(r_s[nn], axis=1)
+    # Smooth where the mask is longer than its neighbours (protrusions), keep its own radius elsewhere
+    # (plus a voxel: the ray's first exit lies inside the mask's last voxel).
+    r_final = np.minimum(r_mask, r_s + float(sp.max()))
+    r_final = np.minimum(r_final, clamp * float(np.median(r_s)))
+    star = _fill(mask.shape, sp, seed_a, dirs, tree, r_final + 0.5 * float(sp.max()))
+    kept = mask & star
+    removed = 1.0 - float(kept.sum()) / float(mask.sum())
+    return kept, removed

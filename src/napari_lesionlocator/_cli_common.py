@@ -132,6 +132,13 @@ def read_prompt_file(path: Path, image: Image, kind: str) -> tuple[list[Prompt],
     """
     if not path.exists():
         raise UsageError(f"prompt file not found: {path}")
+    if path.is_dir():  # a folder of PASCAL VOC XML boxes, matched to the slices by SOPInstanceUID
+        from .io.voc import voc_cli_prompts
+
+        prompts, notes = voc_cli_prompts(path, image, kind)
+        for note in notes:
+            warn(note)
+        return prompts, None
     if path.suffix.lower() == ".json":
         prompts = read_prompt_json(path)
         wrong = [p.lesion_id for p in prompts if p.kind != kind]

@@ -87,6 +87,10 @@ def _cases(args: argparse.Namespace) -> list[Case]:
                              "of prompt files named like the images (case.nii.gz <-> case.json)")
         name = case_name(images[0]) if images[0].is_file() else images[0].name
         return [Case(strip_channel(name), images[0], prm)]
+    from .io.voc import is_voc_folder
+
+    if is_voc_folder(prm) and len(images) == 1:  # PASCAL VOC boxes (Lung-PET-CT-Dx): one folder per series
+        return [Case(strip_channel(images[0].name if images[0].is_dir() else case_name(images[0])), images[0], prm)]
     prompt_files = sorted(p for p in prm.iterdir() if p.is_file() and p.name.lower().endswith(PROMPT_SUFFIXES)
                           and not p.name.startswith("."))
     pairs, lonely_images, lonely_prompts = pair_cases(images, prompt_files)

@@ -121,3 +121,25 @@ def test_reads_the_collection_file_layout(real_data_dir) -> None:
     vf = read_voc_xml(files[0])
     assert vf.sop_instance_uid == files[0].stem and (vf.width, vf.height) == (512, 512)
     assert len(vf.boxes) == 1 and vf.boxes[0].name == "A"
+
+
+def test_cli_segment_from_the_xml_folder(real_data_dir, tmp_path, capsys) -> None:
+    """`lesionlocator segment -i DICOM_SERIES_DIR -p XML_DIR -t box` on the real series."""
+    from napari_lesionlocator.cli import main
+    from napari_lesionlocator.io import read_label_map
+
+    base = real_data_dir / "lung_pet_ct_dx"
+    series = base / A0002 / "3.000000-ThoraxRoutine  8.0.0  B40f-10983"
+    rc = main(["segment", "-i", str(series), "-p", str(base / "Annotation" / "A0002"), "-t", "box",
+               "-o", str(tmp_path), "--engine", "classical", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "8 XML file(s)" in err and "match no slice" in err  # the B70f series' files are listed, not dropped
+    (image,) = read_dicom_folder(series)
+    (instance,) = tmp_path.glob("*_lesions.nii.gz")
+    labels = read_label_map(instance, like=image)  # written on the DICOM series' exact grid
+    assert labels.ids == [1]
+    mask = labels.array == 1
+    z, y, x = np.nonzero(mask)
+    assert z.min() >= 12 and z.max() < 22 and y.min() >= 253 and y.max() < 357 and x.min() >= 108 and x.max() < 235
+    assert mask.sum() * image.geometry.voxel_volume_mm3 / 1000 > 20  # a real mass, tens of mL

@@ -47,6 +47,7 @@ __all__ = [
     "slice_index_by_sop_uid",
     "voc_box_prompts",
     "write_voc_xml",
+    "voc_cli_prompts",
 ]
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
@@ -311,3 +312,26 @@ def write_voc_xml(path: str | os.PathLike, sop_instance_uid: str, boxes: Sequenc
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def voc_cli_prompts(folder: str | os.PathLike, image: Image, kind: str) -> tuple[list, list[str]]:
+    """Prompts for ``lesionlocator segment -p XML_DIR``: 3D boxes (``-t box``) or their centres
+    (``-t point``), plus the lines to warn about (unmatched XML files, boxes outside their slice).
+
+    Raises PromptError when no XML file matches a slice of the series.
+    """
+    from ..core.prompts import PointPrompt
+
+    res = voc_box_prompts(folder, image)
+    notes = list(res.problems)
+    if res.unmatched:
+        notes.append(f"{len(res.unmatched)} XML file(s) in {Path(folder).name} match no slice of this series (by "
+                     "SOPInstanceUID): " + ", ".join(p.name for p in res.unmatched[:6])
+                     + (" ..." if len(res.unmatched) > 6 else ""))
+    if not res.lesions:
+        raise PromptError(f"{folder}: no box in these XML files lies on a slice of {image.name} "
+                          f"({len(res.unmatched)} file(s) match no slice)")
+    if kind == "point":
+        return [PointPrompt(les.prompt.lesion_id, tuple(int(round(v)) for v in les.prompt.center))
+                for les in res.lesions], notes
+    return res.prompts, notes

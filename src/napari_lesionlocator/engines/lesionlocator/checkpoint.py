@@ -135,6 +135,19 @@ def validate_model_folder(folder: str | Path, part: str, folds: Sequence[int] | 
             f"{folder / 'plans.json'} has no '{CONFIGURATION}' configuration "
             f"(found: {', '.join(configs) if isinstance(configs, dict) else 'none'})"
         )
+    conf, seen = configs[CONFIGURATION], set()
+    while isinstance(conf, dict) and "architecture" not in conf and "UNet_class_name" not in conf \
+            and conf.get("inherits_from") in configs and conf.get("inherits_from") not in seen:
+        seen.add(conf["inherits_from"])
+        conf = configs[conf["inherits_from"]]
+    arch = conf.get("architecture") if isinstance(conf, dict) else None
+    if not (isinstance(arch, dict) and "network_class_name" in arch) and \
+            not (isinstance(conf, dict) and "UNet_class_name" in conf):
+        raise CheckpointError(
+            f"{folder / 'plans.json'}: the '{CONFIGURATION}' configuration has no 'architecture' section "
+            "(network_class_name, arch_kwargs): the plans file is not in nnU-Net v2's format or is damaged; "
+            "use the plans.json that came with the checkpoint"
+        )
     if (
         "foreground_intensity_properties_per_channel" not in plans
         and "foreground_intensity_properties_by_modality" not in plans
@@ -188,12 +201,30 @@ def load_checkpoint_file(path: str | Path, *, allow_unsafe: bool = False, map_lo
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         text = str(exc)
+        kind = _file_kind(path)
+        if kind == "other":
+            raise CheckpointError(
+                f"{path} is not a checkpoint: PyTorch checkpoints are zip archives (or, in the old format, "
+                "pickles) and this file is neither (random or damaged bytes); download or copy it again"
+            ) from None
         if "Weights only load failed" not in text:
             raise CheckpointError(
                 f"{path} cannot be read: corrupt or truncated file ({type(exc).__name__}: {text[:200]})"
             ) from None
         unsafe = re.findall(r"GLOBAL ([\w.]+)", text)
+        if not unsafe and kind == "zip":
+            raise CheckpointError(
+                f"{path} is a damaged PyTorch checkpoint (its weights cannot be read: "
+                f"{_weights_error(text)}); download or copy it again"
+            ) from None
         if not allow_unsafe:
+            if not unsafe:
+                raise CheckpointError(
+                    f"{path} is a Python pickle that a safe (weights-only) load cannot read "
+                    f"({_weights_error(text)}). If it is a checkpoint you trust (e.g. saved by an old tool), "
+                    "allow a full load with allow_unsafe=True (CLI: --allow-unsafe-checkpoint); it can execute "
+                    "code stored in the file."
+                ) from None
             raise CheckpointError(
                 f"{path} holds Python objects that a safe (weights-only) load refuses "
                 f"({', '.join(unsafe) or 'unknown'}). "
@@ -215,6 +246,26 @@ def load_checkpoint_file(path: str | Path, *, allow_unsafe: bool = False, map_lo
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict (got {type(ckpt).__name__})")
     return ckpt
+
+
+def _file_kind(path: Path) -> str:
+    """``"zip"`` (torch.save's format), ``"pickle"`` (the legacy format, a pickle stream) or ``"other"``."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return "other"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "other"
+
+
+def _weights_error(text: str) -> str:
+    """The informative part of torch's weights-only error (one line)."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    return (m.group(1) if m else text).strip().splitlines()[0][:160]
 
 
 def check_checkpoint_dict(ckpt: dict, part: str, path: str | Path) -> None:
@@ -242,8 +293,16 @@ def build_segmentation_network(plans: dict, num_image_channels: int = 1, *, seed
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    cm = PlansManager(plans).get_configuration(CONFIGURATION)
-    arch = plans["configurations"][CONFIGURATION].get("architecture") or cm.configuration["architecture"]
+    try:
+        cm = PlansManager(plans).get_configuration(CONFIGURATION)
+        arch = plans["configurations"][CONFIGURATION].get("architecture") or cm.configuration["architecture"]
+        arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"]  # noqa: B018 - presence
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"plans.json: the '{CONFIGURATION}' configuration has no complete 'architecture' section "
+            f"(missing {exc}; it needs network_class_name, arch_kwargs and _kw_requires_import, as nnU-Net v2.4+ "
+            "writes them): the plans file is not in the format this engine reads, or it is damaged"
+        ) from None
     if seed is not None:
         torch.manual_seed(seed)
     try:

@@ -69,26 +69,9 @@ def _load_json(path: Path):
 
 
 def _write_json(path: Path, data, overwrite: bool) -> Path:
-    import tempfile
+    from .atomic import atomic_write_text
 
-    from ..core.errors import OutputExistsError
-    from .dicom_seg import _umask_mode
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; refusing to overwrite it (use overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n", overwrite=overwrite)
 
 
 def _xyz(value, what: str) -> np.ndarray:

@@ -393,19 +393,30 @@ def ct_series_datasets(
 
 
 def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    from .atomic import file_mode
+
+    return file_mode()
+
+
+def _verify_dicom(tmp: Path) -> None:
+    """The written file reads back as DICOM (a full disk can leave a short file without an error)."""
+    import pydicom
+
+    from ..core.errors import OutputWriteError
+
+    try:
+        pydicom.dcmread(str(tmp), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read back is a failed write
+        raise OutputWriteError(f"the DICOM file written to {tmp.name} does not read back ({exc})") from None
 
 
 def _save_atomic(ds, path: Path, *, overwrite: bool) -> Path:
-    """Save a dataset atomically with the user's umask; refuse to replace ``path`` unless ``overwrite``."""
-    from .images import atomic_output_path
+    """Save a dataset atomically with the user's umask (io.atomic); refuse to replace ``path`` unless ``overwrite``."""
+    from .atomic import atomic_write
 
     path = Path(path)
-    with atomic_output_path(path, overwrite=overwrite) as tmp:
+    with atomic_write(path, overwrite=overwrite, verify=_verify_dicom) as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
-        os.chmod(tmp, _umask_mode())
     return path
 
 

@@ -274,11 +274,7 @@ def _overlap(a: VocBox, b: VocBox) -> bool:
 def write_voc_xml(path: str | os.PathLike, sop_instance_uid: str, boxes: Sequence[VocBox], *, width: int,
                   height: int, overwrite: bool = False) -> Path:
     """Write one VOC file in the collection's layout (tests, exporting boxes back), atomically."""
-    from ..core.errors import OutputExistsError
-
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; refusing to overwrite it (use overwrite)")
     root = ET.Element("annotation", verified="no")
     for tag in ("folder", "filename", "path"):
         ET.SubElement(root, tag).text = sop_instance_uid if tag == "filename" else "Unknow"
@@ -296,21 +292,9 @@ def write_voc_xml(path: str | os.PathLike, sop_instance_uid: str, boxes: Sequenc
         bb = ET.SubElement(obj, "bndbox")
         for tag in ("xmin", "ymin", "xmax", "ymax"):
             ET.SubElement(bb, tag).text = str(int(getattr(b, tag)))
-    data = ET.tostring(root, encoding="unicode")
-    from .dicom_seg import _umask_mode  # one umask rule for our files
+    from .atomic import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, ET.tostring(root, encoding="unicode"), overwrite=overwrite)
     return path
 
 

@@ -63,6 +63,7 @@ class DicomSeriesInfo:
     description: str
     series_number: str
     acquisition_date: str | None
+    damaged: tuple[tuple[str, str], ...] = ()  # (file, reason): DICOM files of the folder that no series could use
 
     def describe(self) -> str:
         date = self.acquisition_date or "no date"
@@ -146,6 +147,8 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     if not uids:
         raise InputImageError(f"{folder} holds no DICOM series (no readable DICOM image files directly inside it)")
     out = []
+    series_files = {str(Path(f)) for uid in uids for f in reader.GetGDCMSeriesFileNames(str(folder), uid)}
+    damaged = _damaged_files(folder, series_files)
     for uid in uids:
         files = tuple(reader.GetGDCMSeriesFileNames(str(folder), uid))
         get = _header_getter(files[0])
@@ -157,9 +160,64 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
                 description=_tag(get, "description"),
                 series_number=_tag(get, "series_number"),
                 acquisition_date=_date_of(get),
+                damaged=damaged,
             )
         )
     return sorted(out, key=lambda s: (_int_or_inf(s.series_number), s.uid))
+
+
+def _damaged_reason(path: Path) -> str | None:
+    """Why a DICOM file that GDCM left out of every series cannot be used, or None when it is simply
+    not an image (DICOMDIR, SEG, SR, RT structures, presentation states...)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+        return f"cannot be parsed ({type(exc).__name__}: {str(exc)[:80]})"
+    if "PixelData" not in ds:
+        if "Rows" in ds or "Modality" not in ds:  # an image whose file ends before its pixels
+            return "truncated: the file ends before its pixel data"
+        return None
+    if not {"Rows", "Columns", "BitsAllocated"} <= set(ds.dir()):
+        return None
+    if str(getattr(ds, "Modality", "")).upper() in ("SEG", "SR", "RTSTRUCT", "PR", "KO"):
+        return None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and getattr(ts, "is_compressed", False):
+        return None  # encapsulated pixels: their length is not fixed
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    need = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1) or 1) * frames \
+        * int(ds.BitsAllocated) // 8
+    have = len(ds.PixelData)
+    if have < need:
+        return f"truncated: its pixel data holds {have} of {need} bytes"
+    return None
+
+
+def _damaged_files(folder: Path, series_files: set[str], limit: int = 2000) -> tuple[tuple[str, str], ...]:
+    """DICOM files directly in ``folder`` that belong to no series GDCM found, with the reason."""
+    out = []
+    for n, p in enumerate(sorted(folder.iterdir())):
+        if n >= limit:
+            break
+        if not p.is_file() or p.name.startswith(".") or p.name.upper() == "DICOMDIR" or str(p) in series_files:
+            continue
+        if not (is_dicom_file(p) or p.suffix.lower() == ".dcm"):
+            continue
+        reason = _damaged_reason(p)
+        if reason is not None:
+            out.append((p.name, reason))
+    return tuple(out)
+
+
+def _damaged_note(info: DicomSeriesInfo) -> str:
+    if not info.damaged:
+        return ""
+    shown = "; ".join(f"{name} {why}" for name, why in info.damaged[:5])
+    more = f" (and {len(info.damaged) - 5} more)" if len(info.damaged) > 5 else ""
+    return (f". The folder holds {len(info.damaged)} DICOM file(s) that could not be read: {shown}{more}; "
+            "copy them again (a missing slice makes the spacing look uneven)")
 
 
 def _int_or_inf(text: str) -> float:
@@ -224,6 +282,17 @@ def read_dicom_series(info: DicomSeriesInfo, *, name: str | None = None) -> Imag
                 "one file per slice (convert it, e.g. with dcm2niix, or export classic DICOM)"
             )
         raise InputImageError(f"{info.describe()}: a single slice (e.g. a scout/localizer), not a 3D volume")
+    from .limits import check_memory, check_spacing
+
+    head = _header_getter(info.files[0])
+    try:
+        rows, cols = int(head("0028|0010").strip() or 0), int(head("0028|0011").strip() or 0)
+        bits = int(head("0028|0100").strip() or 16)
+    except ValueError:
+        rows = cols = 0
+        bits = 16
+    if rows and cols:  # refuse before reading what would not fit in memory
+        check_memory(info.describe(), (cols, rows, len(info.files)), max(1, bits // 8))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -242,6 +311,7 @@ def read_dicom_series(info: DicomSeriesInfo, *, name: str | None = None) -> Imag
         raise InputImageError(f"{info.describe()}: not a single-channel 3D volume (size {img.GetSize()})")
     if img.GetSize()[2] < 2:
         raise InputImageError(f"{info.describe()}: a single slice, not a 3D volume")
+    check_spacing(info.describe(), img.GetSpacing())
 
     def get(key: str) -> str:
         return reader.GetMetaData(0, key) if reader.HasMetaDataKey(0, key) else ""
@@ -295,7 +365,9 @@ def read_dicom_folder(path: str | os.PathLike) -> list[Image]:
         try:
             images.append(read_dicom_series(info))
         except InputImageError as exc:
-            problems.append(str(exc))
+            problems.append(str(exc) + _damaged_note(info))
+    if images and infos and infos[0].damaged:
+        warnings.warn(_damaged_note(infos[0]).lstrip(". "), DicomSeriesWarning, stacklevel=2)
     if not images:
         raise InputImageError(f"{path}: no usable 3D series. " + " | ".join(problems))
     for msg in problems:

@@ -230,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_batch import add_batch_parser
 
     add_batch_parser(sub, parents=[common], formatter_class=_Formatter, add_engine_args=_add_engine_args)
+
+    # export (DICOM-SEG, DICOM SR, maps, per-lesion masks, prompts, tables; see _cli_export)
+    from ._cli_export import add_export_parser
+
+    add_export_parser(sub, parents=[common], formatter_class=_Formatter, epilog=_EXIT_CODES_HELP)
     return parser
 
 
@@ -290,6 +295,8 @@ def _check_output_location(args: argparse.Namespace) -> None:
         require_output_folder(args.output)
     elif args.command == "measure":
         require_output_folder(Path(args.output).parent, what="folder of the output prefix")
+    elif args.command == "export":
+        require_output_folder(args.output)
     elif args.command == "download-weights" and args.dest:
         require_output_folder(args.dest, what="--dest folder")
 
@@ -312,6 +319,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_download(args)
     if args.command == "generate-checkpoint":
         return _cmd_generate(args)
+    if args.command == "export":
+        from ._cli_export import run_export
+
+        return run_export(args)
     if args.command == "batch":
         from ._cli_batch import run_batch_command
 

@@ -1,0 +1,332 @@
+"""``lesionlocator export``: a study's lesions in the formats PACS, viewers and the field use.
+
+Inputs: one image per timepoint (files or DICOM series folders) and, for each, its lesions: an
+instance map, or a ``segment``/``track`` output (``<case>_lesions.nii.gz`` with its
+``<case>_summary.json`` and ``<case>_lesion_<N>.nii.gz``: each lesion's **own** whole mask, so
+overlapping lesions stay apart), or a DICOM-SEG file.
+
+Formats (``--formats``; default ``nifti lesions prompts tables dicom-seg dicom-sr``)::
+
+    nifti | nrrd | mha   <tp>_lesions.<ext>         display instance map in the image's geometry
+    lesions              <tp>_lesion_<N>.nii.gz     each lesion's own mask (uint8 0/1), the official tool's names
+    prompts              <tp>_prompts.json          LesionLocator prompt JSON (box or point per lesion)
+    tables               lesion_table_lesions.csv, lesion_table_recist.csv, lesion_table.json
+    dicom-seg            dicom/<tp>_seg.dcm (+ dicom/<tp>_ct/ when the image was not DICOM)
+    dicom-sr             dicom/<tp>_sr.dcm          TID 1500 report referencing the SEG (needs dicom-seg)
+
+Every file is planned first: if any exists the command writes nothing and exits 3 unless
+``--overwrite``. Each file is written atomically with the user's umask (``io.atomic``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .core.errors import OutputExistsError
+from .core.image import Image
+from .core.results import LesionResult, compose_label_map, results_from_label_map
+
+__all__ = ["FORMATS", "DEFAULT_FORMATS", "ExportPlan", "plan_export", "export_study", "add_export_parser",
+           "run_export"]
+
+FORMATS = ("nifti", "nrrd", "mha", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
+DEFAULT_FORMATS = ("nifti", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
+_MAP_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "image"
+
+
+@dataclass
+class ExportPlan:
+    """Every file an export writes, per format (folders for the DICOM CT series)."""
+
+    files: dict[str, list[Path]] = field(default_factory=dict)
+
+    def all(self) -> list[Path]:
+        return [p for paths in self.files.values() for p in paths]
+
+    def existing(self) -> list[Path]:
+        out = []
+        for p in self.all():
+            if p.exists() and (p.is_file() or any(p.iterdir())):
+                out.append(p)
+        return out
+
+
+def plan_export(out: str | os.PathLike, names: Sequence[str], lesion_ids: Sequence[Sequence[int]],
+                formats: Sequence[str], *, dicom_ct: Sequence[bool] = ()) -> ExportPlan:
+    """The files :func:`export_study` will write (``dicom_ct[k]``: timepoint k needs its CT series written)."""
+    out = Path(out)
+    plan = ExportPlan()
+    for fmt in formats:
+        paths: list[Path] = []
+        for k, name in enumerate(names):
+            n = _safe(name)
+            if fmt in _MAP_SUFFIX:
+                paths.append(out / f"{n}_lesions{_MAP_SUFFIX[fmt]}")
+            elif fmt == "lesions":
+                paths.extend(out / f"{n}_lesion_{int(i)}.nii.gz" for i in lesion_ids[k])
+            elif fmt == "prompts":
+                paths.append(out / f"{n}_prompts.json")
+            elif fmt == "dicom-seg":
+                paths.append(out / "dicom" / f"{n}_seg.dcm")
+                if k < len(dicom_ct) and dicom_ct[k]:
+                    paths.append(out / "dicom" / f"{n}_ct")
+            elif fmt == "dicom-sr":
+                paths.append(out / "dicom" / f"{n}_sr.dcm")
+        if fmt == "tables":
+            from .io.tables import table_paths
+
+            paths.extend(table_paths(out / "lesion_table").values())
+        plan.files[fmt] = paths
+    return plan
+
+
+def export_study(
+    images: Sequence[Image],
+    lesions: Sequence[Mapping[int, LesionResult]],
+    out: str | os.PathLike,
+    *,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    names: Mapping[int, str] | None = None,
+    sites: Mapping[int, str | None] | None = None,
+    engine: str | None = None,
+    model: str | None = None,
+    prompt_type: str = "box",
+    targets: Sequence[int] | None = None,
+    nodes: Sequence[int] = (),
+    overwrite: bool = False,
+    progress=None,
+) -> dict[str, list[Path]]:
+    """Write a study's lesions (``lesions[k]`` = timepoint k's own masks) in ``formats``; see the module doc.
+
+    Refuses (OutputExistsError) before writing anything when a planned file exists and not
+    ``overwrite``. ``progress(step, total, message)`` is called between files.
+    Returns the paths written, per format.
+    """
+    from .io.dicom_seg import source_datasets_of
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    wanted = set(formats) | ({"dicom-seg"} if "dicom-sr" in formats else set())  # the SR references the SEG
+    formats = [f for f in FORMATS if f in wanted]
+    if len(images) != len(lesions):
+        raise ValueError(f"{len(images)} image(s) but {len(lesions)} lesion set(s)")
+    tp_names = [img.name for img in images]
+    if len({_safe(n) for n in tp_names}) != len(tp_names):
+        raise ValueError(f"timepoint names {tp_names} are not distinct as file names")
+    ids = [sorted(int(i) for i in les) for les in lesions]
+    needs_ct = [source_datasets_of(img) is None for img in images] if "dicom-seg" in formats else []
+    plan = plan_export(out, tp_names, ids, formats, dicom_ct=needs_ct)
+    existing = plan.existing()
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
+        raise OutputExistsError(f"{len(existing)} output(s) already exist: {shown}; nothing was written "
+                                "(use --overwrite to replace them)")
+    out = Path(out)
+    total = len(plan.all())
+    done = 0
+    written: dict[str, list[Path]] = {f: [] for f in formats}
+
+    def step(path: Path, fmt: str) -> None:
+        nonlocal done
+        done += 1
+        written[fmt].append(path)
+        if progress is not None:
+            progress(done, total, path.name)
+
+    maps = [compose_label_map(les, img.geometry, name=f"{img.name}_lesions") for img, les in zip(images, lesions,
+                                                                                               strict=True)]
+    for fmt in formats:
+        if fmt in _MAP_SUFFIX:
+            from .io.images import write_label_map
+
+            for img, lab in zip(images, maps, strict=True):
+                step(write_label_map(lab, out / f"{_safe(img.name)}_lesions{_MAP_SUFFIX[fmt]}", overwrite=overwrite),
+                     fmt)
+        elif fmt == "lesions":
+            from .io.images import write_label_map
+
+            for img, les in zip(images, lesions, strict=True):
+                for lid in sorted(les):
+                    full = les[lid].mask.to_full().astype(np.uint8)
+                    step(write_label_map(full, out / f"{_safe(img.name)}_lesion_{lid}.nii.gz", geometry=img.geometry,
+                                         overwrite=overwrite), fmt)
+        elif fmt == "prompts":
+            from .core.prompts import prompts_from_label_map
+            from .io.prompt_files import write_prompt_json
+
+            for img, les in zip(images, lesions, strict=True):
+                prompts = []
+                for lid in sorted(les):
+                    if les[lid].mask.is_empty:
+                        continue
+                    (p,) = prompts_from_label_map(les[lid].mask.to_full().astype(np.uint32) * lid, prompt_type)
+                    prompts.append(p)
+                step(write_prompt_json(prompts, out / f"{_safe(img.name)}_prompts.json", overwrite=overwrite), fmt)
+        elif fmt == "tables":
+            rows, recist = _measure(images, lesions, targets, nodes)
+            from .io.tables import write_lesion_table
+
+            for p in write_lesion_table(out / "lesion_table", rows, recist, overwrite=overwrite,
+                                        metadata={"images": [img.source or img.name for img in images]}).values():
+                step(p, fmt)
+        elif fmt == "dicom-seg":
+            from .io.dicom_seg import export_dicom_study
+
+            seg_export = export_dicom_study(images, lesions, out / "dicom", names=names, sites=sites, engine=engine,
+                                            model=model, overwrite=overwrite)
+            for p, ct in zip(seg_export.seg_paths, seg_export.ct_folders, strict=True):
+                step(p, fmt)
+                if ct is not None:
+                    step(ct, fmt)
+        elif fmt == "dicom-sr":
+            from .io.dicom_sr import write_dicom_sr
+
+            rows, recist = _measure(images, lesions, targets, nodes)
+            for k, (img, build) in enumerate(zip(images, seg_export.builds, strict=True)):
+                tp_rows = [r for r in rows if r.timepoint == k]
+                rec = recist.timepoints[k] if recist is not None else None
+                step(write_dicom_sr(out / "dicom" / f"{_safe(img.name)}_sr.dcm", build, tp_rows,
+                                    seg_export.descriptions, timepoint_index=k, recist=rec, overwrite=overwrite), fmt)
+    return written
+
+
+def _measure(images, lesions, targets, nodes):
+    """Lesion table rows (each lesion's own mask) and RECIST (None without a measurable target)."""
+    from .core.measurements import measure_mask
+    from .core.recist import recist_from_measurements, select_targets
+
+    all_ids = sorted({int(i) for les in lesions for i in les})
+    rows = []
+    for k, (img, les) in enumerate(zip(images, lesions, strict=True)):
+        for lid in all_ids:
+            r = les.get(lid)
+            mask = r.mask.to_full() if r is not None else np.zeros(img.shape, bool)
+            rows.append(measure_mask(mask, img.geometry, lesion_id=lid, image=img, timepoint=k,
+                                     date=img.acquisition_date))
+    chosen = list(targets) if targets is not None else select_targets([r for r in rows if r.timepoint == 0],
+                                                                      nodes=nodes)
+    if not chosen:
+        return rows, None
+    return rows, recist_from_measurements(rows, chosen, nodes=[n for n in nodes if n in chosen],
+                                          n_timepoints=len(images))
+
+
+# ----------------------------------------------------------------- reading inputs
+def read_lesions_for(image: Image, path: str | os.PathLike) -> tuple[dict[int, LesionResult], list[str]]:
+    """Each lesion's own mask for ``image`` from ``path`` (a segment/track output, an instance map or a SEG)."""
+    from .api.outputs import read_case_lesions
+    from .io.dicom_seg import is_dicom_seg, read_dicom_seg
+    from .io.images import read_label_map
+
+    path = Path(path)
+    notes: list[str] = []
+    if is_dicom_seg(path):
+        imp = read_dicom_seg(path, image)
+        return imp.lesions, imp.messages
+    name = path.name
+    if name.endswith("_lesions.nii.gz"):
+        case = name[: -len("_lesions.nii.gz")]
+        own = read_case_lesions(path.parent, case, image.geometry)
+        if own is not None:
+            notes.append(f"{name}: each lesion's own mask read from {case}_lesion_<N>.nii.gz")
+            return own, notes
+    labels = read_label_map(path, like=image)
+    return results_from_label_map(labels), notes
+
+
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[int, str]:
+    from ._cli_common import UsageError
+
+    out = {}
+    for v in values or []:
+        key, sep, text = str(v).partition("=")
+        if not sep or not key.strip().isdigit():
+            raise UsageError(f"{flag}: {v!r} is not ID=TEXT (e.g. {flag} 1=lung '2=lymph node')")
+        out[int(key)] = text.strip()
+    return out
+
+
+def add_export_parser(sub, *, parents, formatter_class, epilog) -> argparse.ArgumentParser:
+    """Register ``export`` on the ``lesionlocator`` subparsers (called by :func:`.cli.build_parser`)."""
+    p = sub.add_parser(
+        "export", parents=parents, formatter_class=formatter_class, allow_abbrev=False, epilog=epilog,
+        help="write a study's lesions as NIfTI/NRRD/MHA, per-lesion masks, prompts, tables, DICOM-SEG and DICOM SR",
+        description=__doc__.split("\n\n", 1)[1].split("Every file is planned")[0].strip()
+        + "\n\nNothing is written when any planned file exists, unless --overwrite.",
+    )
+    p.add_argument("-i", "--images", nargs="+", required=True, metavar="IMAGE",
+                   help="one image per timepoint, baseline first (files or DICOM series folders)")
+    p.add_argument("-l", "--labels", nargs="+", metavar="LABELS",
+                   help="per image: an instance map, a segment/track output <case>_lesions.nii.gz (each lesion's own "
+                        "mask is read from its <case>_lesion_<N>.nii.gz), or a DICOM-SEG")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(DEFAULT_FORMATS), metavar="FORMAT",
+                   help=f"formats to write, any of {', '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)})")
+    p.add_argument("--names", nargs="+", metavar="ID=NAME", help="lesion names, e.g. 1='RUL mass'")
+    p.add_argument("--sites", nargs="+", metavar="ID=SITE", help="finding sites, e.g. 1=lung '2=lymph node'")
+    p.add_argument("--edited", nargs="+", type=int, default=[], metavar="ID",
+                   help="lesions a reader corrected by hand (their segments say MANUAL)")
+    p.add_argument("--engine-name", default=None, metavar="NAME",
+                   help="the engine that made the masks, for the SEG's algorithm identification (e.g. classical)")
+    p.add_argument("--model", default=None, metavar="MODEL", help="model / checkpoint name for the SEG")
+    p.add_argument("--prompt-type", choices=["box", "point"], default="box", help="prompts JSON kind (default box)")
+    p.add_argument("--targets", nargs="+", type=int, metavar="ID", help="RECIST target ids (default: up to 5 largest)")
+    p.add_argument("--nodes", nargs="+", type=int, default=[], metavar="ID", help="target ids that are lymph nodes")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse, exit 3)")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ._cli_common import ProgressBar, UsageError, info, read_one_volume, warn
+
+    if not args.labels or len(args.labels) != len(args.images):
+        raise UsageError(f"give one -l per -i image ({len(args.images)} image(s), "
+                         f"{len(args.labels or [])} label input(s)), in the same timepoint order")
+    images, lesions = [], []
+    for img_path, lab_path in zip(args.images, args.labels, strict=True):
+        image = read_one_volume(Path(img_path))
+        own, notes = read_lesions_for(image, lab_path)
+        for note in notes:
+            info(note, args)
+        for lid in args.edited:
+            if lid in own:
+                own[lid].provenance["edited"] = True
+        images.append(image)
+        lesions.append(own)
+    names, sites = _pairs(args.names, "--names"), _pairs(args.sites, "--sites")
+    bar = ProgressBar(0, "export", args, unit="file")
+
+    def progress(step: int, total: int, message: str) -> None:
+        bar.bar.total = total
+        bar.bar.n = step
+        bar.bar.set_postfix_str(message[:60], refresh=False)
+        bar.bar.refresh()
+
+    try:
+        written = export_study(images, lesions, args.output, formats=args.formats, names=names, sites=sites,
+                               engine=args.engine_name, model=args.model, prompt_type=args.prompt_type,
+                               targets=args.targets, nodes=args.nodes, overwrite=args.overwrite, progress=progress)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    empty = [(img.name, lid) for img, les in zip(images, lesions, strict=True) for lid, r in les.items()
+             if r.mask.is_empty]
+    for name, lid in empty:
+        warn(f"{name}: lesion {lid} has no voxels (no DICOM segment; an empty mask file where asked)")
+    for fmt, paths in written.items():
+        for p in paths:
+            print(f"{fmt}: {p}")
+    return 0

@@ -235,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_export import add_export_parser
 
     add_export_parser(sub, parents=[common], formatter_class=_Formatter, epilog=_EXIT_CODES_HELP)
+
+    # session, report (a saved review; see _cli_session, _cli_report)
+    from ._cli_report import add_report_parser
+    from ._cli_session import add_session_parser
+
+    add_session_parser(sub, parents=[common], formatter_class=_Formatter, epilog=_EXIT_CODES_HELP)
+    add_report_parser(sub, parents=[common], formatter_class=_Formatter, epilog=_EXIT_CODES_HELP)
     return parser
 
 
@@ -327,6 +334,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ._cli_batch import run_batch_command
 
         return run_batch_command(args)
+    if args.command == "session":
+        from ._cli_session import run_session
+
+        return run_session(args)
+    if args.command == "report":
+        from ._cli_report import run_report
+
+        return run_report(args)
     raise AssertionError(args.command)  # argparse restricts the choices
 
 

@@ -38,6 +38,7 @@ MIN_DIAMETER_MM = 5.0
 MAX_DIAMETER_MM = 70.0
 MIN_CONTRAST_HU = 12.0
 MAX_CANDIDATES = 8
+MAX_CONFIRM = 10
 LOCAL_HALF_MM = 35.0
 
 
@@ -201,7 +202,7 @@ def new_lesion_candidates(
         r["score"] = r["contrast"] / noise * (0.5 + 0.5 * r["compact"])
     regions.sort(key=lambda r: -r["score"])
     out = []
-    for r in regions[: 3 * MAX_CANDIDATES]:
+    for r in regions[:MAX_CONFIRM]:
         check()
         confirmed = _confirm(baseline, followup, m_global, fg, r)
         if confirmed is None:

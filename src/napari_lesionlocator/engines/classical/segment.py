@@ -445,8 +445,24 @@ def segment_point(
             if removed > LEAK_SHARE:
                 reasons.append(f"leaked into a neighbour of similar density and was bounded by the shape prior "
                                f"({removed:.0%} cut)")
+    if work_mask.any() and prior is None:
+        # Local evidence: the blob the click sits in. A mask far larger than it has leaked.
+        r_eq = (3.0 * float(work_mask.sum()) * float(np.prod(roi.spacing)) / (4.0 * np.pi)) ** (1 / 3)
+        r_blob = _log_radius_mm(array, spacing, point)
+        if r_eq > max(BLOB_FACTOR * r_blob, r_blob + 15.0):
+            fb = _compact_fallback(array, spacing, point, shape, limit, model, check)
+            c = np.asarray(point) - fb.start
+            fb.mask &= ball_mask(fb.mask.shape, c, BLOB_FACTOR * r_blob, spacing)
+            fb.mask = _component_at(fb.mask, tuple(int(v) for v in c)) if fb.mask[tuple(c)] else fb.mask
+            fb.reasons = [(f"leaked: {2 * r_eq:.0f} mm across where the click's blob is {2 * r_blob:.0f} mm; "
+                          "bounded to a compact estimate from the nearest edges")]
+            return _finish_point(array, spacing, point, fb, model, check)
     out = RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message, reasons=reasons)
     return _finish_point(array, spacing, point, out, model, check)
+
+
+# A point mask with an equivalent radius above this many blob radii (LoG scale at the click) leaked.
+BLOB_FACTOR = 2.5
 
 
 LEAK_FALLBACK_REASON = (
@@ -466,6 +482,11 @@ def _finish_point(array, spacing, point, lm: RoiMask, model: IntensityModel | No
     return _grade(array, spacing, lm, model, point)
 
 
+# Mask-to-ring contrast (in noise units) below which the boundary is a weak edge, and above which
+# a compact estimate's boundary is clear; share of a lesion-like ring that means no boundary.
+WEAK_EDGE_SNR = 1.2
+CLEAR_EDGE_SNR = 4.0
+LESION_LIKE_RING = 0.6
 # A lesion mask smaller than a ball of this diameter (mm) is doubtful whatever its contrast.
 MIN_PLAUSIBLE_DIAMETER_MM = 4.0
 
@@ -506,6 +527,16 @@ def _grade(array, spacing, lm: RoiMask, model: IntensityModel | None, point=None
             q["ring_lesion_like"] = float(np.mean((img[ring] >= model.low) & (img[ring] <= model.high)))
     lm.quality.update(q)
     reasons = lm.reasons
+    snr = q.get("contrast_snr")
+    if snr is not None and snr >= CLEAR_EDGE_SNR and reasons == [LEAK_FALLBACK_REASON]:
+        # The compact estimate found a clear boundary all round: no doubt left (the note stays).
+        reasons.clear()
+    if snr is not None and snr < WEAK_EDGE_SNR:
+        reasons.append(f"weak edge: the mask differs from the tissue around it by {abs(q['contrast_hu']):.0f} HU, "
+                       f"{snr:.1f} times the noise")
+    elif q.get("ring_lesion_like", 0.0) > LESION_LIKE_RING:
+        reasons.append(f"weak edge: {q['ring_lesion_like']:.0%} of the tissue around the mask is as lesion-like "
+                       "as the mask itself")
     if diam < MIN_PLAUSIBLE_DIAMETER_MM:
         reasons.append(f"very small for the contrast seen ({vol:.0f} mm3, {diam:.1f} mm across)")
     return lm

@@ -31,7 +31,7 @@ from ...core.progress import CancelToken, ProgressCallback, report
 from ...core.results import LesionMask, LesionResult, compose_label_map
 from ..base import TrackingResult, as_lesion_masks
 from . import register as reg
-from .segment import IntensityModel, _smooth, lesion_intensity_model, segment_box
+from .segment import IntensityModel, RoiMask, _grade, _smooth, lesion_intensity_model, segment_box
 
 __all__ = ["track_lesions", "map_mask"]
 
@@ -386,8 +386,15 @@ def track_lesions(
             result.lesions[lid] = LesionResult(lid, LesionMask.empty(followup.geometry), "lost", [f"lost: {why}"])
             continue
         own = LesionMask.from_crop(followup.geometry, start, mask)
-        status = "check" if why else "ok"
-        result.lesions[lid] = LesionResult(lid, own, status, [why] if why else [])
+        notes = [why] if why else []
+        quality = {}
+        if not own.is_empty:
+            graded = _grade(followup.array, followup.geometry.spacing,
+                            RoiMask(own.array, np.asarray(own.start), np.asarray(own.stop)), None)
+            quality = graded.quality
+            notes += [r for r in graded.reasons if r.startswith(("weak edge", "very small"))]
+        status = "check" if notes else "ok"
+        result.lesions[lid] = LesionResult(lid, own, status, notes, {"engine": "classical", "quality": quality})
         if why:
             result.messages.append(f"lesion {lid}: {why}")
     result.labels = compose_label_map([result.lesions[lid] for lid in ids if lid in result.lesions],

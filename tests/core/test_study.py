@@ -218,7 +218,7 @@ def test_review_states_and_table_status() -> None:
     assert s.table_status(lid, "tp1") == "present" and s.unverified() == []
     # tracked but lost at tp2
     s.set_result(lid, "tp2", LesionResult(lid, LesionMask.empty(BIG), "lost"), tracked_from="tp1")
-    assert s.table_status(lid, "tp2") == "unverified"
+    assert s.table_status(lid, "tp2") == "lost" and s.observation(lid, "tp2").review == "unverified"
     s.set_review(lid, "tp2", "disappeared")
     assert s.table_status(lid, "tp2") == "disappeared" and s.status(lid, "tp2") == "absent"
     # merged: counts as absent, display shows only the lesion it merged into
@@ -313,3 +313,30 @@ def test_target_rules_refuse_with_messages() -> None:
         s.set_lesion_info(not_at_baseline, role="target")
     with pytest.raises(StudyError, match="unknown site"):
         s.set_lesion_info(node, site="brain")
+
+
+def test_from_results_marks_tracked_masks_unverified() -> None:
+    from types import SimpleNamespace
+
+    imgs = [Image(np.zeros(BIG.shape, np.float32), BIG, name=f"t{k}") for k in range(3)]
+    seg = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (2, 8), (2, 8))),
+                                   2: LesionResult(2, _box_mask(BIG, (5, 7), (20, 30), (20, 30)))})
+    fu = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (3, 9), (2, 8)), "check"),
+                                  2: LesionResult(2, LesionMask.empty(BIG), "lost")})
+    s = Study.from_results(imgs, [seg, fu], prompts=[PointPrompt(1, (3, 5, 5))], engine="classical",
+                           settings={"threads": 1})
+    assert s.observation(1, "t0").review == "accepted" and s.observation(1, "t0").prompts == [PointPrompt(1, (3, 5, 5))]
+    assert s.observation(1, "t1").review == "unverified" and s.observation(1, "t1").provenance.tracked_from == "t0"
+    assert s.observation(1, "t1").provenance.engine == "classical" and s.engine["settings"] == {"threads": 1}
+    assert s.table_status(2, "t1") == "lost" and s.status(2, "t1") == "absent"
+    assert s.table_status(1, "t2") == "not tracked" and s.status(1, "t2") == "not_evaluable"
+    assert s.unverified() == [(1, "t1"), (2, "t1")]
+
+
+def test_not_tracked_is_distinct_from_disappeared_after_partial_propagation() -> None:
+    s = _study()
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 4), (2, 8), (2, 8)))
+    s.set_result(2, "tp0", _box_mask(BIG, (5, 7), (20, 30), (20, 30)))
+    s.set_result(1, "tp1", _box_mask(BIG, (2, 4), (2, 8), (2, 8)), tracked_from="tp0")  # only lesion 1 propagated
+    assert s.table_status(2, "tp1") == "not tracked" and s.status(2, "tp1") == "not_evaluable"
+    assert [r.lesion_id for r in s.measurements() if r.timepoint == 1] == [1]  # no 0 mm row for lesion 2

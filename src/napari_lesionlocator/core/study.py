@@ -74,7 +74,7 @@ ROLES: tuple[str, ...] = ("target", "non-target", "not assessed")
 REVIEW_STATES: tuple[str, ...] = ("unverified", "accepted", "disappeared", "merged", "new")
 #: Reader-facing status of a lesion at a timepoint (:meth:`Study.table_status`).
 TABLE_STATUSES: tuple[str, ...] = (
-    "present", "new", "disappeared", "lost", "unverified", "not evaluable", "not tracked", "merged",
+    "present", "new", "disappeared", "lost", "unverified", "not evaluable", "not tracked", "merged", "absent",
 )
 
 
@@ -526,6 +526,8 @@ class Study:
         self._info: dict[int, _LesionInfo] = {}
         self._obs: dict[tuple[int, str], Observation] = {}
         self._not_evaluable: set[tuple[int, str]] = set()
+        # timepoints read complete from a label map: a lesion without a mask there is absent, not "not tracked"
+        self._evaluated: set[str] = set()
         self._next_id = 1
         self._revision = 0
         self._measure_cache: dict[tuple[int, str], tuple[LesionMask, object]] = {}
@@ -534,6 +536,36 @@ class Study:
         for tp in self._timepoints:
             if tp.labels is not None:
                 self._import_labels(tp, imported_review)
+
+    @classmethod
+    def from_results(cls, images: Sequence[Image], results: Sequence, *, patient_id: str = "patient",
+                     prompts: Sequence = (), engine: str | None = None, settings: Mapping | None = None,
+                     tracked: bool = True) -> Study:
+        """A study from a pipeline run: ``results[k]`` (anything with ``.lesions``: ``{id: LesionResult}``,
+        e.g. a SegmentationResult then one TrackingResult per follow-up) is timepoint ``k``.
+
+        Timepoint 0's lesions are segmented from ``prompts`` (review ``"accepted"``); later ones
+        were tracked from the timepoint before (``"unverified"`` until the reader checks them) unless
+        ``tracked`` is false. Timepoints beyond ``results`` are "not tracked". ``engine`` (and its
+        ``settings``) are recorded in each mask's provenance (when the engine did not say) and in
+        :attr:`engine`. Images keep their order.
+        """
+        study = cls([Timepoint(im) for im in images], patient_id, sort_by_date=False)
+        names = study.names
+        by_id: dict[int, list] = {}
+        for p in prompts:
+            by_id.setdefault(int(p.lesion_id), []).append(p)
+        if len(results) > len(names):
+            raise StudyError(f"{len(results)} results for {len(names)} timepoints")
+        for k, res in enumerate(results):
+            for lid, r in res.lesions.items():
+                obs = study.set_result(lid, names[k], r, prompts=by_id.get(int(lid)) if k == 0 else None,
+                                       tracked_from=names[k - 1] if k and tracked else None)
+                if obs.provenance.engine is None:
+                    obs.provenance.engine = engine
+        if engine is not None:
+            study.engine = {"name": engine, "settings": dict(settings or {})}
+        return study
 
     # ------------------------------------------------------------ ordering
     @staticmethod
@@ -638,6 +670,7 @@ class Study:
         if len(self._timepoints) == 1:
             raise StudyError("cannot remove the only timepoint of a study")
         self._not_evaluable = {(lid, tp) for lid, tp in self._not_evaluable if tp != name}
+        self._evaluated.discard(name)
         for key in [k for k in self._obs if k[1] == name]:
             del self._obs[key]
         self._touch()
@@ -912,13 +945,14 @@ class Study:
     # ------------------------------------------------------------ label maps
     def _import_labels(self, tp: Timepoint, review: str) -> None:
         found = results_from_label_map(tp.labels)
+        self._evaluated.add(tp.name)
         k = self.index_of(tp.name)
         for lid, res in found.items():
             self._register(lid)
             state = review
             if k > 0 and review == "accepted":
                 earlier = [self[n] for n in self.names[:k]]
-                evaluated = [t for t in earlier if t.labels is not None]
+                evaluated = [t for t in earlier if t.name in self._evaluated]
                 if evaluated and not any(self._obs.get((lid, t.name)) is not None for t in evaluated):
                     state = "new"
             prov = Provenance(source="imported", parameters={"label_map": tp.labels.name})
@@ -933,6 +967,7 @@ class Study:
         tp = self[name]
         for key in [k for k in self._obs if k[1] == name]:
             del self._obs[key]
+        self._evaluated.discard(name)
         tp.set_labels(labels)
         if labels is not None:
             self._import_labels(tp, review)
@@ -1071,7 +1106,7 @@ class Study:
         obs = self._obs.get((lid, name))
         if obs is not None:
             return "present" if obs.present else "absent"
-        return "not_evaluable" if self[name].labels is None else "absent"
+        return "absent" if name in self._evaluated else "not_evaluable"
 
     def table_status(self, lesion_id: int, timepoint: str) -> str:
         """Reader-facing status (one of :data:`TABLE_STATUSES`) of a lesion at a timepoint.
@@ -1086,21 +1121,19 @@ class Study:
             return "not evaluable"
         obs = self._obs.get((lid, name))
         if obs is None:
-            if self[name].labels is None:
+            if name not in self._evaluated:
                 return "not tracked"
             k = self.index_of(name)
             before = any(self.status(lid, n) == "present" for n in self.names[:k])
-            return "disappeared" if before else "not tracked"
+            return "disappeared" if before else "absent"  # evaluated there, not (yet) seen
         if obs.review == "merged":
             return "merged"
         if obs.review == "disappeared":
             return "disappeared"
+        if obs.mask.is_empty:  # tracked and not found: "lost" until the reader says it is gone
+            return "lost" if obs.review == "unverified" else "disappeared"
         if obs.review == "unverified":
             return "unverified"
-        if obs.result.status == "lost" or (obs.mask.is_empty and obs.review != "accepted"):
-            return "lost"
-        if obs.mask.is_empty:
-            return "disappeared"
         if obs.review == "new":
             return "new"
         return "present"
@@ -1221,7 +1254,7 @@ class Study:
             "patient_id": self.patient_id,
             "session_id": self.session_id,
             "timepoints": [
-                {"name": tp.name, "date": tp.acquisition_date, "image": tp.image, "has_labels": tp.labels is not None}
+                {"name": tp.name, "date": tp.acquisition_date, "image": tp.image, "evaluated": tp.name in self._evaluated}
                 for tp in self._timepoints
             ],
             "lesions": lesions,
@@ -1269,8 +1302,9 @@ class Study:
         self.notes = dict(state.get("notes", {}))
         if state.get("session_id"):
             self.session_id = str(state["session_id"])
+        self._evaluated = {tp["name"] for tp in state.get("timepoints", []) if tp.get("evaluated")}
         for tp in self._timepoints:
-            if tp.labels is not None or any(k[1] == tp.name for k in self._obs):
+            if tp.labels is not None or tp.name in self._evaluated or any(k[1] == tp.name for k in self._obs):
                 tp.labels = self.render_labels(tp.name)
         self._touch()
 

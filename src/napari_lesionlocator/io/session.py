@@ -247,7 +247,7 @@ def _write_state(state: Mapping, tmp: Path, folder: Path, previous: Sequence[Pat
             _write_embedded(image, tmp / rel, reuse, voxels)
             entry.update(embedded=True, path=None, relative=rel, file_sha256=file_checksum(tmp / rel), kind="file",
                          series=None)
-        timepoints.append({"name": tp["name"], "date": tp["date"], "has_labels": tp["has_labels"], "image": entry})
+        timepoints.append({"name": tp["name"], "date": tp["date"], "evaluated": tp["evaluated"], "image": entry})
         arrays: dict[str, np.ndarray] = {}
         rel_masks = f"masks/tp{k:03d}.npz"
         for obs in by_tp.get(tp["name"], []):
@@ -585,6 +585,7 @@ def load_session(folder: str | os.PathLike, *, relocate: Mapping[str, str] | Non
     study = Study(tps, patient_id=doc["patient_id"], sort_by_date=False)
     geometries = {tp.name: tp.geometry for tp in tps}
     state = {
+        "timepoints": doc["timepoints"],
         "lesions": doc["lesions"],
         "observations": _load_masks(folder, doc, geometries),
         "not_evaluable": doc.get("not_evaluable", []),
@@ -593,9 +594,6 @@ def load_session(folder: str | os.PathLike, *, relocate: Mapping[str, str] | Non
         "notes": doc.get("notes", {}),
         "session_id": doc.get("session_id"),
     }
-    for tp, entry in zip(tps, doc["timepoints"], strict=True):
-        if entry.get("has_labels"):
-            tp.ensure_labels()
     try:
         study.restore_state(state)
     except (KeyError, TypeError, ValueError) as exc:

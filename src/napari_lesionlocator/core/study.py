@@ -1254,7 +1254,8 @@ class Study:
             "patient_id": self.patient_id,
             "session_id": self.session_id,
             "timepoints": [
-                {"name": tp.name, "date": tp.acquisition_date, "image": tp.image, "evaluated": tp.name in self._evaluated}
+                {"name": tp.name, "date": tp.acquisition_date, "image": tp.image,
+                 "evaluated": tp.name in self._evaluated}
                 for tp in self._timepoints
             ],
             "lesions": lesions,

@@ -340,3 +340,25 @@ def test_not_tracked_is_distinct_from_disappeared_after_partial_propagation() ->
     s.set_result(1, "tp1", _box_mask(BIG, (2, 4), (2, 8), (2, 8)), tracked_from="tp0")  # only lesion 1 propagated
     assert s.table_status(2, "tp1") == "not tracked" and s.status(2, "tp1") == "not_evaluable"
     assert [r.lesion_id for r in s.measurements() if r.timepoint == 1] == [1]  # no 0 mm row for lesion 2
+
+
+def test_new_lesion_candidates_accept_and_dismiss() -> None:
+    s = _study()
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 4), (2, 8), (2, 8)))
+    s.set_candidates("tp1", [{"centroid_mm": np.array([5.0, 20.0, 20.0]), "box": (4, 7, 18, 23, 18, 23),
+                              "score": np.float32(0.9)},
+                             {"centroid_mm": [1.0, 1.0, 1.0], "box": [0, 2, 0, 3, 0, 3], "score": 0.2}])
+    cands = s.candidates("tp1")
+    assert [c["index"] for c in cands] == [0, 1] and cands[0]["box"] == [4, 7, 18, 23, 18, 23]
+    assert isinstance(cands[0]["score"], float)
+    lid = s.accept_candidate("tp1", 0, _box_mask(BIG, (4, 7), (18, 23), (18, 23)), site="liver")
+    assert lid == 2 and s.is_new_at(2, "tp1") and s.table_status(2, "tp1") == "new" and s.site(2) == "liver"
+    s.dismiss_candidate("tp1", 1)
+    assert s.candidates("tp1") == [] and [c["state"] for c in s.candidates("tp1", state=None)] == ["accepted",
+                                                                                                  "dismissed"]
+    with pytest.raises(StudyError, match="already dismissed"):
+        s.accept_candidate("tp1", 1, _box_mask(BIG, (0, 2), (0, 3), (0, 3)))
+    with pytest.raises(StudyError, match="no candidate 5"):
+        s.dismiss_candidate("tp1", 5)
+    state = s.snapshot_state()
+    assert state["candidates"]["tp1"][0]["lesion_id"] == 2

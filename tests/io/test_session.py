@@ -86,6 +86,9 @@ def _review(images: list[Image]) -> Study:
     s.set_lesion_info(b, role="non-target")
     s.set_not_evaluable(b, base, False)
     s.notes["comment"] = "checked twice"
+    s.set_candidates(fu, [{"centroid_mm": [1.0, 2.0, 3.0], "box": [1, 3, 2, 6, 2, 6], "score": 0.5},
+                          {"centroid_mm": [4.0, 5.0, 6.0], "box": [5, 7, 9, 12, 9, 12], "score": 0.3}])
+    s.dismiss_candidate(fu, 1)
     return s
 
 
@@ -127,6 +130,7 @@ def test_save_restore_is_voxel_equal_with_equal_metadata(tmp_path) -> None:
     assert back.observation(1, back.names[1]).result.messages == ["weak edge"]
     assert back.table_status(2, back.names[1]) == "disappeared" and back.role(1) == "target"
     assert back.engine == study.engine and back.session_id == study.session_id
+    assert [c["state"] for c in back.candidates(back.names[1], state=None)] == ["proposed", "dismissed"]
     assert back.new_lesion() == 5  # the counter survives: 3 (deleted) and 4 are never reused
     info = read_session_info(folder)
     assert info.patient_id == "pt" and len(info.lesions) == 3 and info.unverified == [(1, study.names[1])]

@@ -235,6 +235,19 @@ class Provenance:
         return cls(**base)
 
 
+def _plain(value):
+    """JSON-able copy of engine output (numpy scalars and arrays, tuples)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 def _prompt_dicts(prompts: Iterable) -> list[dict]:
     out = []
     for p in prompts:
@@ -528,6 +541,7 @@ class Study:
         self._not_evaluable: set[tuple[int, str]] = set()
         # timepoints read complete from a label map: a lesion without a mask there is absent, not "not tracked"
         self._evaluated: set[str] = set()
+        self._candidates: dict[str, list[dict]] = {}
         self._next_id = 1
         self._revision = 0
         self._measure_cache: dict[tuple[int, str], tuple[LesionMask, object]] = {}
@@ -563,6 +577,8 @@ class Study:
                                        tracked_from=names[k - 1] if k and tracked else None)
                 if obs.provenance.engine is None:
                     obs.provenance.engine = engine
+            if k and getattr(res, "new_candidates", None):
+                study.set_candidates(names[k], res.new_candidates)
         if engine is not None:
             study.engine = {"name": engine, "settings": dict(settings or {})}
         return study
@@ -673,6 +689,7 @@ class Study:
         self._evaluated.discard(name)
         for key in [k for k in self._obs if k[1] == name]:
             del self._obs[key]
+        self._candidates.pop(name, None)
         self._touch()
         return self._timepoints.pop(i)
 
@@ -941,6 +958,55 @@ class Study:
         if obs is not None:
             self._repaint(self[name], _mask_slices(obs.mask))
             self._touch()
+
+    # ------------------------------------------------------------ new-lesion candidates
+    def set_candidates(self, timepoint: int | str, candidates: Sequence[Mapping]) -> None:
+        """The engine's proposed new lesions at a follow-up (``TrackingResult.new_candidates``:
+        ``{"centroid_mm", "box", "score"}``), each ``"proposed"`` until accepted or dismissed.
+        Replaces earlier proposals there (accepted ones stay recorded)."""
+        name = self._name(timepoint)
+        kept = [c for c in self._candidates.get(name, []) if c.get("state") == "accepted"]
+        fresh = [{**{str(k): _plain(v) for k, v in dict(c).items()}, "state": "proposed", "lesion_id": None}
+                 for c in candidates]
+        self._candidates[name] = kept + fresh
+        self._touch()
+
+    def candidates(self, timepoint: int | str, *, state: str | None = "proposed") -> list[dict]:
+        """Copies of the candidates at a timepoint (with their index in ``"index"``), by state
+        (``"proposed"``, ``"accepted"``, ``"dismissed"``; None: all)."""
+        name = self._name(timepoint)
+        return [{**c, "index": i} for i, c in enumerate(self._candidates.get(name, []))
+                if state is None or c.get("state") == state]
+
+    def _candidate(self, name: str, index: int) -> dict:
+        items = self._candidates.get(name, [])
+        if not 0 <= int(index) < len(items):
+            raise StudyError(f"no candidate {index} at {name} ({len(items)} proposed there)")
+        cand = items[int(index)]
+        if cand.get("state") != "proposed":
+            raise StudyError(f"candidate {index} at {name} was already {cand.get('state')}")
+        return cand
+
+    def dismiss_candidate(self, timepoint: int | str, index: int) -> None:
+        """The reader says a proposed new lesion is not one (it is not offered again)."""
+        self._candidate(self._name(timepoint), index)["state"] = "dismissed"
+        self._touch()
+
+    def accept_candidate(self, timepoint: int | str, index: int, result: LesionResult | LesionMask, *,
+                         name: str = "", site: str = "other", prompts: Sequence | None = None) -> int:
+        """The reader confirms a proposed new lesion: a new lesion (fresh id) with this mask (the
+        engine's segmentation from the candidate's box or point), review ``"new"``. Returns its id."""
+        tp_name = self._name(timepoint)
+        cand = self._candidate(tp_name, index)
+        if self.index_of(tp_name) == 0:
+            raise StudyError("new lesions appear at follow-ups, not at the baseline")
+        lid = self.new_lesion(name, site=site)
+        if isinstance(result, LesionResult):
+            result = replace(result, lesion_id=lid)
+        self.set_result(lid, tp_name, result, review="new", prompts=prompts, source="segmented")
+        cand["state"], cand["lesion_id"] = "accepted", lid
+        self._touch()
+        return lid
 
     # ------------------------------------------------------------ label maps
     def _import_labels(self, tp: Timepoint, review: str) -> None:
@@ -1261,6 +1327,7 @@ class Study:
             "lesions": lesions,
             "observations": obs,
             "not_evaluable": sorted([lid, tp] for lid, tp in self._not_evaluable),
+            "candidates": {name: [dict(c) for c in items] for name, items in self._candidates.items()},
             "next_id": self._next_id,
             "engine": dict(self.engine),
             "notes": dict(self.notes),
@@ -1304,6 +1371,7 @@ class Study:
         if state.get("session_id"):
             self.session_id = str(state["session_id"])
         self._evaluated = {tp["name"] for tp in state.get("timepoints", []) if tp.get("evaluated")}
+        self._candidates = {self._name(n): [dict(c) for c in items] for n, items in state.get("candidates", {}).items()}
         for tp in self._timepoints:
             if tp.labels is not None or tp.name in self._evaluated or any(k[1] == tp.name for k in self._obs):
                 tp.labels = self.render_labels(tp.name)

@@ -221,6 +221,8 @@ def run_batch(specs: Sequence[StudySpec], out: str | os.PathLike, client, config
         finally:
             if bar is not None:
                 bar.close()
+        # every task has finished: what staging folders remain are from workers killed mid-study
+        _clean_debris(out)
         report.studies = [statuses[s.study_id] for s in specs]
         report.tables = _write_all(out, specs, report)
         report.counts = {k: sum(1 for s in report.studies if s["status"] == k) for k in ("done", "skipped", "failed")}

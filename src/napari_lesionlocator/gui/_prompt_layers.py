@@ -152,8 +152,12 @@ class PromptLayers:
         self.wire.editable = False
         self.points.feature_defaults = {"lesion_id": 0, "pid": 0, "done": False, "sign": 1}
         self.boxes.feature_defaults = {"lesion_id": 0, "pid": 0, "done": False, "z0": 0, "z1": 0}
+        # The pids of each layer's rows after the last event we handled: a row whose pid is not
+        # among them is new, even when napari gave it a deleted row's features.
+        self._live: dict[int, set[int]] = {}
         for layer in (self.points, self.boxes):
             feats = layer.features
+            self._live[id(layer)] = {int(v) for v in feats["pid"]} if "pid" in feats else set()
             if len(feats) and "pid" in feats:
                 self._pid = max(self._pid, int(feats["pid"].max()))
         self.points.events.data.connect(self._on_points_data)
@@ -205,6 +209,7 @@ class PromptLayers:
             if world:
                 self.boxes.data = [np.array([self.boxes.world_to_data(w) for w in shape]) for shape in world]
                 self.boxes.features = feats
+                self._remember_rows(self.boxes)
         finally:
             self.boxes.events.data.connect(self._on_boxes_data)
         self._recolour_boxes()
@@ -252,14 +257,15 @@ class PromptLayers:
         return None
 
     def _new_rows(self, layer) -> tuple[pd.DataFrame, list[int]]:
-        """Rows added since the last call (a pid unset or repeated: napari copies the selected row's
-        features into ``feature_defaults``, so a new row may carry another prompt's pid)."""
+        """Rows added since the last call: a pid never handed out, or repeated (napari copies the
+        selected row's features, even a deleted one's, into ``feature_defaults``, so a new row may
+        carry another prompt's pid)."""
         feats = layer.features.copy()
         seen: set[int] = set()
         new_rows = []
         for i in range(len(feats)):
             pid = int(feats["pid"].iloc[i])
-            if pid <= 0 or pid in seen:
+            if pid <= 0 or pid in seen or pid not in self._live[id(layer)]:
                 new_rows.append(i)
             else:
                 seen.add(pid)
@@ -273,8 +279,14 @@ class PromptLayers:
         for key, value in extra.items():
             feats.loc[feats.index[i], key] = value
 
+    def _remember_rows(self, layer) -> None:
+        self._live[id(layer)] = {int(v) for v in layer.features["pid"]}
+
     def _on_points_data(self, event) -> None:
-        if getattr(event, "action", "added") != "added":
+        action = getattr(event, "action", "added")
+        if action in ("removed", "changed"):
+            self._remember_rows(self.points)
+        if action != "added":
             return
         feats, rows = self._new_rows(self.points)
         if not rows:
@@ -308,6 +320,7 @@ class PromptLayers:
                 if self.session is not None:
                     self.session.note_ids([int(feats["lesion_id"].iloc[i])])
         self.points.features = feats
+        self._remember_rows(self.points)
         if refused:
             self._refuse(self.points, refused, why)
         self._recolour_points()
@@ -316,6 +329,8 @@ class PromptLayers:
 
     def _on_boxes_data(self, event) -> None:
         action = getattr(event, "action", "added")
+        if action in ("removed", "changed"):
+            self._remember_rows(self.boxes)
         if action == "added":
             self._claim_boxes()
         if action in ("added", "removed", "changed"):
@@ -356,6 +371,7 @@ class PromptLayers:
                     self.session.note_ids([lid])
             feats.loc[feats.index[i], ["lesion_id", "z0", "z1"]] = [lid, z0, z1]
         self.boxes.features = feats
+        self._remember_rows(self.boxes)
         if refused:
             self._refuse(self.boxes, refused, why)
         self._recolour_boxes()
@@ -564,6 +580,7 @@ class PromptLayers:
                 else:
                     layer.add_rectangles(list(data))
                 layer.features = pd.concat([old, feats], ignore_index=True)
+                self._remember_rows(layer)
             finally:
                 layer.events.data.connect(handler)
         self._recolour_points()

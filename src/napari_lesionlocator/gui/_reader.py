@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..core.errors import InputImageError, LesionLocatorError
+from ..core.errors import InputImageError, LesionLocatorError, ResourceLimitError, SpacingError
 from ..core.image import Image
 from ._layers import DEFAULT_WINDOW, image_layer_data
 
@@ -56,6 +56,8 @@ def _header_readable(path: Path) -> bool:
     if probe is not None:
         try:
             probe(path)
+        except (SpacingError, ResourceLimitError):
+            return True  # an image of ours that must be refused: read_paths says why, as a notification
         except (LesionLocatorError, OSError, ValueError, RuntimeError):
             return False
         return True

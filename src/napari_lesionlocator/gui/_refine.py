@@ -67,23 +67,39 @@ def combine_lesion(lesion_id: int, include: Sequence[tuple[Prompt, LesionResult]
         neg = np.zeros_like(crop)
         for _, r in exclude:
             _paste(r.mask, neg, lo)
-        crop &= ~neg
-        comps, n = ndimage.label(crop)
         keep_pts = [np.asarray(p.zyx) - lo for p, _ in include if isinstance(p, PointPrompt)]
+        keep_pts += [np.asarray(p.center) - lo for p, _ in include if isinstance(p, BoxPrompt)]
         drop_pts = [np.asarray(p.zyx) - lo for p, _ in exclude]
+        # The excluded region is taken out only where it is nearer (in mm) to an exclude click than
+        # to every include prompt: a region that also holds an include prompt (the exclude click
+        # was on the lesion itself) loses the side of the click, not the whole lesion.
+        cut = neg & crop
+        if cut.any() and keep_pts:
+            idx = np.argwhere(cut).astype(float)
+            spacing = np.asarray(geometry.spacing, dtype=float)
+
+            def nearest(points) -> np.ndarray:
+                return np.min([np.linalg.norm((idx - p) * spacing, axis=1) for p in points], axis=0)
+
+            nearer_exclude = nearest(drop_pts) < nearest(keep_pts)
+            cut[tuple(idx[~nearer_exclude].astype(int).T)] = False
+        before = int(crop.sum())
+        crop &= ~cut
+        comps, _ = ndimage.label(crop)
 
         def comp_at(pt) -> int:
+            pt = np.rint(pt).astype(int)
             if np.all(pt >= 0) and np.all(pt < crop.shape):
                 return int(comps[tuple(pt)])
             return 0
 
         keep = {comp_at(p) for p in keep_pts} - {0}
-        for p in drop_pts:
+        for p in drop_pts:  # a piece cut off that still holds the exclude click goes too
             c = comp_at(p)
             if c and c not in keep:
                 crop[comps == c] = False
-        removed = int(sum(r.mask.voxels for _, r in exclude))
-        messages.append(f"lesion {lesion_id}: {len(exclude)} exclude click(s) took out up to {removed} voxels")
+        messages.append(f"lesion {lesion_id}: {len(exclude)} exclude click(s) took out {before - int(crop.sum())} "
+                        "voxels")
     status = "check" if "check" in statuses else "ok"
     mask = LesionMask.from_crop(geometry, tuple(int(v) for v in lo), crop)
     return LesionResult(lesion_id, mask, status if not mask.is_empty else "empty", messages,

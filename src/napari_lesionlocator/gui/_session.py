@@ -111,6 +111,7 @@ class StudySession(QObject):
         Lesion statuses, ids or the undo stack changed.
     """
 
+    activating = Signal(object)  # before the scans are shown/hidden for a new active timepoint
     active_changed = Signal(object)
     results_changed = Signal()
     note = Signal(str)  # a short explanation of what a click did (shown in the prompt dock's status line)
@@ -291,6 +292,8 @@ class StudySession(QObject):
         if image_layer is None or image_layer not in self.viewer.layers:
             return
         changed = image_layer is not self._active
+        if changed:
+            self.activating.emit(image_layer)
         self._active = image_layer
         if show and not self.reviewing:
             self._applying = True

@@ -223,6 +223,8 @@ class PromptWidget(QWidget):
         self.runner.detail.connect(self.progress.show_detail)
         self.runner.succeeded.connect(self._apply_result)
         self.runner.done.connect(self._on_done)
+        self._mode_before_switch = "view"
+        self.session.activating.connect(lambda _layer: setattr(self, "_mode_before_switch", self.armed_mode()))
         self.session.active_changed.connect(self._on_active_changed)
         self.session.note.connect(self._on_note)
         self.session.results_changed.connect(self._sync_undo)
@@ -263,7 +265,7 @@ class PromptWidget(QWidget):
             self.image_combo.blockSignals(True)
             self.image_combo.set_layer(image_layer)
             self.image_combo.blockSignals(False)
-        armed = self.armed_mode()
+        armed, self._mode_before_switch = self._mode_before_switch, "view"
         if armed in ("point", "box") and image_layer is not None:
             self.activate_mode(armed)  # keep prompting, now on the scan in view
         self._sync_z_range()
@@ -290,6 +292,8 @@ class PromptWidget(QWidget):
             pl.boxes.events.data.connect(self._sync_z_range)
             for layer in (pl.points, pl.boxes):
                 layer.events.mode.connect(self._sync_mode_buttons)
+            pl.points.events.data.connect(
+                lambda e: self._maybe_auto_window() if getattr(e, "action", None) == "added" else None)
         return pl
 
     def next_lesion_id(self) -> int:
@@ -355,7 +359,6 @@ class PromptWidget(QWidget):
     def _on_note(self, text: str) -> None:
         if not self.busy:
             self.progress.status.setText(text)
-        self._maybe_auto_window()
 
     # ------------------------------------------------------------------ display
     def _on_window_chosen(self, index: int) -> None:

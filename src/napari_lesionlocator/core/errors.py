@@ -12,6 +12,7 @@ __all__ = [
     "OutputPathError",
     "OutputWriteError",
     "ResourceLimitError",
+    "SpacingError",
     "Cancelled",
 ]
 
@@ -53,6 +54,10 @@ class OutputWriteError(LesionLocatorError):
 
 class ResourceLimitError(InputImageError):
     """An input is too large for this machine (declared size against the memory available)."""
+
+
+class SpacingError(InputImageError):
+    """The header's voxel spacing is 0, negative or NaN: no measurement in mm could be trusted."""
 
 
 class Cancelled(LesionLocatorError):

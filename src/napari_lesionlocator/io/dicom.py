@@ -291,6 +291,13 @@ def read_dicom_series(info: DicomSeriesInfo, *, name: str | None = None) -> Imag
     except ValueError:
         rows = cols = 0
         bits = 16
+    raw_spacing = head("0028|0030").strip()
+    if raw_spacing:  # GDCM takes a PixelSpacing of 0 as 1 mm
+        try:
+            check_spacing(f"{info.describe()}: PixelSpacing", [float(v) for v in raw_spacing.split("\\")])
+        except ValueError:
+            raise InputImageError(f"{info.describe()}: PixelSpacing {raw_spacing!r} is not a pair of numbers") \
+                from None
     if rows and cols:  # refuse before reading what would not fit in memory
         check_memory(info.describe(), (cols, rows, len(info.files)), max(1, bits // 8))
     reader = sitk.ImageSeriesReader()

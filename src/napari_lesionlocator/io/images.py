@@ -112,7 +112,9 @@ def _itk_read_error(path: Path, exc: RuntimeError) -> InputImageError:
     if "Refusing to change spacing" in str(exc) or "space vector" in str(exc):
         spacing = re.search(r"to (\[[^\]]*\])", str(exc))
         shown = f" {spacing.group(1)}" if spacing else ""
-        return InputImageError(
+        from ..core.errors import SpacingError
+
+        return SpacingError(
             f"{path.name}: the header's voxel spacing{shown} is not a positive number of mm (0 or NaN); a volume "
             "or diameter measured with a made-up 1 mm would be wrong. Fix the header before using it"
         )

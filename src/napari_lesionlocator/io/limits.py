@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import InputImageError, ResourceLimitError
+from ..core.errors import InputImageError, ResourceLimitError, SpacingError
 
 __all__ = [
     "ENV_MEMORY_LIMIT",
@@ -132,7 +132,7 @@ def check_spacing(name: str, spacing) -> None:
     bad = [v for v in values if not math.isfinite(v) or v <= 0]
     if bad:
         shown = ", ".join(f"{v:g}" for v in values)
-        raise InputImageError(
+        raise SpacingError(
             f"{name}: the header's voxel spacing is ({shown}) mm: a spacing must be a positive number, and a "
             "volume or diameter measured with a made-up 1 mm would be wrong. Fix the header (e.g. re-export "
             "the scan from its DICOM) before using it"

@@ -69,7 +69,7 @@ def run_pipeline(out: Path) -> list[Path]:
         label_paths.append(api.instance_file(masks_dir, image.name))
         for lid in sorted(set(gt.ids) | set(result.lesions)):
             own = result.lesions.get(lid)
-            mask = own.mask.to_full() if own is not None else np.zeros(gt.shape, bool)
+            mask = own.mask.to_full() if own is not None else np.zeros(gt.geometry.shape, bool)
             d = dice(mask, gt.mask(lid))
             note = "" if lid in gt.ids else "  (not in ground truth)"
             if own is None or own.mask.is_empty:
@@ -100,6 +100,28 @@ def run_pipeline(out: Path) -> list[Path]:
     ]
     atomic_write_text(out / "demo_manifest.json", json.dumps(manifest, indent=2), overwrite=True)
     print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths.values())}")
+    from ._cli_export import export_study  # DICOM-SEG + SR per timepoint (with a CT series, the images are NIfTI)
+
+    export_study(study.images, [r.lesions for r in predicted], out, formats=["dicom-seg", "dicom-sr"],
+                 engine="classical", overwrite=True)
+    print(f"      DICOM-SEG and DICOM SR (TID 1500), one per timepoint -> {out / 'dicom'}")
+    # The whole review as a session folder (`lesionlocator session`) and its HTML response report.
+    from .core.recist import auto_assign_targets
+    from .core.study import SITES, Study
+    from .io.session import save_session
+    from .report import write_report
+
+    for image, entry in zip(study.images, manifest, strict=True):
+        image.source = entry["image"]  # the scans as written to study/: the session names them by checksum
+    review = Study.from_results(study.images, predicted, patient_id=study.case, prompts=prompts, engine="classical")
+    for rec in study.lesions:  # the annotator knows where each box was drawn
+        site = "lymph node" if rec.kind == "lymph_node" else rec.organ
+        if rec.id in review.lesion_ids:
+            review.set_lesion_info(rec.id, site=site if site in SITES else "other", check_rules=False)
+    auto_assign_targets(review)
+    save_session(review, out / "session", overwrite=True)
+    report = write_report(review, out / "report.html", overwrite=True)
+    print(f"      review session -> {out / 'session'} (tracked lesions unverified); response report -> {report}")
     return label_paths
 
 

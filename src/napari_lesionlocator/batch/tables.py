@@ -11,11 +11,10 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .pipeline import LESION_ROW_COLUMNS, _umask
+from .pipeline import LESION_ROW_COLUMNS
 
 __all__ = ["STUDY_COLUMNS", "write_tables", "read_table_csv"]
 
@@ -32,14 +31,12 @@ _BOOL = {"present"}
 
 
 def _replace_atomic(path: Path, write) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``write(tmp)`` then publish ``tmp`` as ``path`` through the one atomic-write helper (fsync, size
+    check, the user's umask, rename)."""
+    from ..io.atomic import atomic_write
+
+    with atomic_write(path, overwrite=True) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -123,14 +123,16 @@ def size_plot_png(study, rows: Sequence[LesionMeasurement], recist: RecistSummar
             if t.sum_mm is not None:
                 ax2.annotate(t.label, (xs[k], t.sum_mm), textcoords="offset points", xytext=(0, 7), ha="center",
                              fontsize=8, color="#c62828" if t.response == "PD" else "#1d2330")
-        ax2.legend(fontsize=7, loc="best")
-        ax2.set_ylim(bottom=0)
+        ax2.legend(fontsize=7, loc="lower right")
+        top = max([v for v in sums if v is not None] + nadir_y + [base])
+        ax2.set_ylim(0, 1.2 * top)  # room for the response labels above the points
     else:
         ax2.text(0.5, 0.5, "no target lesions", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_title("Sum of target diameters", fontsize=10)
     ax2.set_ylabel("mm")
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):
+        ax.margins(x=0.1)
         if use_dates:
             ax.set_xticks(xs)
             ax.set_xticklabels([d.isoformat() for d in dates], fontsize=8)

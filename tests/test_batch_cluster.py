@@ -232,3 +232,28 @@ def test_a_batch_killed_mid_run_resumes_redoing_only_what_is_missing(cohort, tmp
     assert rows[second]["status"] == "done" and "interrupted" in rows[second]["reason"]
     assert all(r["status"] == "skipped" for k, r in rows.items() if k not in (first, second))
     _check_outputs(out, specs, {k: r["status"] for k, r in rows.items()})
+
+
+def test_gpu_workers_get_one_gpu_each_and_studies_need_the_gpu_resource(cohort, tmp_path, monkeypatch):
+    """The per-GPU cluster's placement (no GPU is used: the classical engine ignores the device)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    specs = load_manifest(cohort)[:2]
+    with open_client(gpus_per_worker=1, dashboard_address=None) as (client, info):
+        assert info.kind == "local-gpu" and info.workers == 2
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["0", "1"]
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+        assert resources == [{"GPU": 1}, {"GPU": 1}]
+        report = run_batch(specs, tmp_path / "out", client, CLASSICAL, gpus_per_task=1, progress=False)
+    assert [s["status"] for s in report.studies] == ["done", "done"]
+
+
+def test_a_cluster_without_gpu_workers_is_refused_for_gpu_studies():
+    from distributed import LocalCluster
+
+    from napari_lesionlocator.core.errors import EngineError
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            pytest.raises(EngineError, match="--resources GPU=1"), \
+            open_client(scheduler=cluster.scheduler_address, gpus_per_worker=1):
+        pass

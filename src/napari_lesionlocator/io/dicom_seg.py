@@ -551,9 +551,11 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 def _with_type2(ds):
     """A header copy with the patient/study attributes a SEG inherits present (empty when unknown).
 
-    Minimal writers (and some anonymisers) drop these Type 2 attributes; highdicom needs them.
+    Minimal writers (and some anonymisers) drop these Type 2 attributes, some scanners write an
+    empty SpecificCharacterSet; highdicom needs the former and refuses the latter.
     """
-    if all(k in ds for k in _TYPE2):
+    blank_charset = "SpecificCharacterSet" in ds and not str(ds.SpecificCharacterSet or "").strip()
+    if all(k in ds for k in _TYPE2) and not blank_charset:
         return ds
     import copy
 
@@ -561,6 +563,8 @@ def _with_type2(ds):
     for k in _TYPE2:
         if k not in out:
             setattr(out, k, "")
+    if blank_charset:  # an empty (0008,0005) means the default repertoire; highdicom refuses the empty value
+        del out.SpecificCharacterSet
     return out
 
 

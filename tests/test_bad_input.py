@@ -519,6 +519,75 @@ def dest_is_a_file(d: Path, ctx) -> list[str]:
     return download("/good.zip")(d, ctx)
 
 
+# ------------------------------------------------------------------ more rows: tracking, measuring, interrupts
+def track(d: Path, *extra: str, followups=("fu.nii.gz",), prompts=None, kind="point") -> list[str]:
+    fus = [str(ct(d, name) if name.endswith(".nii.gz") and not name.startswith("missing") else d / name)
+           for name in followups]
+    prm = prompts if prompts is not None else [str(prompt(d, POINT))]
+    return ["track", "-bl", str(ct(d)), "-fu", *fus, "-p", *prm, "-t", kind, "-o", str(d / "out"), *extra]
+
+
+def _mask_file(d: Path, name: str, fill: bool) -> str:
+    lab = LabelMap(np.zeros(SHAPE, np.uint8), Geometry(SHAPE, SPACING), "m")
+    if fill:
+        lab.array[5:8, 14:18, 14:18] = 1
+    return str(write_label_map(lab, d / name))
+
+
+def track_prev_mask_empty(d: Path) -> list[str]:
+    return track(d, prompts=[_mask_file(d, "m.nii.gz", False)], kind="prev_mask")
+
+
+def track_two_prompt_files(d: Path) -> list[str]:
+    return track(d, prompts=[str(prompt(d, POINT)), str(prompt(d, POINT, "b.json"))])
+
+
+def label_map_fractional(d: Path) -> list[str]:
+    img = sitk.GetImageFromArray(np.full(SHAPE, 0.5, np.float32))
+    img.SetSpacing(SPACING[::-1])
+    return ["segment", "-i", str(ct(d)), "-p", str(_sitk_file(d, "ct_labels.nii", img)), "-t", "box",
+            "-o", str(d / "out")]
+
+
+def label_map_negative(d: Path) -> list[str]:
+    img = sitk.GetImageFromArray(np.full(SHAPE, -2, np.int16))
+    img.SetSpacing(SPACING[::-1])
+    return ["segment", "-i", str(ct(d)), "-p", str(_sitk_file(d, "ct_labels.nii", img)), "-t", "box",
+            "-o", str(d / "out")]
+
+
+def measure(d: Path, *extra: str, n_labels: int = 1) -> list[str]:
+    labs = [_mask_file(d, f"l{k}.nii.gz", True) for k in range(n_labels)]
+    return ["measure", "-i", str(ct(d)), "-l", *labs, "-o", str(d / "t" / "x"), *extra]
+
+
+def interrupted_write(d: Path, monkeypatch) -> list[str]:
+    argv = seg(d)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sitk, "WriteImage", ctrl_c)
+    return argv
+
+
+def _empty_file(name: str) -> Callable[[Path], None]:
+    def mutate(part: Path) -> None:
+        (part / name).write_bytes(b"")
+    return mutate
+
+
+def _remove(name: str) -> Callable[[Path], None]:
+    def mutate(part: Path) -> None:
+        (part / name).unlink()
+    return mutate
+
+
+def _plans_not_json(part: Path) -> None:
+    (part / "plans.json").write_text("{configurations: oops")
+
+
+
 # ------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Case:
@@ -673,6 +742,34 @@ CASES: list[Case] = [
     C("unmatched-names", USE, unmatched_folder, 2, ("cannot pair", "b.nii.gz", "c.json")),
     C("unknown-series", USE, lambda d: dicom_case(two_series=True)(d) + ["--series", "MR brain"], 2,
       ("no volume 'MR brain'",)),
+    # --- more rows of classes that already passed when probed
+    C("prompt-binary-garbage", PRM, lambda d:
+      ["segment", "-i", str(ct(d)), "-p", str(_write(d, "ct.json", bytes(range(256)) * 4)), "-t", "point",
+       "-o", str(d / "out")], 2, ("not valid JSON",)),
+    C("prompt-nested-too-deep", PRM, lambda d: seg(d, prompts="[" * 100_000 + "]" * 100_000), 2, ("ct.json",)),
+    C("prompt-ids-with-gaps", PRM, lambda d: seg(d, prompts={"3": {"point": [6, 16, 16]},
+                                                             "70000": {"point": [6, 10, 10]}}), 0, (),
+      left=("out/ct_lesion_3.nii.gz", "out/ct_lesion_70000.nii.gz", "out/ct_lesions.nii.gz", "out/ct_summary.json")),
+    C("label-prompt-fractional", PRM, label_map_fractional, 2, ("whole numbers",)),
+    C("label-prompt-negative", PRM, label_map_negative, 2, ("negative",)),
+    C("track-followup-missing", USE, lambda d: track(d, followups=("missing.nii.gz",)), 2, ("no such",)),
+    C("track-prev-mask-empty", PRM, track_prev_mask_empty, 2, ("empty",)),
+    C("track-two-prompt-files", USE, track_two_prompt_files, 2, ("one prompt file",)),
+    C("track-followup-spacing-0", HDR, lambda d: ["track", "-bl", str(ct(d)), "-fu",
+                                                  str(nifti_patched(d, "fu.nii", _set_pixdim(2, 0.0))), "-p",
+                                                  str(prompt(d, POINT)), "-t", "point", "-o", str(d / "out")],
+      2, ("fu.nii", "spacing")),
+    C("measure-count-mismatch", USE, lambda d: measure(d, n_labels=2), 2, ("1 image(s) but 2 label map(s)",)),
+    C("measure-dates-mismatch", USE, lambda d: measure(d, "--dates", "2020-01-01", "2020-02-02"), 2, ("--dates",)),
+    C("measure-bad-target-id", USE, lambda d: measure(d, "--targets", "x"), 2, ("--targets",)),
+    C("ctrl-c-while-writing", OUT, interrupted_write, 130, ("cancelled",), needs=("monkeypatch",),
+      left=("out/ct.partial/*",)),
+    C("checkpoint-empty-file", CKP, ckpt_case(_empty_file("fold_0/checkpoint_final.pth")), 2,
+      ("checkpoint_final.pth",), forbidden=("allow-unsafe",), needs=("torch",)),
+    C("checkpoint-plans-not-json", CKP, ckpt_case(_plans_not_json), 2, ("plans.json", "not valid JSON"),
+      needs=("torch",)),
+    C("checkpoint-without-dataset-json", CKP, ckpt_case(_remove("dataset.json")), 2, ("dataset.json",),
+      needs=("torch",)),
 ]
 
 

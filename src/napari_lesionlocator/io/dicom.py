@@ -424,6 +424,7 @@ def write_dicom_series(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from ..core.errors import OutputExistsError
+    from .atomic import atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -483,6 +484,7 @@ def write_dicom_series(
             ds.RescaleIntercept = 0
             ds.RescaleSlope = 1
         ds.PixelData = np.ascontiguousarray(arr[k]).tobytes()
-        ds.save_as(target, enforce_file_format=True)
+        with atomic_write(target) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         paths.append(target)
     return paths

@@ -214,3 +214,29 @@ def test_read_only_output_folder_is_found_first(tmp_path):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=20)
         else:
             folder.chmod(0o755)
+
+
+def test_cli_results_tables_and_masks_get_the_umask_and_log_lines(tmp_path, capsys, no_user_checkpoint):
+    """Issue 10 item 9: every file the command line writes has ``0o666 & ~umask``; on a stream that is not a
+    terminal the progress is whole lines (no carriage returns)."""
+    import json
+
+    from napari_lesionlocator.cli import main
+
+    shape = (12, 32, 32)
+    arr = np.full(shape, -1000.0, np.float32)
+    arr[:, 3:-3, 3:-3] = 40.0
+    arr[4:8, 12:20, 12:20] = 150.0
+    img = write_image(Image(arr, Geometry(shape, (2.0, 0.8, 0.8)), "ct"), tmp_path / "ct.nii.gz")
+    (tmp_path / "ct.json").write_text(json.dumps({"1": {"point": [6, 16, 16]}, "2": {"point": [6, 5, 5]}}))
+    with _umask(0o027):
+        assert main(["segment", "-i", str(img), "-p", str(tmp_path / "ct.json"), "-t", "point",
+                     "-o", str(tmp_path / "out")]) == 0
+        assert main(["measure", "-i", str(img), "-l", str(tmp_path / "out" / "ct_lesions.nii.gz"),
+                     "-o", str(tmp_path / "out" / "table")]) == 0
+    err = capsys.readouterr().err
+    written = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert len(written) >= 5, written
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o640" for p in written}
+    assert "\r" not in err
+    assert any("segment" in line or "ct:" in line for line in err.splitlines())

@@ -242,7 +242,12 @@ def open_client(*, scheduler: str | None = None, workers: int | None = None, thr
 
     dashboard = dashboard_address if dashboard_address not in (None, "", "none") else None
     if scheduler:
-        client = Client(scheduler, timeout="30s")
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as exc:  # refused, unreachable, timed out
+            from ..core.errors import EngineError
+
+            raise EngineError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
         try:
             client.wait_for_workers(1, timeout=wait_timeout)
         except (TimeoutError, OSError) as exc:

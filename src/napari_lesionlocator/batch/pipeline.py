@@ -130,14 +130,16 @@ def read_study_record(folder: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------- reading inputs
 def _read_inputs(spec: StudySpec):
-    from ..io.images import read_image, read_label_map
+    from ..io.images import read_label_map
+    from ..io.volumes import read_volume
 
     images: list[Image] = []
     truths: list[LabelMap | None] = []
     for k, tp in enumerate(spec.timepoints):
         if not Path(tp.image).exists():
             raise InputImageError(f"timepoint {k}: image not found: {tp.image}")
-        image = read_image(tp.image, name=f"{spec.study_id}_tp{k}")
+        image = read_volume(tp.image)  # an image file or a DICOM series (file or folder)
+        image.name = f"{spec.study_id}_tp{k}"
         image.acquisition_date = tp.date or image.acquisition_date
         images.append(image)
         gt = None

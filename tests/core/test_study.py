@@ -362,3 +362,20 @@ def test_new_lesion_candidates_accept_and_dismiss() -> None:
         s.dismiss_candidate("tp1", 5)
     state = s.snapshot_state()
     assert state["candidates"]["tp1"][0]["lesion_id"] == 2
+
+
+def test_provenance_defaults_from_the_study_engine() -> None:
+    s = _study()
+    s.engine = {"name": "lesionlocator", "settings": {"checkpoint": "/w/LesionLocatorCheckpoint", "folds": [0, 2],
+                                                      "tta": False, "device": "cuda"}}
+    obs = s.set_result(1, "tp0", _box_mask(BIG, (2, 4), (2, 8), (2, 8)))
+    p = obs.provenance
+    assert (p.engine, p.model, p.folds, p.tta, p.parameters) == ("lesionlocator", "/w/LesionLocatorCheckpoint", [0, 2],
+                                                                 False, {"device": "cuda"})
+    obs = s.set_result(1, "tp1", LesionResult(1, _box_mask(BIG, (2, 4), (2, 8), (2, 8)), provenance={"tta": True}),
+                       tracked_from="tp0")
+    assert obs.provenance.tta is True and obs.provenance.tracked_from == "tp0" and obs.provenance.source == "tracked"
+    edited = s["tp2"].ensure_labels().array.copy()
+    edited[0, 0, 0] = 5
+    s.apply_label_edit("tp2", edited)
+    assert s.observation(5, "tp2").provenance.source == "manual" and s.observation(5, "tp2").provenance.engine is None

@@ -836,13 +836,16 @@ class Study:
         source: str | None = None,
         tracked_from: str | None = None,
         merged_into: int | None = None,
+        engine_details: Mapping | None = None,
     ) -> Observation:
         """Store one lesion's own mask at one timepoint (an engine result, a manual mask, ...).
 
         The lesion is registered if new (its id then counts as used). ``review`` defaults to
         ``"unverified"`` for a tracked result, ``"new"`` for a lesion first seen at a follow-up,
         else ``"accepted"``; a re-segmentation keeps ``"new"``. ``provenance`` defaults to one
-        built from the result's own ``provenance`` dict. Returns the observation.
+        built from ``engine_details`` (``{"engine", "engine_version", "model", "folds", "tta",
+        "parameters"}``; default: the study's :attr:`engine`) overridden by the result's own
+        ``provenance`` dict. Returns the observation.
         """
         name = self._name(timepoint)
         tp = self[name]
@@ -866,7 +869,10 @@ class Study:
             else:
                 review = "accepted"
         if provenance is None:
-            provenance = Provenance.from_engine(result.provenance, source=source, tracked_from=tracked_from,
+            details = dict(engine_details) if engine_details is not None else (
+                self._engine_details() if source in ("segmented", "tracked") else {})
+            details.update(result.provenance or {})
+            provenance = Provenance.from_engine(details, source=source, tracked_from=tracked_from,
                                                 prompt=_prompt_dicts(prompts or []))
         obs = Observation(lid, name, result, review, merged_into if review == "merged" else None,
                           list(prompts) if prompts is not None else (list(old.prompts) if old else []),
@@ -878,6 +884,19 @@ class Study:
         self._repaint(tp, region)
         self._touch()
         return obs
+
+    def _engine_details(self) -> dict:
+        """Provenance defaults from :attr:`engine` (``{"name", "settings"}``, as the session keeps it)."""
+        if not self.engine:
+            return {}
+        settings = dict(self.engine.get("settings") or {})
+        out: dict = {"engine": self.engine.get("name")}
+        for key, target in (("checkpoint", "model"), ("model", "model"), ("folds", "folds"), ("tta", "tta"),
+                            ("engine_version", "engine_version")):
+            if settings.get(key) is not None:
+                out[target] = settings.pop(key)
+        out["parameters"] = _plain(settings)
+        return out
 
     def set_results(self, timepoint: int | str, results: Mapping[int, LesionResult], **kw) -> list[Observation]:
         """:meth:`set_result` for every lesion of an engine result (``result.lesions``)."""

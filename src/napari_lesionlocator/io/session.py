@@ -329,6 +329,23 @@ def save_session(study_or_state, folder: str | os.PathLike, *, overwrite: bool =
     """
     state = study_or_state.snapshot_state() if hasattr(study_or_state, "snapshot_state") else study_or_state
     folder = Path(folder)
+    with _folder_lock(folder):  # a Save and an autosave thread never write one folder at once
+        out = _save(state, folder, overwrite, reuse_from)
+    if hasattr(study_or_state, "snapshot_state"):
+        study_or_state.session_folder = out
+    return out
+
+
+_SAVE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _folder_lock(folder: Path) -> threading.Lock:
+    key = str(folder.resolve())
+    with _SUM_LOCK:
+        return _SAVE_LOCKS.setdefault(key, threading.Lock())
+
+
+def _save(state: Mapping, folder: Path, overwrite: bool, reuse_from: Sequence) -> Path:
     if folder.exists():
         if not folder.is_dir():
             raise OutputExistsError(f"{folder} is a file; choose a folder for the session")

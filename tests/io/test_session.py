@@ -300,3 +300,32 @@ def test_a_review_killed_mid_save_restores_from_its_last_autosave(tmp_path) -> N
     k = int(back.lesion_name(1).split()[1])
     assert k >= done[-1]  # nothing reported as saved was lost
     assert back.next_lesion_id() == 5 and len(back.lesion_ids) == 3
+
+
+def test_dicom_series_images_round_trip(tmp_path) -> None:
+    """A timepoint read from a DICOM folder is saved by folder checksum and read back by series."""
+    from napari_lesionlocator.io.dicom import write_dicom_series
+    from napari_lesionlocator.io.volumes import read_volume
+
+    images = _images(None)
+    write_dicom_series(images[0], tmp_path / "dcm0", acquisition_date="2024-02-10", series_description="base")
+    dcm = read_volume(tmp_path / "dcm0")
+    dcm.name = "pt_tp0"
+    study = _review([dcm, images[1]])
+    folder = save_session(study, tmp_path / "review")
+    doc = json.loads((folder / SESSION_FILE).read_text())
+    assert doc["timepoints"][0]["image"]["kind"] == "folder" and doc["timepoints"][1]["image"]["embedded"]
+    back = load_session(folder)
+    _assert_same_review(study, back)
+    assert back[0].image.source == str((tmp_path / "dcm0").resolve())
+    # one slice rewritten with other values: the folder checksum and the voxels change -> refused
+    first = sorted((tmp_path / "dcm0").iterdir())[0]
+    import pydicom
+
+    ds = pydicom.dcmread(first)
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 7
+    ds.PixelData = arr.tobytes()
+    ds.save_as(first)
+    with pytest.raises(SessionImageError, match="dcm0 has changed"):
+        load_session(folder)

@@ -38,7 +38,7 @@ __all__ = ["track_lesions", "map_mask"]
 LOCAL_HALF_SIZE_MM = 35.0
 SHELL_MM = (2.0, 8.0)
 # Re-segment in the follow-up only when the method reproduces the baseline mask this well.
-SELF_CHECK_DICE = 0.5
+SELF_CHECK_DICE = 0.7
 # Fallback (registered mask) only while the mapped region still stands out from its own
 # surroundings the way the baseline lesion did: its core's lesion-side share must be at least
 # KEEP_FRACTION of the baseline's (see ``_core_lesion_side``; the core is the innermost
@@ -155,6 +155,38 @@ def _mask_box(lm: LesionMask, start, stop) -> np.ndarray:
     return out
 
 
+# Below this self-check Dice the baseline model is recalibrated (see :func:`_model_variants`).
+CALIBRATED_DICE = 0.85
+BOUNDARY_FRACTIONS = (0.3, 0.4, 0.6, 0.7)
+
+
+def _model_variants(base: Image, mask: np.ndarray, start, stop, model: IntensityModel) -> list[IntensityModel]:
+    """Intensity models with the lesion/surroundings boundary at other fractions of the step between them.
+
+    The step is from the lesion's interior median to its surroundings' median (a shell 2-8 mm
+    out); the bound on the surroundings' side moves (the other bound stays).
+    """
+    spacing = np.asarray(base.geometry.spacing)
+    pad = np.ceil(SHELL_MM[1] / spacing).astype(int) + 1
+    a = np.maximum(np.asarray(start) - pad, 0)
+    b = np.minimum(np.asarray(stop) + pad, base.geometry.shape)
+    img = _smooth(_crop(base.array, a, b).astype(np.float32), spacing)
+    full = np.zeros(img.shape, dtype=bool)
+    full[tuple(slice(s - o, e - o) for s, e, o in zip(start, stop, a, strict=True))] = mask
+    ring = _shell(full, spacing)
+    if not ring.any() or not full.any():
+        return []
+    les, sur = float(np.median(img[full])), float(np.median(img[ring]))
+    out = []
+    for t in BOUNDARY_FRACTIONS:
+        level = les + t * (sur - les)
+        if sur < les:
+            out.append(IntensityModel(model.center, level, model.high, model.dark))
+        else:
+            out.append(IntensityModel(model.center, model.low, level, model.dark))
+    return out
+
+
 def _track_one(
     base: Image,
     lm: LesionMask,
@@ -247,20 +279,35 @@ def _track_one(
     # must reproduce the baseline mask. When it cannot (a lesion with no intensity edge, e.g. a
     # sarcoma inside muscle), the registration is more trustworthy than any re-segmentation.
     bgrow = np.ceil(np.maximum(5.0, 0.3 * extent_mm) / bsp).astype(int)
-    own = segment_box(
-        base.array, bsp, np.maximum(lstart - bgrow, 0), np.minimum(lstop + bgrow, bgeo.shape),
-        check=check, core=(lstart, lstop), prior=model,
-    )
-    own_full = np.zeros(tuple(lstop - lstart + 2 * bgrow + 2), dtype=bool)
     frame = lstart - bgrow - 1
-    lo = np.maximum(own.start, frame)
-    hi = np.minimum(own.stop, frame + np.asarray(own_full.shape))
-    own_full[tuple(slice(a - f, b - f) for a, b, f in zip(lo, hi, frame, strict=True))] = own.mask[
-        tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, own.start, strict=True))
-    ]
-    truth = np.zeros_like(own_full)
+    truth = np.zeros(tuple(lstop - lstart + 2 * bgrow + 2), dtype=bool)
     truth[tuple(slice(a - f, b - f) for a, b, f in zip(lstart, lstop, frame, strict=True))] = own_crop
-    self_dice = 2.0 * float((own_full & truth).sum()) / max(1, int(own_full.sum() + truth.sum()))
+
+    def self_check(prior: IntensityModel) -> float:
+        own = segment_box(
+            base.array, bsp, np.maximum(lstart - bgrow, 0), np.minimum(lstop + bgrow, bgeo.shape),
+            check=check, core=(lstart, lstop), prior=prior,
+        )
+        own_full = np.zeros_like(truth)
+        lo = np.maximum(own.start, frame)
+        hi = np.minimum(own.stop, frame + np.asarray(own_full.shape))
+        if np.any(hi <= lo):
+            return 0.0
+        own_full[tuple(slice(a - f, b - f) for a, b, f in zip(lo, hi, frame, strict=True))] = own.mask[
+            tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, own.start, strict=True))
+        ]
+        return 2.0 * float((own_full & truth).sum()) / max(1, int(own_full.sum() + truth.sum()))
+
+    # Calibrate on the baseline, where the lesion's mask is known: the intensity model that
+    # reproduces it best (the estimated one, or the lesion/surroundings boundary placed at other
+    # fractions of the step between them) is the one to re-segment the follow-up with.
+    self_dice = self_check(model)
+    info.update(self_dice_model=self_dice)
+    if self_dice < CALIBRATED_DICE:
+        for variant in _model_variants(base, padded, pa, pb, model):
+            d = self_check(variant)
+            if d > self_dice + 0.02:
+                model, self_dice = variant, d
     info.update(self_dice=self_dice)
     grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
     box_a = np.maximum(sa - grow, 0)

@@ -100,7 +100,27 @@ def _accepts(path: Path) -> bool:
         return _header_readable(path)
     if path.is_file():  # a DICOM file: a CT slice (opens its series) or a DICOM-SEG (opens on its CT)
         return _looks_like_dicom(path)
-    return _folder_has_dicom(path) or _folder_has_images(path)
+    return _folder_has_dicom(path) or _folder_has_images(path) or _is_voc_folder(path)
+
+
+def _is_voc_folder(path: Path) -> bool:
+    from ..io.voc import is_voc_folder
+
+    return is_voc_folder(path)
+
+
+def _voc_layer_data(path: Path) -> list[tuple]:
+    """A folder of PASCAL VOC XML boxes, on the open DICOM series they name: each lesion's 3D box becomes
+    a pending box prompt (ready to segment) and the per-slice rectangles a Shapes layer."""
+    import napari
+
+    from ._voc_boxes import add_voc_boxes, voc_shapes_layer_data
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        raise InputImageError(f"{path}: open the DICOM series these boxes belong to first")
+    layer, res = add_voc_boxes(viewer, str(path))
+    return [voc_shapes_layer_data(layer, res, f"{path.name} boxes")]
 
 
 def _seg_layer_data(path: Path) -> list[tuple] | None:
@@ -189,6 +209,8 @@ def layer_data_for_images(images: Sequence[Image], window: str = DEFAULT_WINDOW,
 def read_paths(path: PathOrPaths) -> list[tuple]:
     """Read every volume in ``path`` (file, DICOM folder or a list of them) as image LayerData."""
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if len(paths) == 1 and _is_voc_folder(Path(paths[0])) and not _folder_has_dicom(Path(paths[0])):
+        return _voc_layer_data(Path(paths[0]))
     if len(paths) == 1:
         seg_layers = _seg_layer_data(Path(paths[0]))
         if seg_layers is not None:

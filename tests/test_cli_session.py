@@ -33,6 +33,17 @@ def test_session_validates_and_summarises(saved, capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert [t["status"] for t in doc["timepoints"]] == ["ok", "ok", "ok"]
     assert doc["recist"]["timepoints"][1]["response"] == "PD" and doc["next_id"] == 8
+    csv_path = root / "review.csv"
+    assert main(["session", str(root / "review"), "--csv", str(csv_path), "--json"]) == 0
+    capsys.readouterr()
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 21 and rows[0]["source"] == "imported" and rows[0]["user"]
+    node = [r for r in rows if r["lesion_id"] == "4"]
+    assert [r["status"] for r in node] == ["present", "present", "disappeared"] and node[2]["recist_mm"] == "0"
+    assert float(node[0]["recist_mm"]) == pytest.approx(14.78, abs=0.01)  # the short axis for a node
+    assert main(["session", str(root / "review"), "--csv", str(csv_path)]) == 3
 
 
 def test_moved_images_exit_2_naming_the_file_then_repoint(saved, capsys, tmp_path) -> None:

@@ -116,6 +116,10 @@ def test_report_holds_study_table_and_response(report) -> None:
     assert node[3][0] == "lymph node" and node[4][0] == "non-target"
     assert node[-1][0] == "disappeared" and lesions[6][5 + 4 + 3][0] == "new"  # lesion 7 at follow-up 1
     assert lesions[1][4][0] == "target" and float(lesions[1][6][0]) == pytest.approx(30.4, abs=0.05)
+    link = text.split("id='review-csv'")[1].split("href='")[1].split("'")[0]
+    csv_text = base64.b64decode(link.split(",", 1)[1]).decode()
+    assert csv_text.splitlines()[0].startswith("lesion_id,name,site,role,timepoint")
+    assert len(csv_text.splitlines()) == 1 + 7 * 3
     prov = parsed.tables["provenance"][1:]
     assert len(prov) == sum(len(study.observations(n)) for n in study.names)
     assert all(r[2][0] == "imported" for r in prov)

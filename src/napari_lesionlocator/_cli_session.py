@@ -47,6 +47,9 @@ def add_session_parser(sub, *, parents, formatter_class, epilog: str) -> None:
     add_relocation_args(p)
     p.add_argument("--save", action="store_true", help="write the re-pointed image locations into the session")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--csv", metavar="FILE", default=None,
+                   help="also write the lesion table with provenance (one row per lesion per timepoint) as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
 
 
 def summary_lines(study, checks=()) -> list[str]:
@@ -94,6 +97,11 @@ def run_session(args: argparse.Namespace) -> int:
     if args.save and (relocate or args.search):
         repoint_session(args.session, relocate=relocate, search=args.search)
         print(f"re-pointed: {args.session} now names the images where they are", file=sys.stderr)
+    if args.csv:
+        from .io.atomic import atomic_write_text
+
+        atomic_write_text(args.csv, study.review_csv(), overwrite=args.overwrite)
+        print(f"lesion table with provenance -> {args.csv}", file=sys.stderr)
     if args.json:
         from .core.recist import recist_for_study
 

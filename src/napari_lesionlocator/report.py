@@ -342,7 +342,10 @@ def build_report(study, *, recist: RecistSummary | None = None, title: str | Non
                 add("<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>")
             add(f"<td class='l st-{status.replace(' ', '-')}'>{_esc(status)}</td>")
         add("</tr>")
-    add("</table><p class='muted'>Bold: the diameter RECIST uses (long axis; short axis for lymph nodes).</p>")
+    csv_b64 = base64.b64encode(study.review_csv().encode("utf-8")).decode("ascii")
+    add("</table><p class='muted'>Bold: the diameter RECIST uses (long axis; short axis for lymph nodes). "
+        f"<a id='review-csv' download='{_esc(study.patient_id)}_review.csv' href='data:text/csv;base64,{csv_b64}'>"
+        "Download the table with provenance (CSV)</a>.</p>")
 
     # ---- key slices
     add("<h2>Key slices</h2><p class='muted'>Each lesion on the axial slice it was measured on, windowed for "

@@ -1309,6 +1309,67 @@ class Study:
                 rows.append(replace(row, timepoint=k, name=name, date=tp.acquisition_date, image=tp.name))
         return rows
 
+    #: Columns of :meth:`review_rows` (one row per lesion per timepoint).
+    REVIEW_COLUMNS: tuple[str, ...] = (
+        "lesion_id", "name", "site", "role", "timepoint", "index", "date", "status", "review", "volume_ml",
+        "long_axis_mm", "short_axis_mm", "recist_mm", "engine_status", "engine_notes", "source", "engine",
+        "engine_version", "package_version", "model", "folds", "tta", "parameters", "prompt", "tracked_from",
+        "edits", "last_edit", "user",
+    )
+
+    def review_rows(self) -> list[dict]:
+        """The lesion table with provenance, one row per lesion per timepoint (columns
+        :attr:`REVIEW_COLUMNS`; plain values for CSV/JSON; sizes empty where not measured).
+        ``recist_mm`` is the diameter RECIST uses (short axis for lymph nodes)."""
+        import json
+
+        rows = {(r.lesion_id, r.timepoint): r for r in self.measurements()}
+        out = []
+        for lid in self.lesion_ids:
+            info = self._info[lid]
+            for k, name in enumerate(self.names):
+                m = rows.get((lid, k))
+                obs = self._obs.get((lid, name))
+                p = obs.provenance if obs is not None else None
+                measured = m is not None and m.present
+                row = {
+                    "lesion_id": lid, "name": self.lesion_name(lid), "site": info.site, "role": info.role,
+                    "timepoint": name, "index": k, "date": self[name].acquisition_date or "",
+                    "status": self.table_status(lid, name), "review": obs.review_label if obs else "",
+                    "volume_ml": round(m.volume_ml, 4) if measured else ("0" if m is not None else ""),
+                    "long_axis_mm": round(m.long_axis_mm, 2) if measured else ("0" if m is not None else ""),
+                    "short_axis_mm": round(m.short_axis_mm, 2) if measured else ("0" if m is not None else ""),
+                    "recist_mm": (round(m.short_axis_mm if info.site == "lymph node" else m.long_axis_mm, 2)
+                                  if measured else ("0" if m is not None else "")),
+                    "engine_status": obs.result.status if obs else "",
+                    "engine_notes": "; ".join(obs.result.messages) if obs else "",
+                }
+                if p is None:
+                    row.update({c: "" for c in self.REVIEW_COLUMNS if c not in row})
+                else:
+                    row.update({
+                        "source": p.source, "engine": p.engine or "", "engine_version": p.engine_version or "",
+                        "package_version": p.package_version or "", "model": p.model or "",
+                        "folds": " ".join(map(str, p.folds)) if p.folds else "",
+                        "tta": "" if p.tta is None else ("on" if p.tta else "off"),
+                        "parameters": json.dumps(_plain(p.parameters), sort_keys=True) if p.parameters else "",
+                        "prompt": json.dumps(p.prompt) if p.prompt else "", "tracked_from": p.tracked_from or "",
+                        "edits": p.edits, "last_edit": p.last_edit or "", "user": p.user,
+                    })
+                out.append(row)
+        return out
+
+    def review_csv(self) -> str:
+        """:meth:`review_rows` as CSV text (for the clipboard or a file)."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.REVIEW_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.review_rows())
+        return buf.getvalue()
+
     # -------------------------------------------------------------- snapshots
     def snapshot_state(self) -> dict:
         """Everything a session save needs, copied (cheap: masks are shared, never changed in place).

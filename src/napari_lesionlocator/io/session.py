@@ -168,7 +168,7 @@ def _json_default(value):
         return str(value)
     if isinstance(value, tuple | set):
         return list(value)
-    raise TypeError(f"cannot save {type(value).__name__} in a session: {value!r}")
+    return repr(value)  # an engine note of an unexpected type must not make the save (or autosave) fail
 
 
 def _fsync(path: Path) -> None:

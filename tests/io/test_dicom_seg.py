@@ -280,3 +280,34 @@ def test_folder_with_several_series_and_segs(real_data_dir, tmp_path) -> None:
     assert "wrong_for.dcm" in text and "frame of reference" in text
     assert "orphan.dcm" in text and "not in" in text
     assert "truncated.dcm" in text and "truncated" in text
+
+
+def test_truncated_ct_slice_is_named_and_the_rest_loads(real_data_dir, tmp_path) -> None:
+    base = real_data_dir / "dcmqi_seg"
+    shutil.copytree(base / "ct-3slice", tmp_path / "ct")
+    shutil.copy(base / "seg" / "liver.dcm", tmp_path / "liver.dcm")
+    data = (tmp_path / "ct" / "02.dcm").read_bytes()
+    (tmp_path / "ct" / "02.dcm").write_bytes(data[: len(data) // 2])  # a slice cut in half
+    img, lesions = _random_case(8, oblique=False)
+    export_dicom_study([img], [lesions], tmp_path / "other")  # a second, intact CT + SEG
+    res = read_dicom_seg_folder(tmp_path)
+    assert [s.seg_path.name for s in res.segs] == [f"{img.name}_seg.dcm"]  # the intact pair still loads
+    text = " | ".join(res.problems)
+    assert "liver.dcm" in text and ("missing or unreadable" in text or "between its voxels" in text)
+    for lid in (2, 5):
+        np.testing.assert_array_equal(res.segs[0].lesions[lid].mask.to_full(), lesions[lid].mask.to_full())
+
+
+def test_non_ct_series(tmp_path) -> None:
+    img, lesions = _random_case(9, oblique=True)
+    img.modality = "MR"
+    res = export_dicom_study([img], [lesions], tmp_path / "mr")
+    ct0 = pydicom.dcmread(next(res.ct_folders[0].iterdir()), stop_before_pixels=True)
+    assert ct0.Modality == "MR" and ct0.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+    imp = read_dicom_seg(res.seg_paths[0])
+    assert imp.image.modality == "MR"
+    np.testing.assert_array_equal(imp.lesions[2].mask.to_full(), lesions[2].mask.to_full())
+    img.modality = "PT"
+    with pytest.raises(InputImageError, match="CT or MR"):
+        export_dicom_study([img], [lesions], tmp_path / "pt")
+    assert not (tmp_path / "pt" / f"{img.name}_seg.dcm").exists()

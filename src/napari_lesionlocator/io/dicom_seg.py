@@ -68,6 +68,7 @@ __all__ = [
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"
+_SOP_BY_MODALITY = {"CT": CT_SOP_CLASS_UID, "MR": "1.2.840.10008.5.1.4.1.1.4"}
 MANUFACTURER = "napari-lesionlocator"
 #: The UID root our deterministic tracking UIDs are derived under (pydicom's root; entropy-based).
 _TRACKING_NAMESPACE = "napari-lesionlocator tracking"
@@ -319,15 +320,21 @@ def ct_series_datasets(
     accession_number: str = "",
     with_pixels: bool = True,
 ) -> list:
-    """A CT Image Storage series on ``image``'s exact geometry, one dataset per z slice, new UIDs.
+    """A CT (or, for an MR image, MR) Image Storage series on ``image``'s exact geometry, one dataset
+    per z slice, new UIDs.
 
     Every slice carries ImagePositionPatient/ImageOrientationPatient/PixelSpacing from the image's
     origin, direction and spacing, so a SEG made on it maps voxel for voxel. Values are stored as
-    int16 (RescaleIntercept -1024 when the image dips below -32768 + 1024 is never needed for CT).
+    int16 (rounded, clipped to the int16 range). Other modalities (PET, ...) are refused.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    modality = (image.modality or "CT").upper()
+    if modality not in _SOP_BY_MODALITY:
+        raise InputImageError(f"{image.name} is {modality}: a new DICOM series can be made for CT or MR images only "
+                              "(export the masks as NIfTI/NRRD, or open the original DICOM series)")
+    sop_class = _SOP_BY_MODALITY[modality]
     geom = image.geometry
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -341,15 +348,15 @@ def ct_series_datasets(
     out = []
     for k in range(geom.shape[0]):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_SOP_CLASS_UID
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CT_SOP_CLASS_UID
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.Modality = "CT"
+        ds.Modality = modality
         ds.Manufacturer = MANUFACTURER
         ds.PatientID = str(patient_id)
         ds.PatientName = str(patient_name)
@@ -375,7 +382,11 @@ def ct_series_datasets(
         ds.PixelSpacing = [float(sp_y), float(sp_x)]
         ds.SliceThickness = float(sp_z)
         ds.SpacingBetweenSlices = float(sp_z)
-        ds.KVP = ""
+        if modality == "CT":
+            ds.KVP = ""
+        else:
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
+            ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
         ds.Rows, ds.Columns = int(geom.shape[1]), int(geom.shape[2])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
@@ -383,9 +394,10 @@ def ct_series_datasets(
         ds.BitsStored = 16
         ds.HighBit = 15
         ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
+        if modality == "CT":
+            ds.RescaleIntercept = 0
+            ds.RescaleSlope = 1
+            ds.RescaleType = "HU"
         if with_pixels:
             ds.PixelData = np.ascontiguousarray(arr[k]).tobytes()
         out.append(ds)
@@ -929,6 +941,48 @@ def _functional(seg, frame_index: int, group: str):
     return None
 
 
+def _frame_source_uids(seg) -> set[str]:
+    """The CT instances the SEG's frames were derived from (per-frame DerivationImageSequence)."""
+    out = set()
+    for item in getattr(seg, "PerFrameFunctionalGroupsSequence", []) or []:
+        for der in getattr(item, "DerivationImageSequence", []) or []:
+            for src in getattr(der, "SourceImageSequence", []) or []:
+                out.add(str(src.ReferencedSOPInstanceUID))
+    return out
+
+
+def _check_frames_sources(seg, image: Image, seg_path: Path) -> None:
+    """Every CT slice the frames were made on must be in the series as read (not missing, not unreadable)."""
+    from .dicom import list_dicom_series
+
+    md = image.metadata or {}
+    if md.get("partial_series") or not md.get("folder") or not md.get("series_instance_uid"):
+        return
+    wanted = _frame_source_uids(seg)
+    if not wanted:
+        return
+    infos = [i for i in list_dicom_series(md["folder"]) if i.uid == md["series_instance_uid"]]
+    if not infos:
+        return
+    import pydicom
+
+    present = set()
+    for f in infos[0].files:
+        try:
+            present.add(str(pydicom.dcmread(f, stop_before_pixels=True,
+                                            specific_tags=["SOPInstanceUID"]).SOPInstanceUID))
+        except Exception:  # noqa: BLE001 - an unreadable slice is simply not present
+            continue
+    if len(present) != image.shape[0]:
+        present = set()  # the image holds fewer slices than readable files: trust nothing but the grid
+    missing = wanted - present
+    if missing and present:
+        raise InputImageError(
+            f"{seg_path.name}: {len(missing)} of the {len(wanted)} CT slice(s) its frames were made on are not in "
+            f"{image.name} as read ({image.shape[0]} slices: a slice file is missing or unreadable); the masks "
+            "cannot be placed voxel for voxel. Restore the series' files and open it again")
+
+
 def read_dicom_seg(
     seg_path: str | os.PathLike,
     ct: Image | str | os.PathLike | None = None,
@@ -997,6 +1051,7 @@ def read_dicom_seg(
     if seg_for and ct_for and seg_for != ct_for:
         raise InputImageError(f"{seg_path.name} is on frame of reference {seg_for} but its CT {image.name} is on "
                               f"{ct_for}: the masks cannot be placed on this CT")
+    _check_frames_sources(seg, image, seg_path)
     # ------------------------------------------------------------ segments
     seg_type = str(getattr(seg, "SegmentationType", "BINARY")).upper()
     max_frac = float(getattr(seg, "MaximumFractionalValue", 255) or 255)
@@ -1058,7 +1113,8 @@ def read_dicom_seg(
         k, r0, c0 = (int(round(v)) for v in idx)
         if np.max(np.abs(idx - np.round(idx))) > 0.05:
             raise InputImageError(f"{seg_path.name}: frame {f + 1} sits at voxel {idx.round(3).tolist()} of "
-                                  f"{image.name}, between its voxels")
+                                  f"{image.name}, between its voxels (a missing or unreadable slice file changes "
+                                  "the series' grid)")
         try:
             frame = np.asarray(seg.get_stored_frame(f + 1))
         except Exception as exc:  # noqa: BLE001 - damaged pixel data: one clear line

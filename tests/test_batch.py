@@ -125,7 +125,7 @@ def test_one_study_outputs_are_exact_checksummed_and_measured(cohort, tmp_path):
             assert r["status"] in ("ok", "check", "empty", "lost") and r["source"] == ("segmented" if k == 0
                                                                                         else "tracked")
     main = next(r for r in rows if r["lesion_id"] == int(spec.study_id.split("l")[-1]))
-    assert main["dice"] > 0.8 and main["long_axis_mm"] > 5.0
+    assert main["dice"] > 0.5 and main["long_axis_mm"] > 5.0
     # the published folder and its files get the umask's mode, not mkdtemp's/mkstemp's 0700/0600
     mask = os.umask(0)
     os.umask(mask)

@@ -149,3 +149,23 @@ def test_bad_usage(tmp_path, capsys) -> None:
     write_label_map(LabelMap(np.ones(other.shape, np.uint8), other), tmp_path / "l.nii.gz")
     assert main(["export", "-i", str(tmp_path / "a.nii.gz"), "-l", str(tmp_path / "l.nii.gz"),
                  "-o", str(tmp_path / "o")]) == 2
+
+
+def test_export_from_the_study_model(sample_files, tmp_path) -> None:
+    """What the napari review holds (a core Study with names, sites, edits) exports with them."""
+    from napari_lesionlocator._cli_export import export_study_model
+    from napari_lesionlocator.core.study import Study, Timepoint
+
+    study_data, _, _ = sample_files
+    study = Study([Timepoint(img, lab) for img, lab in zip(study_data.images, study_data.labels, strict=True)])
+    study.set_lesion_info(1, name="RUL mass", site="lung")
+    study.set_lesion_info(4, site="lymph node")
+    obs = study.observation(2, study.timepoints[1].name)
+    obs.provenance.record_edit()
+    written = export_study_model(study, tmp_path, formats=["dicom-seg", "tables"])
+    seg1 = read_dicom_seg(written["dicom-seg"][2])  # [seg0, ct0, seg1, ct1, ...]
+    assert seg1.descriptions[1].label == "RUL mass" and seg1.descriptions[1].site == "Lung"
+    assert seg1.descriptions[2].algorithm_type == "MANUAL"
+    seg0 = read_dicom_seg(written["dicom-seg"][0])
+    assert seg0.descriptions[4].site == "Lymph Node"
+    assert seg0.descriptions[1].tracking_uid == seg1.descriptions[1].tracking_uid

@@ -330,3 +330,30 @@ def run_export(args: argparse.Namespace) -> int:
         for p in paths:
             print(f"{fmt}: {p}")
     return 0
+
+
+def export_study_model(study, out: str | os.PathLike, *, formats: Sequence[str] = DEFAULT_FORMATS,
+                       overwrite: bool = False, progress=None, **kw) -> dict[str, list[Path]]:
+    """:func:`export_study` of a :class:`~.core.study.Study` (what the napari review holds): each
+    lesion's own mask per timepoint with its provenance (edited -> MANUAL, tracked -> AUTOMATIC), the
+    study's lesion names and sites (``"other"`` is left out of the SEG), RECIST targets and nodes."""
+    images, lesions = [], []
+    for tp in study.timepoints:
+        images.append(tp.image)
+        per = {}
+        for lid, obs in study.observations(tp.name).items():
+            prov = obs.provenance.to_dict() if hasattr(obs.provenance, "to_dict") else dict(obs.provenance or {})
+            per[lid] = LesionResult(lid, obs.mask, status=obs.result.status, messages=list(obs.result.messages),
+                                    provenance=prov)
+        lesions.append(per)
+    ids = study.lesion_ids
+    names = {lid: study.lesion_name(lid) for lid in ids}
+    sites = {lid: study.site(lid) for lid in ids if study.site(lid) not in ("", "other")}
+    targets = kw.pop("targets", None)
+    if targets is None and hasattr(study, "targets"):
+        targets = list(study.targets()) or None
+    nodes = kw.pop("nodes", None)
+    if nodes is None:
+        nodes = [t for t in (targets or []) if sites.get(t) == "lymph node"]
+    return export_study(images, lesions, out, formats=formats, names=names, sites=sites, targets=targets,
+                        nodes=nodes, overwrite=overwrite, progress=progress, **kw)

@@ -252,6 +252,9 @@ class _RecordingEngine:
     name = "recording"
     last_settings = None
     fail: BaseException | None = None
+    fail_at: dict = {}  # lesion id -> exception raised when that lesion's turn comes
+    calls: list = []  # lesion ids segmented, in order
+    half: int = 1  # half size of the cube
 
     def __init__(self, settings):
         type(self).last_settings = settings
@@ -264,9 +267,13 @@ class _RecordingEngine:
             raise type(self).fail
         lesions = {}
         for p in prompts:
+            if p.lesion_id in type(self).fail_at:
+                raise type(self).fail_at[p.lesion_id]
+            type(self).calls.append(p.lesion_id)
             z, y, x = p.zyx
+            h = type(self).half
             full = np.zeros(image.shape, bool)
-            full[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+            full[max(z - h, 0):z + h + 1, max(y - h, 0):y + h + 1, max(x - h, 0):x + h + 1] = True
             lesions[p.lesion_id] = LesionResult(p.lesion_id, LesionMask.from_full(image.geometry, full))
         return engine_base.SegmentationResult(compose_label_map(lesions, image.geometry), lesions=lesions)
 
@@ -283,6 +290,9 @@ def fake_engines(monkeypatch):
     monkeypatch.setitem(engine_base.ENGINE_TABLE, "classical", f"{mod.__name__}:RecordingEngine")
     _RecordingEngine.last_settings = None
     _RecordingEngine.fail = None
+    _RecordingEngine.fail_at = {}
+    _RecordingEngine.calls = []
+    _RecordingEngine.half = 1
     return _RecordingEngine
 
 
@@ -397,3 +407,89 @@ def test_entry_point_is_declared_and_runs_without_gui_or_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stdout and "--continue_prediction" in proc.stdout
+
+
+# ---------------------------------------------------------------- per-lesion outputs, overwrite, resume (issue 16.5)
+def _three_lesions(tmp_path, ids=(1, 2, 5)):
+    src = tmp_path / "t.nii.gz"
+    if not src.exists():
+        write_image(_tiny_ct(), src)
+    centres = {1: [12, 20, 20], 2: [12, 22, 22], 5: [8, 30, 30]}  # 1 and 2 overlap with half >= 1
+    (tmp_path / "t.json").write_text(json.dumps({str(i): {"point": centres[i]} for i in ids}))
+    return ["segment", "-i", src, "-p", tmp_path / "t.json", "-t", "point", "-o", tmp_path / "o", "-q"]
+
+
+def test_overlapping_lesions_keep_their_own_files_and_the_summary_reports_it(tmp_path, capsys, fake_engines):
+    fake_engines.half = 2
+    assert _run(capsys, *_three_lesions(tmp_path))[0] == 0
+    out = tmp_path / "o"
+    one = read_label_map(out / "t_lesion_1.nii.gz").array == 1
+    two = read_label_map(out / "t_lesion_2.nii.gz").array == 1
+    assert one.sum() == two.sum() == 125  # whole cubes, neither cut by the other
+    shared = one & two
+    assert shared.sum() == 45  # 5 x 3 x 3
+    assert np.all(read_label_map(out / "t_lesions.nii.gz").array[shared] == 2)
+    summary = json.loads((out / "t_summary.json").read_text())
+    assert summary["overlaps"] == [{"ids": [1, 2], "voxels": 45}]
+    assert [(e["id"], e["status"], e["voxels"]) for e in summary["lesions"]] == [(1, "ok", 125), (2, "ok", 125),
+                                                                                (5, "ok", 125)]
+
+
+def test_overwrite_replaces_a_case_as_a_whole(tmp_path, capsys, fake_engines):
+    assert _run(capsys, *_three_lesions(tmp_path))[0] == 0
+    out = tmp_path / "o"
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a failing --overwrite run with fewer prompts: the old case stays whole, nothing is half replaced
+    fake_engines.fail_at = {2: RuntimeError("boom")}
+    args = _three_lesions(tmp_path, ids=(1, 2))
+    code, _, err = _run(capsys, *args, "--overwrite")
+    assert code == 1 and "boom" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old
+    assert (out / "t.partial" / "t_lesion_1.nii.gz").exists()  # the finished lesion is kept aside
+    # the same run again: old lesion_5 removed only now, after the new files are in place
+    fake_engines.fail_at = {}
+    assert _run(capsys, *args, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["t_lesion_1.nii.gz", "t_lesion_2.nii.gz", "t_lesions.nii.gz",
+                                                     "t_summary.json"]
+    assert read_label_map(out / "t_lesions.nii.gz").ids == [1, 2]
+    assert [e["id"] for e in json.loads((out / "t_summary.json").read_text())["lesions"]] == [1, 2]
+
+
+def test_cancelled_run_keeps_finished_lesions_and_continue_resumes(tmp_path, capsys, fake_engines):
+    args = _three_lesions(tmp_path)
+    fake_engines.fail_at = {5: KeyboardInterrupt()}
+    code, _, err = _run(capsys, *args)
+    assert code == 130 and "--continue_prediction" in err and ".partial" in err
+    out = tmp_path / "o"
+    assert sorted(p.name for p in out.iterdir()) == ["t.partial"]  # no final file of an unfinished case
+    assert (out / "t.partial" / "t_lesion_1.nii.gz").exists() and (out / "t.partial" / "t_lesion_2.nii.gz").exists()
+    code, _, err = _run(capsys, *args)
+    assert code == 3 and "t.partial" in err
+    fake_engines.fail_at, fake_engines.calls = {}, []
+    code, _, err = _run(capsys, *args[:-1], "--continue_prediction")
+    assert code == 0, err
+    assert fake_engines.calls == [5]  # only the unfinished lesion was run again
+    assert "2 lesion(s) finished by the interrupted run are kept" in err
+    assert sorted(p.name for p in out.iterdir()) == ["t_lesion_1.nii.gz", "t_lesion_2.nii.gz", "t_lesion_5.nii.gz",
+                                                     "t_lesions.nii.gz", "t_summary.json"]
+    assert read_label_map(out / "t_lesions.nii.gz").ids == [1, 2, 5]
+    # a partial run of other prompts is not resumed
+    fake_engines.fail_at = {5: KeyboardInterrupt()}
+    assert _run(capsys, *args, "--overwrite")[0] == 130
+    (tmp_path / "t.json").write_text(json.dumps({"1": {"point": [5, 5, 5]}, "2": {"point": [6, 6, 6]},
+                                                 "5": {"point": [8, 30, 30]}}))
+    fake_engines.fail_at, fake_engines.calls = {}, []
+    assert _run(capsys, *args, "--continue_prediction")[0] == 0
+    assert fake_engines.calls == [1, 2, 5]
+
+
+def test_continue_prediction_redoes_a_case_with_a_damaged_file(tmp_path, capsys, fake_engines):
+    args = _three_lesions(tmp_path)
+    assert _run(capsys, *args)[0] == 0
+    damaged = tmp_path / "o" / "t_lesion_2.nii.gz"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # truncated
+    fake_engines.calls = []
+    code, _, err = _run(capsys, *args[:-1], "--continue_prediction")
+    assert code == 0 and "skipped" not in err
+    assert fake_engines.calls == [1, 2, 5]
+    assert read_label_map(damaged).array.sum() == 27

@@ -49,3 +49,26 @@ def ct_volume(shape, seed: int = 0, border: int = 0) -> np.ndarray:
         vol[:, :border] = 0
         vol[:, :, -border:] = 0
     return vol
+
+
+@functools.cache
+def tiny_full_checkpoint() -> Path:
+    """A tiny checkpoint with all three parts (segmentation and tracking, registration grid 65^3), one fold."""
+    tmp = Path(tempfile.mkdtemp(prefix="ll_full_ckpt_"))
+    atexit.register(shutil.rmtree, tmp, True)
+    return generate_checkpoint(tmp, tiny=True, seed=0, folds=(0,), parts=("bbox", "point", "track"))
+
+
+def timepoints(shape=(24, 56, 56), spacing=(1.5, 0.8, 0.8), seed: int = 3):
+    """A baseline and two follow-ups of one CT-like field: each follow-up shifted by a few voxels, with its
+    own noise and origin (tracking has something to register)."""
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image
+
+    base = ct_volume(shape, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    out = [Image(base, Geometry(shape, spacing, (0.0, 0.0, 0.0)), "base")]
+    for k, shift in enumerate(((0, 2, 1), (1, 3, 3)), start=1):
+        arr = np.roll(base, shift, axis=(0, 1, 2)) + rng.normal(0, 20, shape).astype(np.float32)
+        out.append(Image(arr.astype(np.float32), Geometry(shape, spacing, (0.5 * k, -0.3 * k, 0.2 * k)), f"fu{k}"))
+    return out

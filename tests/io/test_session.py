@@ -329,3 +329,15 @@ def test_dicom_series_images_round_trip(tmp_path) -> None:
     ds.save_as(first)
     with pytest.raises(SessionImageError, match="dcm0 has changed"):
         load_session(folder)
+
+
+def test_session_and_scans_moved_together_are_found_by_relative_path(tmp_path) -> None:
+    project = tmp_path / "project"
+    study = _review(_images(project / "scans"))
+    save_session(study, project / "reviews" / "r1")
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)  # e.g. copied to another machine: absolute paths are gone, relative ones hold
+    back = load_session(moved / "reviews" / "r1")
+    _assert_same_review(study, back)
+    assert back[0].image.source == str(moved / "scans" / "pt_tp0.nii.gz")

@@ -450,7 +450,7 @@ def _candidates(folder: Path, tp: Mapping, relocate: Mapping[str, str], search: 
     out: list[Path] = []
     for key in (tp["name"], entry.get("path")):
         if key is not None and key in relocate:
-            return [Path(relocate[key]).expanduser()]  # said explicitly: that file or nothing
+            return [Path(os.path.abspath(Path(relocate[key]).expanduser()))]  # said explicitly: that or nothing
     if entry.get("embedded"):
         out.append(folder / entry["relative"])
         return out
@@ -463,7 +463,7 @@ def _candidates(folder: Path, tp: Mapping, relocate: Mapping[str, str], search: 
         if base:
             out.append(Path(d).expanduser() / base)
     seen, unique = set(), []
-    for p in out:
+    for p in (Path(os.path.normpath(os.path.abspath(q))) for q in out):
         key = str(p.resolve()) if p.exists() else str(p)
         if key not in seen:
             seen.add(key)

@@ -326,7 +326,8 @@ def _gzip_payload_size(path: Path) -> int:
     return total if decomp.eof else -1
 
 
-def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str | os.PathLike | None = None) -> None:
+def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str | os.PathLike | None = None,
+                      full: bool = True) -> None:
     """Check that a written image is complete and carries ``geometry``; OutputWriteError otherwise.
 
     Reads the header back (size, spacing, origin, direction), and checks that the voxel data is all
@@ -334,6 +335,15 @@ def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str
     compared with the voxels; for plain ``.nii``/``.mha``/``.nrrd`` the file size; other formats
     (compressed NRRD/MHA) are read back completely. SimpleITK's NIfTI writer reports no error on
     a full disk, so this is what catches a truncated result.
+
+    ``full=False`` is the check made on every write, before the rename: the header and geometry
+    read back, the size of uncompressed data, and for ``.nii.gz`` the gzip trailer's length field
+    (ISIZE), which must equal the header offset plus the voxel bytes. zlib's ``gzwrite`` (what ITK
+    writes through) stops writing at its first failed write, so a short write never ends with a
+    valid trailer; this costs a few reads instead of inflating the whole file again (see
+    ``benchmarks/write_verify.py``). NRRD and MetaImage writers report failed writes themselves.
+    ``full=True`` (the default: checking a file found on disk, e.g. for ``--continue_prediction``)
+    decompresses everything, or reads compressed NRRD/MetaImage back completely.
     """
     from ..core.errors import OutputWriteError
     from .atomic import _free_space
@@ -368,19 +378,35 @@ def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str
 
         hdr = nifti_header(path)
         need = (hdr.vox_offset if hdr is not None else 352) + voxel_bytes
+        if name.endswith(".gz") and not full:
+            if _gzip_trailer_size(path) != need % 2**32:
+                fail("the compressed data ends early (its gzip trailer is missing or wrong)")
+            return
         have = _gzip_payload_size(path) if name.endswith(".gz") else path.stat().st_size
         if have < 0:
             fail("the compressed data ends early")
         if have < need:
             fail(f"it holds {have} of {need} bytes")
-    elif name.endswith((".mha", ".nrrd")) and not _header_says_compressed(path) and \
-            path.stat().st_size < voxel_bytes:
-        fail(f"it holds {path.stat().st_size} of at least {voxel_bytes} bytes")
-    else:
+    elif name.endswith((".mha", ".nrrd")) and not _header_says_compressed(path):
+        if path.stat().st_size < voxel_bytes:
+            fail(f"it holds {path.stat().st_size} of at least {voxel_bytes} bytes")
+    elif full:
         try:
             sitk.ReadImage(str(path))
         except RuntimeError as exc:
             fail(f"the written file cannot be read back ({_first_error_line(exc)})")
+
+
+def _gzip_trailer_size(path: Path) -> int | None:
+    """The gzip trailer's ISIZE field (uncompressed length mod 2^32), or None for a file too short."""
+    with path.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return None
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 20:
+            return None
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def _header_says_compressed(path: Path) -> bool:
@@ -412,7 +438,7 @@ def _write(array: np.ndarray, geometry: Geometry, path: Path, overwrite: bool) -
     img = to_sitk(array, geometry)
 
     def _verify(tmp: Path) -> None:
-        verify_image_file(tmp, geometry, final=path)
+        verify_image_file(tmp, geometry, final=path, full=False)
 
     with atomic_output_path(path, overwrite=overwrite, verify=_verify) as tmp:
         try:

@@ -379,3 +379,26 @@ def test_provenance_defaults_from_the_study_engine() -> None:
     edited[0, 0, 0] = 5
     s.apply_label_edit("tp2", edited)
     assert s.observation(5, "tp2").provenance.source == "manual" and s.observation(5, "tp2").provenance.engine is None
+
+
+def test_take_and_put_back_a_lesion_is_an_exact_undo() -> None:
+    s = _study()
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 6), (5, 20), (5, 20)), prompts=[PointPrompt(1, (4, 12, 12))])
+    s.set_result(2, "tp0", _box_mask(BIG, (2, 6), (15, 30), (15, 30)))
+    s.set_result(2, "tp1", _box_mask(BIG, (2, 6), (15, 30), (16, 31)), tracked_from="tp0")
+    s.rename_lesion(2, "node")
+    s.set_not_evaluable(2, "tp2")
+    before = {n: s[n].labels.array.copy() for n in ("tp0", "tp1")}
+    state = s.snapshot_state()
+    record = s.take_lesion(2)
+    assert s.lesion_ids == [1] and (s["tp0"].labels.array == 1).sum() == 4 * 15 * 15  # no longer hidden
+    s.put_back_lesion(record)
+    for n in ("tp0", "tp1"):
+        np.testing.assert_array_equal(s[n].labels.array, before[n])
+    again = s.snapshot_state()
+    assert [(o["lesion_id"], o["timepoint"], o["review"], o["prompts"], o["mask"] is m["mask"])
+            for o, m in zip(again["observations"], state["observations"], strict=True)] == [
+        (o["lesion_id"], o["timepoint"], o["review"], o["prompts"], True) for o in state["observations"]]
+    assert s.lesion_name(2) == "node" and s.status(2, "tp2") == "not_evaluable" and s.next_lesion_id() == 3
+    with pytest.raises(StudyError, match="put back twice"):
+        s.put_back_lesion(record)

@@ -1276,6 +1276,38 @@ class Study:
         self._touch()
         return cleared
 
+    def take_lesion(self, lesion_id: int) -> dict:
+        """Remove a lesion and return everything about it (name, site, role, every observation with
+        its mask, prompts, review and provenance, its not-evaluable marks), for an undo:
+        :meth:`put_back_lesion` restores it exactly. Its id stays used meanwhile."""
+        lid = self._require_lesion(lesion_id)
+        info = self._info[lid]
+        record = {
+            "id": lid,
+            "info": _LesionInfo(info.name, info.site, info.role),
+            "observations": {name: replace(o, prompts=list(o.prompts)) for name in self.names
+                             if (o := self._obs.get((lid, name))) is not None},
+            "not_evaluable": sorted(tp for i, tp in self._not_evaluable if i == lid),
+        }
+        self.remove_lesion(lid)
+        return record
+
+    def put_back_lesion(self, record: Mapping) -> None:
+        """Undo :meth:`take_lesion` (the id must not be in use again, which the counter guarantees)."""
+        lid = int(record["id"])
+        if lid in self._info:
+            raise StudyError(f"lesion {lid} exists; it cannot be put back twice")
+        self._register(lid)
+        info = record["info"]
+        self._info[lid] = _LesionInfo(info.name, info.site, info.role)
+        for name, obs in record["observations"].items():
+            if name not in self.names:
+                continue
+            self._obs[(lid, name)] = obs
+            self._repaint(self[name], _mask_slices(obs.mask))
+        self._not_evaluable |= {(lid, tp) for tp in record["not_evaluable"] if tp in self.names}
+        self._touch()
+
     # -------------------------------------------------------------- measurements
     def measurements(self, lesion_ids: Iterable[int] | None = None) -> list:
         """Lesion table rows (:class:`~.measurements.LesionMeasurement`), one per lesion per

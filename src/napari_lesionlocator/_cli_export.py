@@ -33,8 +33,8 @@ from .core.errors import OutputExistsError
 from .core.image import Image
 from .core.results import LesionResult, compose_label_map, results_from_label_map
 
-__all__ = ["FORMATS", "DEFAULT_FORMATS", "ExportPlan", "plan_export", "export_study", "add_export_parser",
-           "run_export"]
+__all__ = ["FORMATS", "DEFAULT_FORMATS", "ExportPlan", "plan_export", "export_study", "iter_export_study",
+           "export_study_model", "study_model_inputs", "add_export_parser", "run_export"]
 
 FORMATS = ("nifti", "nrrd", "mha", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
 DEFAULT_FORMATS = ("nifti", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
@@ -91,7 +91,23 @@ def plan_export(out: str | os.PathLike, names: Sequence[str], lesion_ids: Sequen
     return plan
 
 
-def export_study(
+def export_study(images: Sequence[Image], lesions: Sequence[Mapping[int, LesionResult]], out: str | os.PathLike,
+                 *, progress=None, **kw) -> dict[str, list[Path]]:
+    """Write a study's lesions (``lesions[k]`` = timepoint k's own masks); see :func:`iter_export_study`.
+
+    ``progress(step, total, message)`` is called between steps. Returns the paths written, per format.
+    """
+    gen = iter_export_study(images, lesions, out, **kw)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev.step, ev.total, ev.message)
+
+
+def iter_export_study(
     images: Sequence[Image],
     lesions: Sequence[Mapping[int, LesionResult]],
     out: str | os.PathLike,
@@ -105,14 +121,14 @@ def export_study(
     targets: Sequence[int] | None = None,
     nodes: Sequence[int] = (),
     overwrite: bool = False,
-    progress=None,
-) -> dict[str, list[Path]]:
-    """Write a study's lesions (``lesions[k]`` = timepoint k's own masks) in ``formats``; see the module doc.
+):
+    """Generator: write ``formats`` (see the module doc), yielding a ProgressEvent before each step and
+    returning ``{format: [paths written]}``.
 
     Refuses (OutputExistsError) before writing anything when a planned file exists and not
-    ``overwrite``. ``progress(step, total, message)`` is called between files.
-    Returns the paths written, per format.
+    ``overwrite``; ValueError for unknown formats or mismatched inputs.
     """
+    from .core.progress import ProgressEvent
     from .io.dicom_seg import source_datasets_of
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -134,71 +150,83 @@ def export_study(
         raise OutputExistsError(f"{len(existing)} output(s) already exist: {shown}; nothing was written "
                                 "(use --overwrite to replace them)")
     out = Path(out)
-    total = len(plan.all())
-    done = 0
-    written: dict[str, list[Path]] = {f: [] for f in formats}
+    pairs = list(zip(images, lesions, strict=True))
+    state: dict = {}
 
-    def step(path: Path, fmt: str) -> None:
-        nonlocal done
-        done += 1
-        written[fmt].append(path)
-        if progress is not None:
-            progress(done, total, path.name)
+    def maps(fmt):
+        from .io.images import write_label_map
 
-    maps = [compose_label_map(les, img.geometry, name=f"{img.name}_lesions") for img, les in zip(images, lesions,
-                                                                                               strict=True)]
+        return [write_label_map(compose_label_map(les, img.geometry, name=f"{img.name}_lesions"),
+                                out / f"{_safe(img.name)}_lesions{_MAP_SUFFIX[fmt]}", overwrite=overwrite)
+                for img, les in pairs]
+
+    def own_masks(img, les):
+        from .io.images import write_label_map
+
+        return [write_label_map(les[lid].mask.to_full().astype(np.uint8),
+                                out / f"{_safe(img.name)}_lesion_{lid}.nii.gz", geometry=img.geometry,
+                                overwrite=overwrite) for lid in sorted(les)]
+
+    def prompts_json(img, les):
+        from .core.prompts import prompts_from_label_map
+        from .io.prompt_files import write_prompt_json
+
+        prompts = []
+        for lid in sorted(les):
+            if not les[lid].mask.is_empty:
+                prompts.extend(prompts_from_label_map(les[lid].mask.to_full().astype(np.uint32) * lid, prompt_type))
+        return [write_prompt_json(prompts, out / f"{_safe(img.name)}_prompts.json", overwrite=overwrite)]
+
+    def measured():
+        if "rows" not in state:
+            state["rows"], state["recist"] = _measure(images, lesions, targets, nodes)
+        return state["rows"], state["recist"]
+
+    def tables():
+        from .io.tables import write_lesion_table
+
+        rows, recist = measured()
+        return list(write_lesion_table(out / "lesion_table", rows, recist, overwrite=overwrite,
+                                       metadata={"images": [img.source or img.name for img in images]}).values())
+
+    def segs():
+        from .io.dicom_seg import export_dicom_study
+
+        exp = export_dicom_study(images, lesions, out / "dicom", names=names, sites=sites, engine=engine,
+                                 model=model, overwrite=overwrite)
+        state["seg"] = exp
+        return [p for seg, ct in zip(exp.seg_paths, exp.ct_folders, strict=True) for p in (seg, ct) if p is not None]
+
+    def sr(k, img):
+        from .io.dicom_sr import write_dicom_sr
+
+        rows, recist = measured()
+        exp = state["seg"]
+        rec = recist.timepoints[k] if recist is not None else None
+        return [write_dicom_sr(out / "dicom" / f"{_safe(img.name)}_sr.dcm", exp.builds[k],
+                               [r for r in rows if r.timepoint == k], exp.descriptions, timepoint_index=k,
+                               recist=rec, overwrite=overwrite)]
+
+    tasks = []
     for fmt in formats:
         if fmt in _MAP_SUFFIX:
-            from .io.images import write_label_map
-
-            for img, lab in zip(images, maps, strict=True):
-                step(write_label_map(lab, out / f"{_safe(img.name)}_lesions{_MAP_SUFFIX[fmt]}", overwrite=overwrite),
-                     fmt)
+            tasks.append((fmt, f"{fmt} instance maps", lambda fmt=fmt: maps(fmt)))
         elif fmt == "lesions":
-            from .io.images import write_label_map
-
-            for img, les in zip(images, lesions, strict=True):
-                for lid in sorted(les):
-                    full = les[lid].mask.to_full().astype(np.uint8)
-                    step(write_label_map(full, out / f"{_safe(img.name)}_lesion_{lid}.nii.gz", geometry=img.geometry,
-                                         overwrite=overwrite), fmt)
+            tasks.extend((fmt, f"{img.name}: lesion masks", lambda i=img, le=les: own_masks(i, le))
+                         for img, les in pairs)
         elif fmt == "prompts":
-            from .core.prompts import prompts_from_label_map
-            from .io.prompt_files import write_prompt_json
-
-            for img, les in zip(images, lesions, strict=True):
-                prompts = []
-                for lid in sorted(les):
-                    if les[lid].mask.is_empty:
-                        continue
-                    (p,) = prompts_from_label_map(les[lid].mask.to_full().astype(np.uint32) * lid, prompt_type)
-                    prompts.append(p)
-                step(write_prompt_json(prompts, out / f"{_safe(img.name)}_prompts.json", overwrite=overwrite), fmt)
+            tasks.extend((fmt, f"{img.name}: prompts", lambda i=img, le=les: prompts_json(i, le)) for img, les in pairs)
         elif fmt == "tables":
-            rows, recist = _measure(images, lesions, targets, nodes)
-            from .io.tables import write_lesion_table
-
-            for p in write_lesion_table(out / "lesion_table", rows, recist, overwrite=overwrite,
-                                        metadata={"images": [img.source or img.name for img in images]}).values():
-                step(p, fmt)
+            tasks.append((fmt, "lesion table and RECIST", tables))
         elif fmt == "dicom-seg":
-            from .io.dicom_seg import export_dicom_study
-
-            seg_export = export_dicom_study(images, lesions, out / "dicom", names=names, sites=sites, engine=engine,
-                                            model=model, overwrite=overwrite)
-            for p, ct in zip(seg_export.seg_paths, seg_export.ct_folders, strict=True):
-                step(p, fmt)
-                if ct is not None:
-                    step(ct, fmt)
+            tasks.append((fmt, "DICOM-SEG", segs))
         elif fmt == "dicom-sr":
-            from .io.dicom_sr import write_dicom_sr
-
-            rows, recist = _measure(images, lesions, targets, nodes)
-            for k, (img, build) in enumerate(zip(images, seg_export.builds, strict=True)):
-                tp_rows = [r for r in rows if r.timepoint == k]
-                rec = recist.timepoints[k] if recist is not None else None
-                step(write_dicom_sr(out / "dicom" / f"{_safe(img.name)}_sr.dcm", build, tp_rows,
-                                    seg_export.descriptions, timepoint_index=k, recist=rec, overwrite=overwrite), fmt)
+            tasks.extend((fmt, f"{img.name}: DICOM SR", lambda k=k, i=img: sr(k, i)) for k, img in enumerate(images))
+    written: dict[str, list[Path]] = {f: [] for f in formats}
+    for n, (fmt, label, fn) in enumerate(tasks):
+        yield ProgressEvent(n, len(tasks), label)
+        written[fmt].extend(fn())
+    yield ProgressEvent(len(tasks), len(tasks), "done")
     return written
 
 
@@ -332,11 +360,11 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_study_model(study, out: str | os.PathLike, *, formats: Sequence[str] = DEFAULT_FORMATS,
-                       overwrite: bool = False, progress=None, **kw) -> dict[str, list[Path]]:
-    """:func:`export_study` of a :class:`~.core.study.Study` (what the napari review holds): each
-    lesion's own mask per timepoint with its provenance (edited -> MANUAL, tracked -> AUTOMATIC), the
-    study's lesion names and sites (``"other"`` is left out of the SEG), RECIST targets and nodes."""
+def study_model_inputs(study) -> dict:
+    """The inputs of :func:`export_study` from a :class:`~.core.study.Study` (what the napari review
+    holds): each lesion's own mask per timepoint with its provenance (edited -> MANUAL, tracked ->
+    AUTOMATIC), the study's lesion names and sites (``"other"`` left out of the SEG), RECIST targets
+    and nodes."""
     images, lesions = [], []
     for tp in study.timepoints:
         images.append(tp.image)
@@ -347,13 +375,17 @@ def export_study_model(study, out: str | os.PathLike, *, formats: Sequence[str] 
                                     provenance=prov)
         lesions.append(per)
     ids = study.lesion_ids
-    names = {lid: study.lesion_name(lid) for lid in ids}
     sites = {lid: study.site(lid) for lid in ids if study.site(lid) not in ("", "other")}
-    targets = kw.pop("targets", None)
-    if targets is None and hasattr(study, "targets"):
-        targets = list(study.targets()) or None
-    nodes = kw.pop("nodes", None)
-    if nodes is None:
-        nodes = [t for t in (targets or []) if sites.get(t) == "lymph node"]
-    return export_study(images, lesions, out, formats=formats, names=names, sites=sites, targets=targets,
-                        nodes=nodes, overwrite=overwrite, progress=progress, **kw)
+    targets = list(study.targets()) if hasattr(study, "targets") else []
+    return {"images": images, "lesions": lesions, "names": {lid: study.lesion_name(lid) for lid in ids},
+            "sites": sites, "targets": targets or None,
+            "nodes": [t for t in targets if sites.get(t) == "lymph node"]}
+
+
+def export_study_model(study, out: str | os.PathLike, *, formats: Sequence[str] = DEFAULT_FORMATS,
+                       overwrite: bool = False, progress=None, **kw) -> dict[str, list[Path]]:
+    """:func:`export_study` of a :class:`~.core.study.Study` (see :func:`study_model_inputs`)."""
+    inputs = study_model_inputs(study)
+    inputs.update(kw)
+    images, lesions = inputs.pop("images"), inputs.pop("lesions")
+    return export_study(images, lesions, out, formats=formats, overwrite=overwrite, progress=progress, **inputs)

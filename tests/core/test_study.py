@@ -402,3 +402,25 @@ def test_take_and_put_back_a_lesion_is_an_exact_undo() -> None:
     assert s.lesion_name(2) == "node" and s.status(2, "tp2") == "not_evaluable" and s.next_lesion_id() == 3
     with pytest.raises(StudyError, match="put back twice"):
         s.put_back_lesion(record)
+
+
+def test_repropagation_changes_only_later_timepoints() -> None:
+    from types import SimpleNamespace
+
+    s = _study()
+    m0 = _box_mask(BIG, (2, 4), (2, 8), (2, 8))
+    s.set_result(1, "tp0", m0)
+    s.set_result(1, "tp1", _box_mask(BIG, (2, 4), (3, 9), (2, 8)), tracked_from="tp0")
+    s.set_result(1, "tp2", _box_mask(BIG, (2, 4), (4, 10), (2, 8)), tracked_from="tp1")
+    before_tp0 = s.mask(1, "tp0")
+    fixed = _box_mask(BIG, (2, 4), (20, 26), (20, 26))  # the reader corrects tp1...
+    s.set_result(1, "tp1", fixed, review="accepted")
+    res = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (21, 27), (20, 26)))},
+                          new_candidates=[{"centroid_mm": [0, 0, 0], "box": [0, 1, 0, 1, 0, 1], "score": 0.1}])
+    assert s.later_timepoints("tp1") == ["tp2"]
+    assert s.apply_tracking("tp1", [res]) == ["tp2"]  # ...and re-propagates from there
+    assert s.mask(1, "tp0") is before_tp0 and s.mask(1, "tp1") is fixed and s.observation(1, "tp1").review == "accepted"
+    assert s.mask(1, "tp2").start == (2, 21, 20) and s.observation(1, "tp2").review == "unverified"
+    assert s.observation(1, "tp2").provenance.tracked_from == "tp1" and len(s.candidates("tp2")) == 1
+    with pytest.raises(StudyError, match="2 tracking results for 1 later"):
+        s.apply_tracking("tp1", [res, res])

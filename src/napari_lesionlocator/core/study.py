@@ -885,6 +885,26 @@ class Study:
         self._touch()
         return obs
 
+    def later_timepoints(self, timepoint: int | str) -> list[str]:
+        """Names of the timepoints after ``timepoint``, in order (what "Re-propagate from here" re-tracks)."""
+        return self.names[self.index_of(self._name(timepoint)) + 1:]
+
+    def apply_tracking(self, from_timepoint: int | str, results: Sequence, **kw) -> list[str]:
+        """Store a propagation from ``from_timepoint``: ``results[i]`` (``.lesions``, optionally
+        ``.new_candidates``; e.g. ``api.iter_track_series(...).results``) is the i-th timepoint after
+        it, tracked from the one before. Only the lesions in each result are replaced (review
+        ``"unverified"``); earlier timepoints and other lesions are untouched. Returns the names set."""
+        later = self.later_timepoints(from_timepoint)
+        if len(results) > len(later):
+            raise StudyError(f"{len(results)} tracking results for {len(later)} later timepoint(s)")
+        previous = self._name(from_timepoint)
+        for name, res in zip(later, results, strict=False):
+            self.set_results(name, res.lesions, tracked_from=previous, **kw)
+            if getattr(res, "new_candidates", None) is not None:
+                self.set_candidates(name, res.new_candidates)
+            previous = name
+        return later[: len(results)]
+
     def _engine_details(self) -> dict:
         """Provenance defaults from :attr:`engine` (``{"name", "settings"}``, as the session keeps it)."""
         if not self.engine:

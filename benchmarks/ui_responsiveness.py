@@ -6,7 +6,9 @@ the interval, is the longest time a click or a repaint would have waited. Measur
 on the GUI thread, so it is included). "At the button press" is the press handler itself;
 everything after it returns counts as "while running", including Propagate's creation of the
 missing follow-up Labels layers (done in steps before its worker starts) and the repaints.
-Set LL_DEBUG_GAPS=1 to also print every gap over 50 ms. Run under a display::
+Set LL_DEBUG_GAPS=1 to also print every gap over 50 ms, and LL_DEBUG_STACKS=<ms> to print what the
+GUI thread (and every other thread) was doing whenever it had not beaten for that long. Run under a
+display::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_responsiveness.py [--json out.json]
 """
@@ -24,6 +26,49 @@ PLUGIN = "napari-lesionlocator"
 TARGET_MS = 100.0
 
 
+class _StallSampler:
+    """A watchdog thread: when the GUI thread has not beaten for ``threshold_ms``, sample every
+    thread's stack (once per stall), so a freeze can be traced to the code that caused it."""
+
+    def __init__(self, monitor, threshold_ms: float) -> None:
+        import threading
+
+        self.monitor, self.threshold = monitor, threshold_ms / 1000.0
+        self.samples: list[str] = []
+        self._stop = threading.Event()
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import traceback
+
+        sampled_for = None
+        while not self._stop.wait(self.threshold / 4):
+            last = self.monitor._last
+            if last is None or time.perf_counter() - last < self.threshold or sampled_for == last:
+                continue
+            sampled_for = last
+            frames = sys._current_frames()
+            text = []
+            for ident, frame in frames.items():
+                who = "GUI thread" if ident == self._main else f"thread {ident}"
+                stack = traceback.extract_stack(frame)[-6:]
+                lines = [f"    {f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}\n" for f in stack]
+                text.append(f"  [{who}]\n" + "".join(lines))
+            self.samples.append(f"stall > {self.threshold * 1000:.0f} ms at {time.perf_counter():.3f}:\n"
+                                + "".join(text))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        for sample in self.samples:
+            print(sample)
+
+
 def _run_monitored(start, runner, busy=None, interval_ms: int = 5, timeout_s: float = 900.0) -> dict:
     from qtpy.QtWidgets import QApplication
 
@@ -35,7 +80,11 @@ def _run_monitored(start, runner, busy=None, interval_ms: int = 5, timeout_s: fl
             QApplication.processEvents()
             time.sleep(0.001)
 
-    with StallMonitor(interval_ms) as monitor:
+    import contextlib
+
+    stacks_ms = float(os.environ.get("LL_DEBUG_STACKS", "0") or 0)
+    with StallMonitor(interval_ms) as monitor, (
+            _StallSampler(monitor, stacks_ms) if stacks_ms > 0 else contextlib.nullcontext()):
         # Beat before the button press and after the results are written, so both ends count.
         spin(1.0)  # let earlier work (layer creation, repaints) finish first
         t0 = time.perf_counter()
@@ -88,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     _, prompts = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion prompts")
     _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
     baseline = viewer.layers[study.images[0].name]
-    prompts.image_combo.set_layer(baseline)
+    prompts.session.set_active(baseline)  # the scan the reader looks at
     points = prompts.prompt_layers()
     lesions = [r for r in study.lesions if r.present[0]][:3]
     for record in lesions:
@@ -104,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner,
                                          busy=lambda: timeline.busy)
     results["tracking"]["followups"] = len(study.images) - 1
-    # Steady state: engines loaded, layers exist; one more lesion.
+    # Steady state: engines loaded, layers exist; one more lesion, back on the baseline.
+    prompts.session.set_active(baseline)
     extra = [r for r in study.lesions if r.present[0]][3]
     points.add_point_world(extra.centre_world[0])
     results["segmentation_again"] = _run_monitored(start_segment, prompts.runner)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import n_notifications, notifications_since, wait_idle
+from gui_helpers import n_notifications, notifications_since, wait_idle
 
 from napari_lesionlocator.core.measurements import dice
 

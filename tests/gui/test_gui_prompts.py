@@ -204,6 +204,7 @@ class _BrokenEngine:
 
 def test_engine_error_becomes_a_notification(qtbot, prompting, study, monkeypatch) -> None:
     viewer, widget, image = prompting
+    monkeypatch.setenv("LESIONLOCATOR_NO_HELPER_PROCESS", "1")  # the engine below runs in this process
     monkeypatch.setattr(widget.session, "engine", lambda name, settings=None: _BrokenEngine())
     pl = widget.prompt_layers()
     pl.add_point_world(_record(study, 1).centre_world[0])

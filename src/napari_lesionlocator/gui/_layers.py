@@ -301,6 +301,10 @@ def apply_lesion_masks(layer: napari.layers.Labels, masks: Mapping[int, np.ndarr
     if changed[0].size == 0:
         return 0
     indices = tuple(idx + s.start for idx, s in zip(changed, box, strict=True))
+    if not layer.visible:
+        # napari does not slice hidden layers, and data_setitem writes into the current slice's
+        # view too: a never-shown layer (a follow-up not in view) would raise an IndexError.
+        layer.set_view_slice()
     with layer.block_history():
         layer.data_setitem(indices, target[changed].astype(data.dtype))
     return int(changed[0].size)

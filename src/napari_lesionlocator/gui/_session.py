@@ -87,6 +87,9 @@ def preload_engine_modules() -> threading.Thread:
         thread = threading.Thread(target=run, name="lesionlocator-preload", daemon=True)
         _preload["thread"] = thread
         thread.start()
+        from ._process import start_helper
+
+        start_helper()  # the classical engine's helper process starts (and imports) in the background
     return _preload["thread"]
 
 
@@ -162,16 +165,28 @@ class StudySession(QObject):
     def engines_created(self) -> int:
         return len(self._engines)
 
-    def engine_choice(self) -> tuple[str, EngineSettings]:
-        """The engine chosen in the one engine block (classical when that dock is not open)."""
+    def shared_engine_panel(self):
+        """The study's one engine block (created once; the prompt dock shows it, or the timeline
+        when the prompt dock is not open)."""
         panel = self.engine_panel
+        if panel is not None:
+            try:
+                panel.objectName()  # still alive (its dock may have been deleted)
+            except RuntimeError:
+                panel = None
         if panel is None:
-            return "classical", EngineSettings()
+            from ._panels import EnginePanel
+
+            panel = self.engine_panel = EnginePanel()
+        return panel
+
+    def engine_choice(self) -> tuple[str, EngineSettings]:
+        """The engine chosen in the one engine block (EngineError for unreadable options)."""
+        panel = self.shared_engine_panel()
         return panel.engine_name, panel.settings()
 
     def engine_label(self) -> str:
-        panel = self.engine_panel
-        return "classical" if panel is None else panel.engine.currentText()
+        return self.shared_engine_panel().engine.currentText()
 
     # ------------------------------------------------------------------ layers
     def image_layers(self) -> list:
@@ -208,7 +223,20 @@ class StudySession(QObject):
             return by_name
         if not create:
             return None
-        return self.viewer.add_layer(self.new_labels_layer(image_layer))
+        return self.add_layer_quietly(self.new_labels_layer(image_layer))
+
+    def add_layer_quietly(self, layer):
+        """Add a layer we made without it becoming the selected layer (napari selects what it adds),
+        so the reader's tool and the active timepoint stay as they were."""
+        selected = self.viewer.layers.selection.active
+        self._applying = True
+        try:
+            added = self.viewer.add_layer(layer)
+            if selected is not None and selected in self.viewer.layers:
+                self.viewer.layers.selection.active = selected
+        finally:
+            self._applying = False
+        return added
 
     def new_labels_layer(self, image_layer):
         """An empty lesion Labels layer tied to ``image_layer``, not yet added to the viewer.

@@ -48,7 +48,8 @@ from ..engines.base import SegmentationResult
 from ._display import WINDOW_NAMES, apply_window, set_outline, window_for_click
 from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, is_lesion_layer, lesion_ids_in, remove_lesions
-from ._panels import EnginePanel, ImageLayerCombo, ProgressRow, show_end_state
+from ._panels import ImageLayerCombo, ProgressRow, show_end_state
+from ._process import helper_available, run_in_helper
 from ._refine import iter_segment_refined
 from ._session import preload_engine_modules, session_for
 from ._view import centre_view
@@ -114,8 +115,7 @@ class PromptWidget(QWidget):
 
         self.image_combo = ImageLayerCombo(napari_viewer)
         self.image_combo.setToolTip("The scan you prompt on: the active timepoint (choosing one here shows it).")
-        self.engine_panel = EnginePanel()
-        self.session.engine_panel = self.engine_panel
+        self.engine_panel = self.session.shared_engine_panel()  # the study's one engine block, shown here
         self.point_mode = QPushButton("Point")
         self.box_mode = QPushButton("Box")
         self.view_mode = QPushButton("View")
@@ -469,14 +469,21 @@ class PromptWidget(QWidget):
         session = self.session
         prompts = [job.prompt for job in runnable]
 
-        def job(token, callback):
-            # Runs in the worker thread: the engine is created (imports, weights) there too, once
-            # per viewer session, so the GUI never waits for it.
+        use_helper = engine_name == "classical" and helper_available()
+
+        def segments(ps, token, callback):
+            # Worker thread. The classical engine runs in the helper process (its SimpleITK calls
+            # hold the GIL, which froze the GUI); other engines here, created once per viewer
+            # session (imports, weights) off the GUI thread.
+            if use_helper:
+                return (yield from run_in_helper("segment", [image], {"prompts": list(ps)}, token, callback))
             engine = session.engine(engine_name, settings)
+            return (yield from api.iter_segment(engine, image, ps, cancel=token, on_progress=callback))
+
+        def job(token, callback):
             if not accumulate:
-                return (yield from api.iter_segment(engine, image, prompts, cancel=token, on_progress=callback))
-            lesions = yield from iter_segment_refined(
-                lambda ps: api.iter_segment(engine, image, ps, cancel=token, on_progress=callback), image, runnable)
+                return (yield from segments(prompts, token, callback))
+            lesions = yield from iter_segment_refined(lambda ps: segments(ps, token, callback), image, runnable)
             out = SegmentationResult(compose_label_map(lesions, image.geometry, f"{image.name}_lesions"))
             out.lesions = lesions
             out.empty_ids = [lid for lid, r in lesions.items() if r.status == "empty"]
@@ -634,7 +641,6 @@ class PromptWidget(QWidget):
         self.runner.cancel()
         for key in SHORTCUTS:
             self.viewer.bind_key(key, None)
-        if self.session.engine_panel is self.engine_panel:
-            self.session.engine_panel = None
+        self.engine_panel.setParent(None)  # the engine block outlives this dock (the timeline may show it)
         self.image_combo.disconnect_viewer()
         super().closeEvent(event)

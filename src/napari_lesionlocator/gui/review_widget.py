@@ -21,6 +21,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -95,11 +96,15 @@ class ReviewWidget(QWidget):
         self.grid_button = QPushButton("Side-by-side review")
         self.grid_button.setToolTip("Every timepoint side by side, each centred on the selected lesion.")
         self.grid_button.setCheckable(True)
+        self.own_window = QCheckBox("own window")
+        self.own_window.setToolTip("Open the side-by-side grid in a window of its own (e.g. on a second screen).")
+        self._window = None
         self.status = QLabel("")
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
         buttons.addWidget(self.measure_button)
         buttons.addWidget(self.grid_button)
+        buttons.addWidget(self.own_window)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.setSpacing(4)
@@ -180,8 +185,17 @@ class ReviewWidget(QWidget):
         elif not on and self.reviewing:
             self.stop_review()
 
-    def start_review(self) -> None:
-        """Show every timepoint side by side (image + lesions per grid cell)."""
+    @property
+    def grid_viewer(self):
+        """The viewer the review grid is shown in: this one, or its own window."""
+        return self._window if self._window is not None else self.viewer
+
+    def start_review(self, *, own_window: bool | None = None) -> None:
+        """Show every timepoint side by side (image + lesions per grid cell).
+
+        ``own_window`` (default: the "own window" box) opens the grid in a second napari window,
+        so the main view keeps the scan being annotated; the grid's layers share the real arrays.
+        """
         if self.reviewing:
             return
         tps = self.session.timepoints(self.session.order or None)
@@ -189,8 +203,18 @@ class ReviewWidget(QWidget):
             self.status.setText("No CT image layers to review.")
             self.grid_button.setChecked(False)
             return
+        own = self.own_window.isChecked() if own_window is None else own_window
         self._timepoints = tps
-        self._hidden = [layer for layer in self.viewer.layers if layer.visible]
+        if own:
+            import napari
+
+            self._window = napari.Viewer(title="LesionLocator review", show=True)
+            self._window.window._qt_window.destroyed.connect(self._on_window_closed)
+            self._window.window._qt_window.installEventFilter(self)
+            self._hidden = []
+        else:
+            self._hidden = [layer for layer in self.viewer.layers if layer.visible]
+        target = self.grid_viewer
         self.session._applying = True  # hiding the scans for the grid is not a change of timepoint
         try:
             for layer in self._hidden:
@@ -204,14 +228,14 @@ class ReviewWidget(QWidget):
             meta = {META_KEY: {"role": "review", "timepoint": tp.name}}
             date = tp.metadata.get("acquisition_date") if isinstance(tp.metadata, dict) else None
             title = f"{tp.name} ({date})" if date else f"{tp.name} (review)"
-            img = self.viewer.add_image(tp.data, name=title, colormap=tp.colormap.name,
-                                        contrast_limits=tp.contrast_limits, metadata=meta,
-                                        **geometry.napari_transform())
+            img = target.add_image(tp.data, name=title, colormap=tp.colormap.name,
+                                   contrast_limits=tp.contrast_limits, metadata=meta,
+                                   **geometry.napari_transform())
             img.name_overlay.visible = True  # tells the grid cells apart
             # Same array object as the real labels layer: edits in the grid are real edits.
-            lab = self.viewer.add_labels(labels.data, name=f"{title} lesions", metadata=dict(meta),
-                                         colormap=labels.colormap, opacity=labels.opacity,
-                                         **geometry.napari_transform())
+            lab = target.add_labels(labels.data, name=f"{title} lesions", metadata=dict(meta),
+                                    colormap=labels.colormap, opacity=labels.opacity,
+                                    **geometry.napari_transform())
             # Keep both views of the shared array in step, whichever one is edited.
             to_real, to_review = (lambda _e, t=labels: t.refresh()), (lambda _e, r=lab: r.refresh())
             lab.events.paint.connect(to_real)
@@ -219,9 +243,9 @@ class ReviewWidget(QWidget):
             self._links.append((labels, to_review))
             created.append((tp, img, lab))
         for i, layer in enumerate(layer for _, img, lab in created for layer in (img, lab)):
-            self.viewer.layers.move(self.viewer.layers.index(layer), i)
+            target.layers.move(target.layers.index(layer), i)
         self._review = created
-        view_grid = grid(self.viewer)
+        view_grid = grid(target)
         # Up to three timepoints in one row (they read left to right in time), more in a square-ish grid.
         shape = (1, len(created)) if len(created) <= 3 else (-1, -1)
         view_grid.stride, view_grid.shape, view_grid.spacing, view_grid.enabled = 2, shape, 8, True
@@ -231,19 +255,38 @@ class ReviewWidget(QWidget):
         if self.lesion_id is not None:
             self.select_lesion(self.lesion_id)
         else:
-            self.viewer.reset_view()
+            target.reset_view()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
+        from qtpy.QtCore import QEvent
+
+        if self._window is not None and event.type() == QEvent.Type.Close:
+            self._on_window_closed()
+        return False
+
+    def _on_window_closed(self, *_) -> None:
+        if self._window is not None:
+            self._review = [(tp, None, None) for tp, _, _ in self._review]
+            self._window = None
+            self.stop_review()
 
     def stop_review(self) -> None:
-        """Remove the review layers and show the user's layers again."""
+        """Remove the review layers (or close the review window) and show the user's layers again."""
+        target = self.grid_viewer
         for _, img, lab in self._review:
             for layer in (img, lab):
-                if layer in self.viewer.layers:
-                    self.viewer.layers.remove(layer)
+                if layer is not None and layer in target.layers:
+                    target.layers.remove(layer)
         self._review = []
         for layer, callback in self._links:
             layer.events.paint.disconnect(callback)
         self._links = []
-        grid(self.viewer).enabled = False
+        if self._window is not None:
+            window, self._window = self._window, None
+            window.window._qt_window.removeEventFilter(self)
+            window.close()
+        else:
+            grid(self.viewer).enabled = False
         self.session._applying = True
         try:
             for layer in self._hidden:
@@ -293,12 +336,13 @@ class ReviewWidget(QWidget):
                 if "affine" in transform:
                     layer.affine = transform["affine"]
             lab.selected_label = int(lesion_id)
-        self.viewer.reset_view()
-        centre_view(self.viewer, anchor)
+        target = self.grid_viewer
+        target.reset_view()
+        centre_view(target, anchor)
         # reset_view fits a whole slice to a grid cell; zoom in to a ~70 mm field around the lesion.
         g0 = geometry_from_layer(self._review[0][0])
         extent = max(g0.extent_mm[1:])
-        cam = camera(self.viewer)
+        cam = camera(target)
         cam.zoom = cam.zoom * max(1.0, extent / 70.0)
         self.status.setText(f"Lesion {lesion_id}: centred at every timepoint.")
 

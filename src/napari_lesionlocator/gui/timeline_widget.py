@@ -37,6 +37,7 @@ from ._gc import freeze_long_lived_objects
 from ._layers import apply_lesion_labels, label_map_from_layer, lesion_colour, lesion_ids_in
 from ._layers import geometry_from_layer as labels_layer_geometry
 from ._panels import ProgressRow, paint_lesion_item, show_end_state
+from ._process import helper_available, run_in_helper
 from ._session import preload_engine_modules, session_for
 from ._workers import JobRunner
 
@@ -133,6 +134,9 @@ class TimelineWidget(QWidget):
         row.addWidget(self.refresh_button)
         layout.addLayout(row)
         layout.addWidget(self.engine_label)
+        panel = self.session.shared_engine_panel()
+        if panel.parent() is None:  # the Lesion prompts dock is not open: the engine block shows here
+            layout.addWidget(panel)
         layout.addWidget(self.progress)
         layout.addWidget(self.progress.status)
 
@@ -154,8 +158,8 @@ class TimelineWidget(QWidget):
 
     @property
     def engine_panel(self):
-        """The study's one engine block (in the Lesion prompts dock), or None when that dock is closed."""
-        return self.session.engine_panel
+        """The study's one engine block (in the Lesion prompts dock, or here when that dock is not open)."""
+        return self.session.shared_engine_panel()
 
     def _on_timepoint_clicked(self, item) -> None:
         tp = next((t for t in self.timepoints() if t.name == item.text()), None)
@@ -296,6 +300,8 @@ class TimelineWidget(QWidget):
         if overlaps and not self.busy:
             self.progress.status.setText("Overlapping lesions: " + "; ".join(
                 f"{name}: {a}/{b} ({n} voxels)" for name, a, b, n in overlaps))
+        shown_here = self.engine_panel.parent() is self
+        self.engine_label.setVisible(not shown_here)
         self.engine_label.setText(f"Engine: {self.session.engine_label()} (chosen in Lesion prompts)")
         self._show_active()
 
@@ -356,8 +362,16 @@ class TimelineWidget(QWidget):
         self.progress.status.setText(f"Tracking {len(ids)} lesion(s) from {source} to {len(followups)} timepoint(s)...")
         session = self.session
 
+        use_helper = engine_name == "classical" and helper_available()
+
         def job(token, callback):
-            # Worker thread: engine creation (imports, weights) stays off the GUI thread.
+            # Worker thread. The classical engine runs in the helper process (its SimpleITK calls
+            # hold the GIL, which froze the GUI for up to 1.7 s); other engines here, created once
+            # (imports, weights) off the GUI thread.
+            if use_helper:
+                return (yield from run_in_helper("track", [baseline, *followups],
+                                                 {"baseline_labels": baseline_labels, "lesion_ids": ids},
+                                                 token, callback))
             engine = session.engine(engine_name, settings)
             return (yield from api.iter_track_series(engine, baseline, baseline_labels, followups, lesion_ids=ids,
                                                      cancel=token, on_progress=callback))
@@ -399,7 +413,7 @@ class TimelineWidget(QWidget):
             yield
             if not missing(tp):
                 continue
-            self.viewer.add_layer(layer)
+            self.session.add_layer_quietly(layer)
             yield
 
     def cancel(self) -> None:
@@ -446,8 +460,8 @@ class TimelineWidget(QWidget):
                 self._undo_entry["layers"].append(labels_layer)
                 self._undo_entry["history"][id(labels_layer)] = before + 1
             lesions = dict(result.lesions) if result.lesions else {}
-            for lid in self._written_ids:  # every lesion sent was looked for here
-                if lid not in lesions and lid in set(result.lost_ids):
+            for lid in self._written_ids:  # every lesion sent was looked for here (or lost before)
+                if lid not in lesions:
                     from ..core.results import LesionMask, LesionResult
 
                     lesions[lid] = LesionResult(lid, LesionMask.empty(labels_layer_geometry(labels_layer)), "lost")

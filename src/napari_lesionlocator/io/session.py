@@ -31,6 +31,7 @@ run anywhere (a worker): the snapshot shares the masks, which the study never ch
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -39,6 +40,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +97,7 @@ class SessionImageError(SessionError):
 
 # ------------------------------------------------------------------ checksums
 _FILE_SUMS: dict[tuple[str, int, int], str] = {}
-_VOXEL_SUMS: dict[int, tuple[object, str]] = {}
+_VOXEL_SUMS: dict[int, tuple[weakref.ref, str]] = {}
 _SUM_LOCK = threading.Lock()
 
 
@@ -139,16 +141,17 @@ def voxel_checksum(image: Image) -> str:
     arr = image.array
     with _SUM_LOCK:
         hit = _VOXEL_SUMS.get(id(arr))
-    if hit is not None and hit[0] is arr:
+    if hit is not None and hit[0]() is arr:
         return hit[1]
     h = hashlib.sha256()
     h.update(repr(tuple(arr.shape)).encode())
     h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
     digest = f"sha256:{h.hexdigest()}"
     with _SUM_LOCK:
-        if len(_VOXEL_SUMS) > 64:
-            _VOXEL_SUMS.clear()
-        _VOXEL_SUMS[id(arr)] = (arr, digest)
+        for key in [k for k, (ref, _) in _VOXEL_SUMS.items() if ref() is None]:
+            del _VOXEL_SUMS[key]
+        with contextlib.suppress(TypeError):  # (an array type without weak references is not cached)
+            _VOXEL_SUMS[id(arr)] = (weakref.ref(arr), digest)  # never keeps a closed scan's voxels alive
     return digest
 
 

@@ -276,17 +276,42 @@ def source_datasets_of(image: Image) -> list | None:
     ``folder`` in its metadata). Raises InputImageError when the series changed since reading
     (files missing, slices that do not sit on the image's grid).
     """
-    md = image.metadata or {}
-    uid, folder = md.get("series_instance_uid"), md.get("folder")
-    if not uid or not folder:
-        return None
     from .dicom import list_dicom_series
 
+    md = image.metadata or {}
+    uid, folder = md.get("series_instance_uid"), md.get("folder")
+    if (not uid or not folder) and image.source and Path(image.source).is_dir():
+        # An image that only knows its folder (e.g. a napari layer): the one series there on its grid.
+        return _series_on_grid(image)
+    if not uid or not folder:
+        return None
     infos = [i for i in list_dicom_series(folder) if i.uid == uid]
     if not infos:
         raise InputImageError(f"{folder}: the series {uid} that {image.name} was read from is no longer there")
     headers = [_dcmread(f, stop_before_pixels=True) for f in infos[0].files]
     return _order_on_grid(headers, image.geometry, what=f"series {uid}")
+
+
+def _series_on_grid(image: Image) -> list | None:
+    """Headers of the one series in ``image.source`` whose slices are exactly ``image``'s grid, else None."""
+    from .dicom import list_dicom_series
+
+    try:
+        infos = list_dicom_series(image.source)
+    except InputImageError:
+        return None
+    fits = []
+    for info in infos:
+        if len(info.files) != image.shape[0] or info.modality == "SEG":
+            continue
+        try:
+            headers = [_dcmread(f, stop_before_pixels=True) for f in info.files]
+            ordered = _order_on_grid(headers, image.geometry, what=info.uid)
+            _check_in_plane(ordered[0], image.geometry, image.name)
+        except (InputImageError, AttributeError):
+            continue
+        fits.append(ordered)
+    return fits[0] if len(fits) == 1 else None
 
 
 def _order_on_grid(headers: list, geometry: Geometry, what: str) -> list:

@@ -34,6 +34,9 @@ __all__ = ["new_lesion_candidates"]
 WORK_MM = 2.0
 TOLERANCE_MM = 7.0
 LOCAL_TOLERANCE_MM = 3.0
+LUNG_TOLERANCE_MM = 3.0
+BASELINE_SIGMA_MM = 1.5
+ORGAN_FLOOR_HU = -20.0
 MIN_DIAMETER_MM = 5.0
 MAX_DIAMETER_MM = 70.0
 MIN_CONTRAST_HU = 12.0
@@ -168,8 +171,21 @@ def new_lesion_candidates(
     valid = ndimage.binary_erosion(valid, np.ones(tuple(2 * tol_vox + 1), bool), border_value=0)
     check()
     fs = _smooth(f, sp, 1.5)
-    bs = _smooth(b_on, sp, 1.5)
-    pos, neg = _tolerant_difference(fs, bs, sp, TOLERANCE_MM)
+    # The baseline is smoothed more: only what it had at a lesion's scale matters, and its noise
+    # would otherwise pull the maximum / minimum filters by a few noise widths.
+    bs = _smooth(b_on, sp, BASELINE_SIGMA_MM)
+    pos, _ = _tolerant_difference(fs, bs, sp, TOLERANCE_MM)
+    # Darker than anything nearby *in the organ*: fat or lung beside an organ lesion at the
+    # organ's border is no reason to miss it.
+    _, neg = _tolerant_difference(fs, np.where(bs < ORGAN_FLOOR_HU, 1000.0, bs).astype(np.float32), sp,
+                                  TOLERANCE_MM)
+    # Where the baseline had aerated lung, new soft tissue next to the chest wall or the
+    # mediastinum (a new juxtapleural nodule) is within the wide tolerance of that same-density
+    # neighbour: there a narrower tolerance applies (the local re-check removes what moved).
+    pos_near, _ = _tolerant_difference(fs, bs, sp, LUNG_TOLERANCE_MM)
+    was_lung = bs < -400.0
+    pos = np.where(was_lung, np.maximum(pos, pos_near), pos)
+    del pos_near, was_lung
     check()
     # Where a lesion is already tracked (its follow-up mask) or was at baseline (mapped), no new one.
     exclude = np.zeros(f.shape, dtype=bool)

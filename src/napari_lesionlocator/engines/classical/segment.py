@@ -546,11 +546,12 @@ def _log_radius_mm(array, spacing, point) -> float:
     """Radius (mm) of the blob centred at ``point``: scale of the largest normalised Laplacian of Gaussian."""
     sp = np.asarray(spacing, dtype=float)
     shape = np.asarray(array.shape)
-    best, best_r = 0.0, 3.0
+    best, best_r = 0.0, 4.0
     lo, hi = roi_bounds_mm(point, 36.0, sp, shape)
-    crop = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    crop = _smooth(np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32), sp)
     c = np.asarray(point) - lo
-    for sigma in (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.6):
+    # From 2.4 mm up: finer scales answer the noise (and a lesion that small does not leak far).
+    for sigma in (2.4, 3.4, 4.8, 6.8, 9.6, 13.6):
         sig = np.maximum(sigma / sp, 0.3)
         half = np.ceil(3 * sig).astype(int)
         a, b = np.maximum(c - half, 0), np.minimum(c + half + 1, crop.shape)
@@ -563,7 +564,7 @@ def _log_radius_mm(array, spacing, point) -> float:
         resp = float(((r2 - 3.0) * w * patch).sum())
         if abs(resp) > best:
             best, best_r = abs(resp), sigma * np.sqrt(3.0)
-    return float(np.clip(best_r, 2.5, 30.0))
+    return float(np.clip(best_r, 2.5, 35.0))
 
 
 def _blob_estimate(array, spacing, point, model: IntensityModel, had_mask: bool) -> RoiMask:

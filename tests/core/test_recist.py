@@ -296,3 +296,11 @@ def test_sample_study_unverified_and_unconfirmed(sample_study):
     s = recist_for_study(study)
     assert s.timepoints[2].sum_mm == pytest.approx(40.48 + 40.89, abs=0.02)
     study.set_review(3, fu2, "accepted")
+
+
+def test_a_new_lesion_is_new_once():
+    rows = [_row(1, 0, 40.0, 25.0), _row(1, 1, 40.0, 25.0), _row(7, 1, 12.0, 8.0),
+            _row(1, 2, 40.0, 25.0), _row(7, 2, 14.0, 9.0)]
+    s = recist_from_measurements(rows, targets=[1])
+    assert [t.new_lesion_ids for t in s.timepoints] == [(), (7,), ()]
+    assert [t.response for t in s.timepoints] == ["baseline", "PD", "SD"]

@@ -417,8 +417,8 @@ def recist_from_measurements(
 
     A target with no row at a timepoint is "not measured" (NE); a row with ``present=False`` is a
     lesion that disappeared (0 mm). ``targets`` defaults to :func:`select_targets` on the baseline.
-    With neither ``new_lesions`` nor ``new_lesion_ids``, a lesion id first present after the
-    baseline counts as new. ``non_targets`` are assessed as a whole per timepoint (nodes among
+    With neither ``new_lesions`` nor ``new_lesion_ids``, a lesion is new at the first follow-up
+    where it is present (not again later). ``non_targets`` are assessed as a whole per timepoint (nodes among
     them are normal below 10 mm short axis); ``non_target_progression`` lists, per timepoint, the
     non-targets the reader called unequivocally progressing.
     """
@@ -443,11 +443,13 @@ def recist_from_measurements(
         diameters.append({t: (_diameter(tp[t], t in node_set) if t in tp else None) for t in targets})
         dates.append(next((r.date for r in tp.values() if r.date), None))
     if new_lesions is None and new_lesion_ids is None:
-        baseline_ids = {lid for lid, r in by_tp[0].items() if r.present}
-        new_lesion_ids = [
-            sorted(lid for lid, r in by_tp.get(k, {}).items() if r.present and lid not in baseline_ids) if k else []
-            for k in range(n)
-        ]
+        # new at k: present at k and at no earlier timepoint (a lesion new at follow-up 1 is not new again at 2)
+        seen: set[int] = set()
+        new_lesion_ids = []
+        for k in range(n):
+            present = {lid for lid, r in by_tp.get(k, {}).items() if r.present}
+            new_lesion_ids.append(sorted(present - seen) if k else [])
+            seen |= present
     nts = sorted({int(i) for i in non_targets} - set(targets))
     nt_resp, nt_why = None, None
     if nts:

@@ -424,3 +424,31 @@ def test_repropagation_changes_only_later_timepoints() -> None:
     assert s.observation(1, "tp2").provenance.tracked_from == "tp1" and len(s.candidates("tp2")) == 1
     with pytest.raises(StudyError, match="2 tracking results for 1 later"):
         s.apply_tracking("tp1", [res, res])
+
+
+def test_edits_when_the_layer_paints_into_the_display_array() -> None:
+    """napari's labels layer may share the study's display array: the stroke is already in it, so
+    the old values come from ``before`` or from napari's paint event (``apply_paint``)."""
+    s = _study()
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 6), (5, 20), (5, 20)))
+    s.set_result(2, "tp0", _box_mask(BIG, (2, 6), (15, 30), (15, 30)))
+    shared = s["tp0"].labels.array  # what the layer would paint into
+    region = (slice(3, 4), slice(30, 33), slice(5, 8))
+    before = shared[region].copy()
+    shared[region] = 1  # the brush stroke, in place
+    res = s.apply_label_edit("tp0", shared, region=region, before=before)
+    assert res.changed == [1] and s.mask(1, "tp0").voxels == 900 + 9
+    assert s.apply_label_edit("tp0", shared).changed == []  # without 'before' the stroke is invisible
+    # napari's paint event: indices, old values, new value (erase part of lesion 2 where it hides lesion 1)
+    zz, yy, xx = np.meshgrid([2, 3], [15, 16], [15, 16], indexing="ij")
+    old = shared[zz, yy, xx].copy()
+    shared[zz, yy, xx] = 0
+    res = s.apply_paint("tp0", (zz.ravel(), yy.ravel(), xx.ravel()), old.ravel(), 0, user="reader")
+    assert res.changed == [2] and s.mask(2, "tp0").voxels == 900 - 8 and s.mask(1, "tp0").voxels == 909
+    assert (shared[zz, yy, xx] == 1).all()  # lesion 1 was hidden there: it shows again, in the same array
+    assert s.observation(2, "tp0").provenance.edit_users == ["reader"]
+    # painting a voxel with an id the study never had makes that lesion (at the baseline: accepted)
+    res = s.apply_paint("tp0", ([8], [1], [1]), [0], 3)
+    assert res.added == [3] and s.observation(3, "tp0").review == "accepted" and s.next_lesion_id() == 4
+    with pytest.raises(StudyError, match="outside"):
+        s.apply_paint("tp0", ([10], [0], [0]), [0], 1)

@@ -1119,6 +1119,7 @@ class Study:
         edited: np.ndarray,
         *,
         region: tuple[slice, ...] | None = None,
+        before: np.ndarray | None = None,
         user: str | None = None,
         when: str | None = None,
     ) -> EditResult:
@@ -1126,8 +1127,11 @@ class Study:
 
         ``edited`` is the edited display array (full grid). Only voxels that differ from the
         study's own display map (inside ``region`` when given: the bounding box of the stroke) are
-        looked at: a voxel changed from lesion a to b leaves a's mask and joins b's; lesions hidden
-        under another there (overlaps) keep it. Each lesion whose mask changed gets one manual
+        looked at, or from ``before`` (the region's values before the edit, region-shaped) when the
+        labels layer paints straight into the study's display array (then the two are equal after
+        the stroke; :meth:`apply_paint` takes napari's paint event instead). A voxel changed from
+        lesion a to b leaves a's mask and joins b's; lesions hidden under another there (overlaps)
+        keep it. Each lesion whose mask changed gets one manual
         edit in its provenance. A painted id that this study never had becomes a new lesion
         (review ``"new"`` at a follow-up); a painted id that was used before and removed is given a
         fresh id (ids are never reused), and the display map is redrawn from the masks (so it may
@@ -1144,12 +1148,17 @@ class Study:
             full = tuple(slice(max(0, s.start or 0), min(n, n if s.stop is None else s.stop))
                          for s, n in zip(region, tp.geometry.shape, strict=True))
         region = full
-        old = labels.array[region]
+        if before is not None:
+            old = np.asarray(before)
+            if old.shape != tuple(s.stop - s.start for s in region):
+                size = tuple(s.stop - s.start for s in region)
+                raise StudyError(f"'before' has shape {old.shape}, the region {size}")
+        else:
+            old = labels.array[region]
         new = edited[region]
         changed = old != new
-        out = EditResult()
         if not changed.any():
-            return out
+            return EditResult()
         idx = np.nonzero(changed)
         lo = np.array([int(i.min()) for i in idx])
         hi = np.array([int(i.max()) + 1 for i in idx])
@@ -1157,6 +1166,41 @@ class Study:
         sub_changed = changed[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))]
         sub_new = new[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))]
         ids = {int(v) for v in np.unique(old[changed])} | {int(v) for v in np.unique(new[changed])}
+        return self._apply_changes(name, box, sub_changed, sub_new, ids, user, when)
+
+    def apply_paint(self, timepoint: int | str, indices, old_values, new_value: int, *, user: str | None = None,
+                    when: str | None = None) -> EditResult:
+        """:meth:`apply_label_edit` from one napari paint/fill/erase event: the voxel ``indices``
+        (a tuple of z, y, x index arrays), their ``old_values`` and the ``new_value`` painted (0: erase)."""
+        name = self._name(timepoint)
+        tp = self[name]
+        idx = tuple(np.asarray(i, dtype=np.int64).reshape(-1) for i in indices)
+        if len(idx) != 3 or len({i.size for i in idx}) != 1:
+            raise StudyError("indices must be three equally long index arrays (z, y, x)")
+        old_values = np.broadcast_to(np.asarray(old_values).reshape(-1), idx[0].shape)
+        keep = old_values != new_value
+        idx = tuple(i[keep] for i in idx)
+        if idx[0].size == 0:
+            return EditResult()
+        for i, n in zip(idx, tp.geometry.shape, strict=True):
+            if i.min() < 0 or i.max() >= n:
+                raise StudyError(f"painted voxels outside the timepoint {name} grid {tp.geometry.shape}")
+        lo = [int(i.min()) for i in idx]
+        box = tuple(slice(a, int(i.max()) + 1) for a, i in zip(lo, idx, strict=True))
+        shape = tuple(b.stop - b.start for b in box)
+        sub_changed = np.zeros(shape, bool)
+        local = tuple(i - a for i, a in zip(idx, lo, strict=True))
+        sub_changed[local] = True
+        sub_new = np.zeros(shape, dtype=np.int64)
+        sub_new[local] = int(new_value)
+        ids = {int(v) for v in np.unique(old_values[keep])} | {int(new_value)}
+        return self._apply_changes(name, box, sub_changed, sub_new, ids, user, when)
+
+    def _apply_changes(self, name: str, box: tuple[slice, ...], sub_changed: np.ndarray, sub_new: np.ndarray,
+                       ids: set[int], user: str | None, when: str | None) -> EditResult:
+        tp = self[name]
+        out = EditResult()
+        ids = set(ids)
         ids.discard(0)
         for painted in sorted(ids):
             lid = painted

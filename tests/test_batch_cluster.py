@@ -68,7 +68,7 @@ def _check_outputs(out: Path, specs, statuses: dict[str, str]) -> None:
 
 def test_local_cluster_runs_the_cohort_loads_the_engine_once_per_worker_and_resumes(cohort, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
-    specs = load_manifest(cohort)
+    specs = load_manifest(cohort)[:3]
     # one corrupt study among them: it fails with its reason, the others go on
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -83,7 +83,7 @@ def test_local_cluster_runs_the_cohort_loads_the_engine_once_per_worker_and_resu
         assert info.kind == "local" and info.workers == 2 and info.dashboard.startswith("http://127.0.0.1:")
         report = run_batch(specs, out, client, CLASSICAL, progress=False, on_outcome=seen.append)
         status = {s["study_id"]: s for s in report.studies}
-        assert [status[s.study_id]["status"] for s in specs] == ["done"] * 4 + ["failed"]
+        assert [status[s.study_id]["status"] for s in specs] == ["done"] * 3 + ["failed"]
         assert status["broken"]["reason"].startswith("bad input") and "fu.nii.gz" in status["broken"]["reason"]
         # the engine was built once per worker process and reused by every study it ran
         done = [o for o in seen if o["status"] == "done"]
@@ -92,18 +92,18 @@ def test_local_cluster_runs_the_cohort_loads_the_engine_once_per_worker_and_resu
             by_pid.setdefault(o["pid"], set()).add(o["engine_id"])
             assert o["engine_loads"] == 1
         assert 1 <= len(by_pid) <= 2 and all(len(ids) == 1 for ids in by_pid.values())
-        assert sum(len([o for o in done if o["pid"] == pid]) for pid in by_pid) == 4
+        assert sum(len([o for o in done if o["pid"] == pid]) for pid in by_pid) == 3
         _check_outputs(out, specs, {k: v["status"] for k, v in status.items()})
         lesions = pq.read_table(out / "lesions.parquet").to_pylist()
         assert len(lesions) == len(read_table_csv(out / "lesions.csv")) == sum(len(o["rows"]) for o in done)
         assert all(0.0 <= r["dice"] <= 1.0 for r in lesions)
         studies = pq.read_table(out / "studies.parquet").to_pylist()
-        assert [r["status"] for r in studies] == ["done"] * 4 + ["failed"]
-        assert all(r["seconds"] > 0 for r in studies[:4])
+        assert [r["status"] for r in studies] == ["done"] * 3 + ["failed"]
+        assert all(r["seconds"] > 0 for r in studies[:3])
         # rerun: finished studies are skipped, the failed one is tried again (and fails again)
         again = run_batch(specs, out, client, CLASSICAL, progress=False)
-    assert [s["status"] for s in again.studies] == ["skipped"] * 4 + ["failed"]
-    assert again.lesions == report.lesions or len(again.lesions) == len(report.lesions)
+    assert [s["status"] for s in again.studies] == ["skipped"] * 3 + ["failed"]
+    assert len(again.lesions) == len(report.lesions)
 
 
 def _kill_first_busy_worker(client, stop: threading.Event, killed: dict, delay: float = 1.0) -> None:

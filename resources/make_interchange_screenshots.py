@@ -4,7 +4,8 @@
 
 10: a dcmqi DICOM-SEG (5 overlapping segments) opened with File > Open on its CT;
 11: the Lung-PET-CT-Dx XML boxes opened on their DICOM series, the 3D box prompt segmented;
-12: the synthetic sample study exported to DICOM-SEG and re-opened (baseline).
+12: the synthetic sample study exported to DICOM-SEG and re-opened (baseline);
+13: the "Rate segmentations" dock reviewing the dcmqi SEG (IDC QA workflow).
 Needs ../shared/data/real (or LESIONLOCATOR_SHARED).
 """
 
@@ -86,6 +87,23 @@ def sample_export() -> None:
     viewer.close()
 
 
+def qa_dock() -> None:
+    viewer = napari.Viewer(title="Rate segmentations")
+    viewer.window.resize(1600, 1000)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate segmentations")
+    widget.reviewer.setText("rad1")
+    widget.open_seg(str(REAL / "dcmqi_seg" / "seg" / "partial_overlaps.dcm"))
+    for lid, score in ((1, 5), (2, 3), (3, 4)):
+        combo = widget.score_combo(lid)
+        combo.setCurrentIndex(combo.findData(score))
+    widget.table.item(1, 2).setText("too wide at the top")
+    widget.table.setCurrentCell(1, 1)
+    viewer.layers[0].contrast_limits = (-160, 240)
+    viewer.dims.set_point(0, viewer.layers[0].data_to_world([1, 0, 0])[0])
+    shot(viewer, "13_qa_rating_dock.png")
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if not REAL.is_dir():
@@ -94,6 +112,7 @@ def main() -> int:
     seg_on_ct()
     voc_boxes()
     sample_export()
+    qa_dock()
     return 0
 
 

@@ -232,3 +232,27 @@ def test_batch_imports_without_qt_napari_or_torch():
             "bad = [m for m in ('napari', 'qtpy', 'PySide6', 'torch') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- the command
+def test_batch_command_exit_codes_bad_manifest_missing_checkpoint_and_failed_studies(cohort, tmp_path, capsys,
+                                                                                  no_user_checkpoint):
+    from napari_lesionlocator.cli import main
+
+    assert main(["batch", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o")]) == 2
+    assert "manifest not found" in capsys.readouterr().err
+    assert main(["batch", str(cohort), "-o", str(tmp_path / "o"), "--engine", "lesionlocator", "-m",
+                 str(tmp_path / "no-ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    spec = load_manifest(cohort)[0]
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps([{"patient": "gone", "prompts": spec.prompts,
+                              "timepoints": [spec.timepoints[0].image, str(tmp_path / "missing.nii.gz")]}]))
+    code = main(["batch", str(m), "-o", str(tmp_path / "o"), "--engine", "classical", "--workers", "1", "-q",
+                 "--dashboard-address", "none"])
+    assert code == 4
+    err = capsys.readouterr().err
+    assert "failed: gone: bad input" in err and "missing.nii.gz" in err
+    (row,) = read_table_csv(tmp_path / "o" / "studies.csv")
+    assert row["status"] == "failed" and "missing.nii.gz" in row["reason"]

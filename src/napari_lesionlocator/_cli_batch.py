@@ -109,12 +109,16 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _engine_config(args: argparse.Namespace, gpus: int, workers: int | None):
     """The workers' engine, resolved by :func:`.api.engine_settings` like every other command's. The
-    device is decided here, not by probing this machine: with GPU workers ``cuda``, else ``cpu``."""
+    device is not probed on this machine: local GPU workers get ``cuda``, other local ones ``cpu``,
+    and on a running cluster ``auto`` is left to each worker."""
     from .api import engine_settings
     from .batch import EngineConfig
 
-    device = args.device if args.device != "auto" else ("cuda" if gpus > 0 else "cpu")
-    resolved = engine_settings(args.engine, checkpoint=args.checkpoint, device=device, folds=args.folds,
+    device = args.device
+    if device == "auto":  # local: the GPUs given to the workers; a running cluster: each worker's own choice
+        device = "auto" if args.scheduler else ("cuda" if gpus > 0 else "cpu")
+    resolved = engine_settings(args.engine, checkpoint=args.checkpoint, device="cuda" if device == "auto" else device,
+                               folds=args.folds,
                                tta=False if args.disable_tta else None, threads=args.threads,
                                allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)))
     for note in resolved.notes:
@@ -123,7 +127,7 @@ def _engine_config(args: argparse.Namespace, gpus: int, workers: int | None):
     if threads is None and not args.scheduler:
         # the cores are shared by the local workers' studies: one numeric thread each unless cores are spare
         threads = max(1, (os.cpu_count() or 1) // max(1, (workers or 1) * args.threads_per_worker))
-    return EngineConfig.from_resolved(resolved, threads=threads)
+    return EngineConfig.from_resolved(resolved, threads=threads, device=device)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
@@ -145,9 +149,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         workers = max(1, len(visible_gpus()) // gpus) if gpus else max(1, min(len(specs), (os.cpu_count() or 1)
                                                                                // args.threads_per_worker))
     config = _engine_config(args, gpus, workers)
-    memory = args.memory_limit if args.memory_limit != "auto" else "auto"
     with open_client(scheduler=args.scheduler, workers=workers, threads_per_worker=args.threads_per_worker,
-                     gpus_per_worker=gpus, dashboard_address=args.dashboard_address, memory_limit=memory) \
+                     gpus_per_worker=gpus, dashboard_address=args.dashboard_address,
+                     memory_limit=args.memory_limit) \
             as (client, cluster):
         where = (f"scheduler {cluster.scheduler} ({cluster.workers} workers)" if cluster.kind == "remote" else
                  f"local cluster: {cluster.workers} worker(s) x {cluster.threads_per_worker} thread(s)"

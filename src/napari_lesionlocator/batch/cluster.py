@@ -59,18 +59,24 @@ class EngineConfig:
     extra: tuple[tuple[str, object], ...] = ()
 
     @classmethod
-    def from_resolved(cls, resolved, *, threads: int | None = None) -> EngineConfig:
-        """From an :class:`..api.settings.ResolvedEngine` (``threads`` overrides its thread count)."""
+    def from_resolved(cls, resolved, *, threads: int | None = None, device: str | None = None) -> EngineConfig:
+        """From an :class:`..api.settings.ResolvedEngine`; ``threads`` and ``device`` override its own
+        (``device="auto"``: each worker picks cuda, mps or cpu for itself)."""
         s = resolved.settings
         return cls(name=resolved.name, checkpoint=s.checkpoint,
                    folds=tuple(int(f) for f in s.folds) if s.folds is not None else None, tta=bool(s.tta),
-                   device=s.device, threads=threads if threads is not None else s.threads,
+                   device=device or s.device, threads=threads if threads is not None else s.threads,
                    extra=tuple(sorted((str(k), v) for k, v in (s.extra or {}).items())))
 
     def settings(self):
         from ..engines.base import EngineSettings
 
-        return EngineSettings(threads=self.threads, device=self.device, checkpoint=self.checkpoint,
+        device = self.device
+        if device == "auto":  # decided on the worker that builds the engine
+            from ..api.settings import resolve_device_choice
+
+            device = resolve_device_choice("auto")
+        return EngineSettings(threads=self.threads, device=device, checkpoint=self.checkpoint,
                               folds=list(self.folds) if self.folds is not None else None, tta=self.tta,
                               extra=dict(self.extra))
 

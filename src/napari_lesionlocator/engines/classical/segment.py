@@ -449,7 +449,13 @@ def segment_point(
         # Local evidence: the blob the click sits in. A mask far larger than it has leaked.
         r_eq = (3.0 * float(work_mask.sum()) * float(np.prod(roi.spacing)) / (4.0 * np.pi)) ** (1 / 3)
         r_blob = _log_radius_mm(array, spacing, point)
-        if r_eq > max(BLOB_FACTOR * r_blob, r_blob + 15.0):
+        weak = False
+        if r_eq > LARGE_WEAK_RADIUS_MM:
+            # Large: it must at least have an edge somewhere near what a lesion would have.
+            probe = _grade(array, spacing, RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop), model)
+            weak = probe.quality.get("contrast_snr", 0.0) < WEAK_EDGE_SNR
+            r_blob = min(r_blob, LARGE_WEAK_RADIUS_MM / BLOB_FACTOR) if weak else r_blob
+        if weak or r_eq > max(BLOB_FACTOR * r_blob, r_blob + 15.0):
             fb = _compact_fallback(array, spacing, point, shape, limit, model, check)
             c = np.asarray(point) - fb.start
             fb.mask &= ball_mask(fb.mask.shape, c, BLOB_FACTOR * r_blob, spacing)
@@ -463,6 +469,8 @@ def segment_point(
 
 # A point mask with an equivalent radius above this many blob radii (LoG scale at the click) leaked.
 BLOB_FACTOR = 2.5
+# A point mask beyond this equivalent radius (mm) with a weak edge has leaked into an organ.
+LARGE_WEAK_RADIUS_MM = 30.0
 
 
 LEAK_FALLBACK_REASON = (

@@ -254,21 +254,28 @@ def test_label_edit_updates_only_the_touched_lesions_and_records_provenance() ->
     assert s.mask(2, "tp0").voxels == m2_before.voxels - 9
     prov = s.observation(1, "tp0").provenance
     assert prov.edits == 1 and prov.edit_times == ["2024-05-01T10:00:00+00:00"] and prov.edit_users == ["reader"]
-    # the hidden overlap of lesion 1 under lesion 2 is kept: erasing lesion 2 there reveals lesion 1
+    # painting another lesion over the overlap: lesion 2 (shown) gives the voxels up, lesion 1 (hidden) keeps them
     edited = s["tp0"].labels.array.copy()
-    edited[2:6, 15:20, 15:20] = 0
+    edited[2:4, 15:20, 15:20] = 7
     res = s.apply_label_edit("tp0", edited, region=(slice(0, 10), slice(10, 25), slice(10, 25)))
-    assert res.changed == [2]
-    assert s.mask(1, "tp0").voxels == m1_before.voxels + 9
-    assert (s["tp0"].labels.array[2:6, 15:20, 15:20] == 1).all()
+    assert res.changed == [2, 7] and res.added == [7] and res.region == (slice(2, 4), slice(15, 20), slice(15, 20))
+    assert s.mask(1, "tp0").voxels == m1_before.voxels + 9 and s.mask(7, "tp0").voxels == 50
+    # the eraser means "no lesion here": lesion 1, hidden under lesion 2, loses the voxels too
+    edited = s["tp0"].labels.array.copy()
+    edited[4:6, 15:20, 15:20] = 0
+    res = s.apply_label_edit("tp0", edited)
+    assert res.changed == [1, 2]
+    assert s.mask(1, "tp0").voxels == m1_before.voxels + 9 - 50
+    assert (s["tp0"].labels.array[4:6, 15:20, 15:20] == 0).all()
+    s.remove_lesion(7)
     # painting a removed id gets a fresh id instead
     s.remove_lesion(2)
     edited = s["tp0"].labels.array.copy()
     edited[8, 35:38, 35:38] = 2
     res = s.apply_label_edit("tp0", edited)
-    assert res.remapped == {2: 3} and res.added == [3] and "never reused" in res.messages[0]
-    assert (s["tp0"].labels.array[8, 35:38, 35:38] == 3).all() and s.next_lesion_id() == 4
-    assert s.observation(3, "tp0").provenance.source == "manual"
+    assert res.remapped == {2: 8} and res.added == [8] and "never reused" in res.messages[0]
+    assert (s["tp0"].labels.array[8, 35:38, 35:38] == 8).all() and s.next_lesion_id() == 9
+    assert s.observation(8, "tp0").provenance.source == "manual"
 
 
 def test_set_results_provenance_from_engine_details() -> None:
@@ -439,13 +446,13 @@ def test_edits_when_the_layer_paints_into_the_display_array() -> None:
     res = s.apply_label_edit("tp0", shared, region=region, before=before)
     assert res.changed == [1] and s.mask(1, "tp0").voxels == 900 + 9
     assert s.apply_label_edit("tp0", shared).changed == []  # without 'before' the stroke is invisible
-    # napari's paint event: indices, old values, new value (erase part of lesion 2 where it hides lesion 1)
+    # napari's paint event: indices, old values, new value (paint lesion 1 over lesion 2 where they overlap)
     zz, yy, xx = np.meshgrid([2, 3], [15, 16], [15, 16], indexing="ij")
     old = shared[zz, yy, xx].copy()
-    shared[zz, yy, xx] = 0
-    res = s.apply_paint("tp0", (zz.ravel(), yy.ravel(), xx.ravel()), old.ravel(), 0, user="reader")
+    shared[zz, yy, xx] = 1
+    res = s.apply_paint("tp0", (zz.ravel(), yy.ravel(), xx.ravel()), old.ravel(), 1, user="reader")
     assert res.changed == [2] and s.mask(2, "tp0").voxels == 900 - 8 and s.mask(1, "tp0").voxels == 909
-    assert (shared[zz, yy, xx] == 1).all()  # lesion 1 was hidden there: it shows again, in the same array
+    assert (shared[zz, yy, xx] == 1).all()  # lesion 1 shows there now (it was already in its own mask)
     assert s.observation(2, "tp0").provenance.edit_users == ["reader"]
     # painting a voxel with an id the study never had makes that lesion (at the baseline: accepted)
     res = s.apply_paint("tp0", ([8], [1], [1]), [0], 3)

@@ -321,6 +321,8 @@ class EditResult:
     added: list[int] = field(default_factory=list)
     remapped: dict[int, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    #: bounding box (slices) of the voxels that changed; the display map was redrawn there
+    region: tuple[slice, ...] | None = None
 
 
 @dataclass
@@ -1130,9 +1132,9 @@ class Study:
         looked at, or from ``before`` (the region's values before the edit, region-shaped) when the
         labels layer paints straight into the study's display array (then the two are equal after
         the stroke; :meth:`apply_paint` takes napari's paint event instead). A voxel changed from
-        lesion a to b leaves a's mask and joins b's; lesions hidden under another there (overlaps)
-        keep it. Each lesion whose mask changed gets one manual
-        edit in its provenance. A painted id that this study never had becomes a new lesion
+        lesion a to b leaves a's mask and joins b's; a lesion hidden under a there (overlaps) keeps
+        it, except where the voxel was erased (0: no lesion there at all). Each lesion whose mask
+        changed gets one manual edit in its provenance. A painted id that this study never had becomes a new lesion
         (review ``"new"`` at a follow-up); a painted id that was used before and removed is given a
         fresh id (ids are never reused), and the display map is redrawn from the masks (so it may
         differ from ``edited`` there).
@@ -1178,7 +1180,8 @@ class Study:
         if len(idx) != 3 or len({i.size for i in idx}) != 1:
             raise StudyError("indices must be three equally long index arrays (z, y, x)")
         old_values = np.broadcast_to(np.asarray(old_values).reshape(-1), idx[0].shape)
-        keep = old_values != new_value
+        new_values = np.broadcast_to(np.asarray(new_value).reshape(-1), idx[0].shape)
+        keep = old_values != new_values
         idx = tuple(i[keep] for i in idx)
         if idx[0].size == 0:
             return EditResult()
@@ -1192,9 +1195,43 @@ class Study:
         local = tuple(i - a for i, a in zip(idx, lo, strict=True))
         sub_changed[local] = True
         sub_new = np.zeros(shape, dtype=np.int64)
-        sub_new[local] = int(new_value)
-        ids = {int(v) for v in np.unique(old_values[keep])} | {int(new_value)}
+        sub_new[local] = new_values[keep]
+        ids = {int(v) for v in np.unique(old_values[keep])} | {int(v) for v in np.unique(new_values[keep])}
         return self._apply_changes(name, box, sub_changed, sub_new, ids, user, when)
+
+    def apply_napari_paint(self, timepoint: int | str, atoms, *, user: str | None = None,
+                           when: str | None = None) -> EditResult:
+        """:meth:`apply_paint` for the value of a napari Labels ``events.paint`` (a list of history
+        atoms: masked atoms with ``slice_key``, ``mask``, ``old_values``, ``new_value``, or
+        ``(indices, old_values, new_values)`` tuples). No napari import: the atoms are read by shape."""
+        name = self._name(timepoint)
+        total = EditResult()
+        for atom in atoms:
+            if hasattr(atom, "slice_key"):
+                box = tuple(atom.slice_key)
+                region = tuple(slice(b.start or 0, b.stop if b.stop is not None else n)
+                               for b, n in zip(box, self[name].geometry.shape, strict=True))
+                shape = tuple(b.stop - b.start for b in region)
+                old = np.asarray(atom.old_values)
+                if atom.mask is None:
+                    mask = np.ones(shape, bool)
+                    old = old.reshape(shape)[mask]
+                else:
+                    mask = np.asarray(atom.mask, bool)
+                local = np.nonzero(mask)
+                indices = tuple(i + b.start for i, b in zip(local, region, strict=True))
+                res = self.apply_paint(name, indices, old, atom.new_value, user=user, when=when)
+            else:
+                indices, old, new = atom
+                res = self.apply_paint(name, tuple(indices), old, new, user=user, when=when)
+            for lid in res.changed:
+                if lid not in total.changed:
+                    total.changed.append(lid)
+            total.added += [i for i in res.added if i not in total.added]
+            total.remapped.update(res.remapped)
+            total.messages += res.messages
+            total.region = _union_slices(total.region, res.region)
+        return total
 
     def _apply_changes(self, name: str, box: tuple[slice, ...], sub_changed: np.ndarray, sub_new: np.ndarray,
                        ids: set[int], user: str | None, when: str | None) -> EditResult:
@@ -1202,7 +1239,23 @@ class Study:
         out = EditResult()
         ids = set(ids)
         ids.discard(0)
-        for painted in sorted(ids):
+        erased = sub_changed & (sub_new == 0)
+        hidden: set[int] = set()
+        if erased.any():
+            # the eraser means "no lesion here": lesions hidden under the one shown lose those voxels too
+            lo = np.array([b.start for b in box])
+            for lid, obs in self.observations(name).items():
+                if lid in ids or not obs.present:
+                    continue
+                m = obs.mask
+                a, b = np.maximum(lo, m.start), np.minimum([x.stop for x in box], m.stop)
+                if np.any(b <= a):
+                    continue
+                own = m.array[tuple(slice(int(x) - s, int(y) - s) for x, y, s in zip(a, b, m.start, strict=True))]
+                er = erased[tuple(slice(int(x) - s, int(y) - s) for x, y, s in zip(a, b, lo, strict=True))]
+                if (own & er).any():
+                    hidden.add(lid)
+        for painted in sorted(ids | hidden):
             lid = painted
             if painted not in self._info:
                 if painted < self._next_id:
@@ -1221,8 +1274,14 @@ class Study:
                 crop[tuple(slice(a - s, b - s) for a, b, s in
                            zip(own.start, own.stop, start, strict=True))] = own.array
             target = crop[tuple(slice(b.start - s, b.stop - s) for b, s in zip(box, start, strict=True))]
-            target[sub_changed] = sub_new[sub_changed] == painted
+            if painted in hidden:
+                target[erased] = False
+            else:
+                target[sub_changed] = sub_new[sub_changed] == painted
             mask = LesionMask.from_crop(tp.geometry, start, crop)
+            if obs is not None and obs.present and mask.start == own.start and mask.array.shape == own.array.shape \
+                    and np.array_equal(mask.array, own.array):
+                continue  # e.g. painted where it already was (hidden under another lesion)
             if obs is None or not obs.present:
                 review = None
                 if obs is not None and obs.review in ("disappeared", "merged"):
@@ -1239,8 +1298,26 @@ class Study:
                 obs.revision += 1
             out.changed.append(lid)
         self._repaint(tp, box)
+        out.region = tuple(box)
         self._touch()
         return out
+
+    def sync_label_array(self, timepoint: int | str, array: np.ndarray, *, region: tuple[slice, ...] | None = None,
+                         user: str | None = None) -> EditResult:
+        """Keep a labels layer that has its **own** array in step with the study, whatever changed it
+        (paint, fill, undo, redo, scripts): the differences to the study's display map (inside
+        ``region``) are taken in as edits (:meth:`apply_label_edit`), then the study's rendering is
+        written back into ``array`` where it differs (a hidden overlap shown again, a remapped id).
+        Returns the edit (``region``: what to refresh)."""
+        name = self._name(timepoint)
+        res = self.apply_label_edit(name, array, region=region, user=user)
+        if res.region is not None:
+            shown = self[name].labels.array[res.region]
+            view = array[res.region]
+            differs = view != shown
+            if differs.any():
+                view[differs] = shown[differs]
+        return res
 
     # -------------------------------------------------------------- status
     def lesion_ids_by_timepoint(self) -> dict[str, list[int]]:

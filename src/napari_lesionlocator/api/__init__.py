@@ -33,6 +33,7 @@ from ..engines.base import Engine, LesionMasks, SegmentationResult, TrackingResu
 from .measure import MeasurementResult, measure_timepoints, write_measurements
 from .outputs import (
     CaseWriter,
+    case_is_complete,
     case_outputs,
     case_summary,
     instance_file,
@@ -61,6 +62,8 @@ __all__ = [
     "summary_file",
     "staging_folder",
     "read_case_lesions",
+    "case_is_complete",
+    "as_lesion_masks",
     "measure_timepoints",
     "write_measurements",
     "MeasurementResult",

@@ -90,7 +90,13 @@ def _cases(args: argparse.Namespace) -> list[Case]:
     from .io.voc import is_voc_folder
 
     if is_voc_folder(prm) and len(images) == 1:  # PASCAL VOC boxes (Lung-PET-CT-Dx): one folder per series
-        return [Case(strip_channel(images[0].name if images[0].is_dir() else case_name(images[0])), images[0], prm)]
+        series = images[0]
+        if series.is_dir() and not any(p.suffix.lower() == ".dcm" for p in series.iterdir()):
+            from .io.voc import series_folder_for_voc  # a patient/study folder: the series the boxes name
+
+            series, n = series_folder_for_voc(series, prm)
+            info(f"{prm.name}: {n} XML file(s) name slices of the series in {series}", args)
+        return [Case(strip_channel(series.name if series.is_dir() else case_name(series)), series, prm)]
     prompt_files = sorted(p for p in prm.iterdir() if p.is_file() and p.name.lower().endswith(PROMPT_SUFFIXES)
                           and not p.name.startswith("."))
     pairs, lonely_images, lonely_prompts = pair_cases(images, prompt_files)

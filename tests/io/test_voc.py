@@ -143,3 +143,23 @@ def test_cli_segment_from_the_xml_folder(real_data_dir, tmp_path, capsys) -> Non
     z, y, x = np.nonzero(mask)
     assert z.min() >= 12 and z.max() < 22 and y.min() >= 253 and y.max() < 357 and x.min() >= 108 and x.max() < 235
     assert mask.sum() * image.geometry.voxel_volume_mm3 / 1000 > 20  # a real mass, tens of mL
+
+
+def test_cli_picks_the_series_the_boxes_name_in_a_study_folder(real_data_dir, tmp_path, capsys) -> None:
+    """-i a study folder with two series (B70f, B40f): the boxes' series is found by SOPInstanceUID."""
+    from napari_lesionlocator.cli import main
+
+    base = real_data_dir / "lung_pet_ct_dx"
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    b70f = base / A0002 / "2.000000-ThoraxRoutine  8.0.0  B70f-62919"
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in b70f.iterdir()}
+    for f in (base / "Annotation" / "A0002").iterdir():
+        if f.stem in uids:  # only the B70f series' boxes
+            (xml / f.name).write_bytes(f.read_bytes())
+    rc = main(["segment", "-i", str(base / A0002), "-p", str(xml), "-t", "point", "-o", str(tmp_path / "out"),
+               "--engine", "classical"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "8 XML file(s) name slices of the series" in err and "B70f" in err
+    assert (tmp_path / "out" / f"{b70f.name}_lesion_1.nii.gz").exists()

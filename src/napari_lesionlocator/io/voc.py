@@ -48,6 +48,7 @@ __all__ = [
     "voc_box_prompts",
     "write_voc_xml",
     "voc_cli_prompts",
+    "series_folder_for_voc",
 ]
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
@@ -319,3 +320,41 @@ def voc_cli_prompts(folder: str | os.PathLike, image: Image, kind: str) -> tuple
         return [PointPrompt(les.prompt.lesion_id, tuple(int(round(v)) for v in les.prompt.center))
                 for les in res.lesions], notes
     return res.prompts, notes
+
+
+def series_folder_for_voc(folder: str | os.PathLike, xml: str | os.PathLike, max_depth: int = 4) -> tuple[Path, int]:
+    """The DICOM series folder under ``folder`` whose slices the most XML files name (by SOPInstanceUID).
+
+    For a patient/study folder holding several series (Lung-PET-CT-Dx: two reconstructions of one
+    acquisition, the boxes split between them). Returns (series folder, number of XML files matched);
+    PromptError when no series has a slice any XML file names.
+    """
+    import pydicom
+
+    from .dicom import is_dicom_file
+
+    folder = Path(folder)
+    wanted = {read_voc_xml(p).sop_instance_uid for p in list_voc_files(xml)} if Path(xml).is_dir() else set()
+    best: tuple[Path, int] | None = None
+    base = len(folder.parts)
+    for root, dirs, files in os.walk(folder):
+        if len(Path(root).parts) - base >= max_depth:
+            dirs[:] = []
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        uids = set()
+        for f in files:
+            p = Path(root) / f
+            if f.startswith(".") or not is_dicom_file(p):
+                continue
+            try:
+                uids.add(str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                             .SOPInstanceUID))
+            except Exception:  # noqa: BLE001 - an unreadable file matches nothing
+                continue
+        n = len(uids & wanted)
+        if n and (best is None or n > best[1]):
+            best = (Path(root), n)
+    if best is None:
+        raise PromptError(f"no DICOM series under {folder} has a slice that the XML files in {xml} name "
+                          "(matched by SOPInstanceUID)")
+    return best

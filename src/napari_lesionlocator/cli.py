@@ -1,4 +1,4 @@
-"""The ``lesionlocator`` command line: segment, track, measure, download-weights, generate-checkpoint.
+"""The ``lesionlocator`` command line: segment, track, measure, batch, download-weights, generate-checkpoint.
 
 Headless (no Qt, napari); the flags of ``segment`` and ``track`` follow the official LesionLocator
 tool (``-i -p -t -o -m -f --disable_tta -device --continue_prediction``).
@@ -125,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "segment", parents=[common], formatter_class=_Formatter, allow_abbrev=False, epilog=_EXIT_CODES_HELP,
         help="segment lesions from point or box prompts",
-        description="Segment one lesion per prompt. Writes <case>_lesion_<N>.nii.gz (uint8 0/1) per prompt id N and "
-                    "<case>_lesions.nii.gz (instance map, ids = prompt ids) in the source image's geometry.",
+        description="Segment one lesion per prompt. Writes <case>_lesion_<N>.nii.gz (uint8 0/1, that lesion's own "
+                    "whole mask; neighbouring masks may overlap) per prompt id N, <case>_lesions.nii.gz (display "
+                    "instance map, ids = prompt ids, later lesion wins) in the source image's geometry, and "
+                    "<case>_summary.json (status, voxels, volume per lesion; overlaps).",
     )
     p.add_argument("-i", "--input", required=True, metavar="IMAGE_OR_FOLDER",
                    help="image file (NIfTI, NRRD, MHA), DICOM folder, or folder of image files")
@@ -147,15 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         "track", parents=[common], formatter_class=_Formatter, allow_abbrev=False, epilog=_EXIT_CODES_HELP,
         help="track baseline lesions through follow-up scans",
         description="Track lesions from a baseline through follow-ups, each from the previous one (ids never "
-                    "change). Writes <followup>_lesions.nii.gz and <followup>_lesion_<id>.nii.gz per follow-up; with "
-                    "-t point|box the baseline is segmented first and written under the baseline's name.",
+                    "change), each from its own whole mask. Writes <followup>_lesion_<id>.nii.gz, "
+                    "<followup>_lesions.nii.gz and <followup>_summary.json per follow-up and "
+                    "<baseline>_track_summary.json; with -t point|box the baseline is segmented first and written "
+                    "under the baseline's name.",
     )
     p.add_argument("-bl", "--baseline", required=True, metavar="BASELINE", help="baseline image file or DICOM folder")
     p.add_argument("-fu", "--followup", required=True, nargs="+", metavar="FOLLOWUP",
                    help="follow-up image(s), in time order")
     p.add_argument("-p", "--prompts", required=True, nargs="+", metavar="PROMPT",
                    help="-t point|box: one prompt JSON or label map for the baseline; -t prev_mask: one instance map "
-                        "(ids kept) or several binary masks (each one lesion, ids 1, 2, ... in the order given)")
+                        "(ids kept) or several binary masks (each one lesion, ids 1, 2, ... in the order given; "
+                        "they may overlap)")
     p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box", "prev_mask"], help="prompt type")
     _add_series_arg(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
@@ -357,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if args.command == "download-weights":
             print("\ncancelled; the partial download is kept: run the same command again to resume", file=sys.stderr)
+        elif args.command in ("segment", "track"):
+            print("\ncancelled; files already written are complete (writes are atomic); the lesions a case "
+                  "finished are kept in <case>.partial/ beside the outputs: run the same command with "
+                  "--continue_prediction to resume", file=sys.stderr)
         else:
             print("\ncancelled; files already written are complete (writes are atomic)", file=sys.stderr)
         if args.debug:

@@ -123,6 +123,7 @@ def _run_monitored(start, runner, busy=None, interval_ms: int = 5, timeout_s: fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--only", choices=["segmentation"], help="skip propagation (a quick check)")
     parser.add_argument("--strict", action="store_true", help=f"exit 1 when a stall exceeds {TARGET_MS:.0f} ms")
     args = parser.parse_args(argv)
 
@@ -149,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"segmentation": _run_monitored(start_segment, prompts.runner)}
     results["segmentation"]["lesions"] = len(lesions)
-    timeline.refresh()
-    results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner,
-                                         busy=lambda: timeline.busy)
-    results["tracking"]["followups"] = len(study.images) - 1
+    if args.only != "segmentation":
+        timeline.refresh()
+        results["tracking"] = _run_monitored(lambda: timeline.propagate(source=baseline.name), timeline.runner,
+                                             busy=lambda: timeline.busy)
+        results["tracking"]["followups"] = len(study.images) - 1
     # Steady state: engines loaded, layers exist; one more lesion, back on the baseline.
     prompts.session.set_active(baseline)
     extra = [r for r in study.lesions if r.present[0]][3]

@@ -4,10 +4,11 @@ Run under a display (napari cannot create its canvas offscreen)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python resources/make_screenshots.py
 
-States: the sample study loaded with the prompt widget; after segmenting three point prompts;
-a box prompt (rectangle + slice range, with its 3D outline in the 3D view); the timeline after
-propagating to both follow-ups; the review grid centred on one lesion with the volume table; and
-the headless ``render_study_screenshot`` output used by ``make demo``.
+Every state is shown as a reader sees it: a 1600x1000 window with all three docks open. States:
+the sample study loaded; after segmenting three point prompts; a box prompt drawn with the mouse
+after a slider step (rectangle + slice range, with its 3D outline in the 3D view); the timeline
+after propagating to both follow-ups (a follow-up in view); the review grid centred on one lesion
+with the volume table; and the headless ``render_study_screenshot`` output used by ``make demo``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,36 @@ def wait_for(runner, timeout: float = 600.0, busy=None) -> None:
         raise RuntimeError(f"job ended as {runner.last_state}: {runner.last_error}")
 
 
-def show_only(docks: dict, name: str) -> None:
-    for key, dock in docks.items():
-        dock.setVisible(key == name)
+def mouse_drag(viewer, world_a, world_b, steps: int = 6) -> None:
+    """Press, move with the button held and release on the canvas, as a reader draws a box."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from napari_lesionlocator.gui._view import camera
+
+    native = viewer.window._qt_viewer.canvas.native
+    cam = camera(viewer)
+
+    def pixel(world):
+        cy, cx = np.asarray(cam.center, dtype=float)[-2:]
+        return ((world[2] - cx) * cam.zoom + native.width() / 2, (world[1] - cy) * cam.zoom + native.height() / 2)
+
+    def send(kind, x, y):
+        ev_type = {"press": QEvent.Type.MouseButtonPress, "move": QEvent.Type.MouseMove,
+                   "release": QEvent.Type.MouseButtonRelease}[kind]
+        button = Qt.MouseButton.LeftButton if kind != "move" else Qt.MouseButton.NoButton
+        buttons = Qt.MouseButton.NoButton if kind == "release" else Qt.MouseButton.LeftButton
+        p = QPointF(float(x), float(y))
+        QApplication.sendEvent(native, QMouseEvent(ev_type, p, native.mapToGlobal(p), button, buttons,
+                                                   Qt.KeyboardModifier.NoModifier))
+        QApplication.processEvents()
+
+    (xa, ya), (xb, yb) = pixel(world_a), pixel(world_b)
+    send("press", xa, ya)
+    for t in np.linspace(0, 1, steps + 1)[1:]:
+        send("move", xa + t * (xb - xa), ya + t * (yb - ya))
+    send("release", xb, yb)
     settle()
 
 
@@ -74,9 +102,8 @@ def main(out_dir: Path) -> list[Path]:
     for name in ("Lesion prompts", "Timeline", "Lesion review"):
         docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     prompts, timeline, review = widgets["Lesion prompts"], widgets["Timeline"], widgets["Lesion review"]
-    show_only(docks, "Lesion prompts")
     baseline = viewer.layers[study.images[0].name]
-    prompts.image_combo.set_layer(baseline)
+    prompts.session.set_active(baseline)
     rec1 = next(r for r in study.lesions if r.id == 1)
     from napari_lesionlocator.gui._view import camera, centre_view
 
@@ -94,49 +121,55 @@ def main(out_dir: Path) -> list[Path]:
     prompts.next_lesion()
     shot("02_after_segmentation.png")
 
-    # A box prompt: rectangle on the middle slice of ground-truth lesion 3, slice range from the widget.
+    # A box prompt drawn with the mouse on the middle slice of ground-truth lesion 3, after moving
+    # the slider there; its slice range is then set in the widget.
     truth = study.labels[0].array == 3
     idx = np.argwhere(truth)
     lo, hi, zc = idx.min(axis=0), idx.max(axis=0), int(round(idx[:, 0].mean()))
     geom = study.images[0].geometry
+    centre = geom.index_to_world([zc, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2])
     a = geom.index_to_world([zc, lo[1] - 3, lo[2] - 3])
     b = geom.index_to_world([zc, hi[1] + 3, hi[2] + 3])
-    pl.add_box_world(a, b, (int(lo[0]) - 1, int(hi[0]) + 1))
-    prompts.box_mode.setChecked(True)
-    pl.boxes.selected_data = {len(pl.boxes.data) - 1}
+    prompts.activate_mode("box")
+    centre_view(viewer, centre)
+    rng = viewer.dims.range[0]
+    viewer.dims.set_current_step(0, int(round((centre[0] - rng.start) / rng.step)))
+    settle()
+    z = viewer.dims.point[0]
+    mouse_drag(viewer, [z, a[1], a[2]], [z, b[1], b[2]])
+    row = len(pl.boxes.data) - 1
+    pl.set_z_range(row, int(lo[0]) - 1, int(hi[0]) + 1)
+    pl.boxes.selected_data = {row}
     prompts._sync_z_range()
-    centre_view(viewer, geom.index_to_world([zc, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2]))
     shot("03_box_prompt.png")
     prompts.segment()
     wait_for(prompts.runner)
     viewer.dims.ndisplay = 3
+    prompts.session._applying = True  # a 3D view of the box outline only (not a change of scan)
     for layer in viewer.layers:
-        layer.visible = layer in (baseline, pl.wire, prompts.session.labels_layer_for(baseline))
-    baseline.visible = False
+        layer.visible = layer in (pl.wire, prompts.session.labels_layer_for(baseline))
+    prompts.session._applying = False
     viewer.reset_view()
     settle()
     camera(viewer).angles = (0, -35, 70)
-    camera(viewer).center = tuple(geom.index_to_world([zc, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2]))
+    camera(viewer).center = tuple(centre)
     camera(viewer).zoom = camera(viewer).zoom * 2.5
     shot("04_box_prompt_3d.png")
     viewer.dims.ndisplay = 2
     viewer.reset_view()
-    for layer in viewer.layers:
-        layer.visible = layer.name in {baseline.name, f"{baseline.name} lesions", pl.points.name}
+    prompts.activate_mode("view")
 
     # Propagate every baseline lesion to both follow-ups.
-    show_only(docks, "Timeline")
+    prompts.session.set_active(baseline)
     timeline.refresh()
     assert timeline.propagate(source=baseline.name)
     wait_for(timeline.runner, busy=lambda: timeline.busy)
     follow = viewer.layers[study.images[1].name]
-    for layer in viewer.layers:
-        layer.visible = layer.name in {follow.name, f"{follow.name} lesions"}
+    prompts.session.set_active(follow)  # the follow-up in view, with its own lesions only
     centre_view(viewer, rec1.centre_world[1])
     shot("05_timeline_propagated.png")
 
     # Review: volumes and the side-by-side grid centred on lesion 1.
-    show_only(docks, "Lesion review")
     review.measure()
     wait_for(review.runner)
     review.start_review()

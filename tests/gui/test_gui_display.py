@@ -158,6 +158,7 @@ def test_not_tracked_yet_is_not_lost_and_progress_only_moves_forward(docked, qtb
     pl = prompts.prompt_layers()
     pl.add_point_world(_record(study, 1).centre_world[0])
     pl.add_point_world(_record(study, 6).centre_world[0])
+    qtbot.wait(1000)  # the new layers' first paints (software OpenGL under Xvfb) happen before the press
     with StallMonitor() as monitor:
         assert prompts.segment()
         wait_idle(qtbot, prompts)
@@ -189,6 +190,10 @@ def test_not_tracked_yet_is_not_lost_and_progress_only_moves_forward(docked, qtb
     row = {review.table.item(r, 0).text(): r for r in range(review.table.rowCount())}
     assert review.table.item(row["2"], 2).text() == "lost"
     assert review.table.item(row["1"], 2).text().endswith("(check)")
+    # The core Study over the layers (views of their arrays), in the timeline's order.
+    st = session.study(session.order)
+    assert st.names == [tp.name for tp in tps] and {1, 2} <= set(st.lesion_ids)
+    assert st.status(1, tps[1].name) == "present" and st.status(2, tps[1].name) == "absent"
 
 
 def test_a_layer_from_another_reader_is_reread_or_refused(make_napari_viewer, qtbot, study, tmp_path) -> None:
@@ -222,3 +227,26 @@ def test_a_layer_from_another_reader_is_reread_or_refused(make_napari_viewer, qt
     # A layer given its own transform by its maker is taken as it is.
     scaled = viewer.add_image(image.array.copy(), name="scaled", scale=image.geometry.spacing)
     assert not session.ensure_geometry(scaled)
+
+
+def test_review_grid_in_its_own_window(docked, qtbot, study) -> None:
+    from napari_lesionlocator.gui._layers import apply_lesion_masks
+
+    viewer, w, _, _ = docked
+    review = w["Lesion review"]
+    tps = [viewer.layers[im.name] for im in study.images]
+    for t, tp in enumerate(tps):
+        apply_lesion_masks(review.session.labels_layer_for(tp), {1: study.labels[t].array == 1})
+    visible = {layer.name: layer.visible for layer in viewer.layers}
+    review.own_window.setChecked(True)
+    review.grid_button.click()
+    window = review.grid_viewer
+    assert window is not viewer and review.reviewing
+    assert len(window.layers) == 2 * len(tps) and window.canvas.grid.enabled
+    assert {layer.name: layer.visible for layer in viewer.layers} == visible  # the main view is untouched
+    assert not viewer.canvas.grid.enabled
+    review.select_lesion(1)
+    # the grid's labels are the real arrays
+    assert window.layers[1].data is review.session.labels_layer_for(tps[0]).data
+    review.grid_button.click()  # off: the window closes
+    assert not review.reviewing and review.grid_viewer is viewer

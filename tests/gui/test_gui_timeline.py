@@ -163,9 +163,12 @@ def test_followup_layers_made_in_steps_and_cancel_before_the_run_starts(qtbot, a
     assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])
     assert not timeline.runner.running and timeline.busy
     assert not timeline.propagate(source=tps[0].name)  # a second press is refused meanwhile
+    selected = viewer.layers.selection.active
     qtbot.waitUntil(lambda: timeline.session.labels_layer_for(tps[1], create=False) is not None, timeout=10_000)
     layer = timeline.session.labels_layer_for(tps[1], create=False)
-    assert viewer.layers.selection.active is layer  # as viewer.add_labels makes it
+    # Added without taking the selection (the reader's tool and scan in view stay as they were),
+    # and hidden: only the scan in view shows its lesions.
+    assert viewer.layers.selection.active is selected and not layer.visible
     timeline.cancel()
     assert not timeline.busy and not timeline.runner.running
     assert "Cancelled" in timeline.progress.status.text()

@@ -255,7 +255,7 @@ class StudySession(QObject):
                                  "image_id": str(image_layer.unique_id)}},
             colormap=lesion_colormap(),
             opacity=LESION_OPACITY,
-            visible=image_layer is self.active_image() or self._active is None,
+            visible=image_layer is self.active_image(),  # only the scan in view shows its lesions
             **geometry.napari_transform(),
         )
 

@@ -459,3 +459,18 @@ def test_edits_when_the_layer_paints_into_the_display_array() -> None:
     assert res.added == [3] and s.observation(3, "tp0").review == "accepted" and s.next_lesion_id() == 4
     with pytest.raises(StudyError, match="outside"):
         s.apply_paint("tp0", ([10], [0], [0]), [0], 1)
+
+
+def test_from_results_a_lesion_added_at_a_follow_up_is_new() -> None:
+    from types import SimpleNamespace
+
+    imgs = [Image(np.zeros(BIG.shape, np.float32), BIG, name=f"t{k}") for k in range(3)]
+    seg = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (2, 8), (2, 8)))})
+    fu1 = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (2, 8), (2, 8))),
+                                   7: LesionResult(7, _box_mask(BIG, (5, 7), (20, 30), (20, 30)))})
+    fu2 = SimpleNamespace(lesions={1: LesionResult(1, _box_mask(BIG, (2, 4), (2, 8), (2, 8))),
+                                   7: LesionResult(7, _box_mask(BIG, (5, 7), (20, 31), (20, 30)))})
+    s = Study.from_results(imgs, [seg, fu1, fu2])
+    assert s.observation(7, "t1").review == "new" and s.observation(7, "t1").provenance.tracked_from is None
+    assert s.observation(7, "t2").review == "unverified" and s.observation(7, "t2").provenance.tracked_from == "t1"
+    assert s.new_lesion_ids("t1") == [7] and s.new_lesion_ids("t2") == []

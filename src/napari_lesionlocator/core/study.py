@@ -562,9 +562,10 @@ class Study:
 
         Timepoint 0's lesions are segmented from ``prompts`` (review ``"accepted"``); later ones
         were tracked from the timepoint before (``"unverified"`` until the reader checks them) unless
-        ``tracked`` is false. Timepoints beyond ``results`` are "not tracked". ``engine`` (and its
-        ``settings``) are recorded in each mask's provenance (when the engine did not say) and in
-        :attr:`engine`. Images keep their order.
+        ``tracked`` is false; a lesion first seen at a follow-up was added there (review ``"new"``).
+        Timepoints beyond ``results`` are "not tracked". ``engine`` (and its ``settings``) are
+        recorded in each mask's provenance (when the engine did not say) and in :attr:`engine`.
+        Images keep their order.
         """
         study = cls([Timepoint(im) for im in images], patient_id, sort_by_date=False)
         names = study.names
@@ -575,8 +576,12 @@ class Study:
             raise StudyError(f"{len(results)} results for {len(names)} timepoints")
         for k, res in enumerate(results):
             for lid, r in res.lesions.items():
+                before = study.observation(lid, names[k - 1]) if k else None
+                # a lesion that was not there the timepoint before cannot have been tracked from it: it was
+                # added at this follow-up (a new lesion the reader confirmed), review "new"
+                was_tracked = bool(k and tracked and before is not None and before.present)
                 obs = study.set_result(lid, names[k], r, prompts=by_id.get(int(lid)) if k == 0 else None,
-                                       tracked_from=names[k - 1] if k and tracked else None)
+                                       tracked_from=names[k - 1] if was_tracked else None)
                 if obs.provenance.engine is None:
                     obs.provenance.engine = engine
             if k and getattr(res, "new_candidates", None):

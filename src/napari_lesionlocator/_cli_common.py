@@ -140,7 +140,14 @@ def read_prompt_file(path: Path, image: Image, kind: str) -> tuple[list[Prompt],
             warn(note)
         return prompts, None
     if path.suffix.lower() == ".json":
-        prompts = read_prompt_json(path)
+        from .io.clicks import click_file_prompts  # grand-challenge / autoPET click files, else ours
+
+        clicks = click_file_prompts(path, image.geometry)
+        if clicks is not None and kind != "point":
+            raise UsageError(f"{path.name} holds clicks (points) but -t {kind} was given")
+        for note in clicks[1] if clicks is not None else ():
+            warn(note)
+        prompts = clicks[0] if clicks is not None else read_prompt_json(path)
         wrong = [p.lesion_id for p in prompts if p.kind != kind]
         if wrong:
             have = "box" if kind == "point" else "point"

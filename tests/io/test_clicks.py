@@ -129,3 +129,30 @@ def test_longiseg_pair_from_our_results(tmp_path) -> None:
     assert back.lesions[3].disappeared and back.lesions[3].fu_point_prop is None
     bl, fu = tracking_pair_prompts(back)
     assert [p.zyx for p in bl] == [(4, 5, 6), (7, 8, 9)] and [p.zyx for p in fu] == [(5, 5, 6)]
+
+
+def test_segment_cli_reads_click_files(tmp_path, capsys) -> None:
+    """`lesionlocator segment -p clicks.json -t point` with a grand-challenge or autoPET click file."""
+    from napari_lesionlocator.cli import main
+    from napari_lesionlocator.core.image import Image
+    from napari_lesionlocator.io.images import read_label_map, write_image
+
+    geom = Geometry((20, 40, 40), (2.0, 0.8, 0.8), (-10.0, 3.0, 7.0))
+    zz, yy, xx = np.indices(geom.shape)
+    ball = ((zz - 10) * 2.0) ** 2 + ((yy - 20) * 0.8) ** 2 + ((xx - 22) * 0.8) ** 2 < 6.0**2
+    arr = np.where(ball, 60.0, -800.0).astype(np.float32)
+    write_image(Image(arr, geom, "ct"), tmp_path / "ct.nii.gz")
+    gc = {"type": "Multiple points", "points": [{"name": "tumor", "point": _sitk_point(geom, (10, 20, 22))},
+                                                {"name": "background", "point": _sitk_point(geom, (2, 2, 2))}]}
+    (tmp_path / "ct.json").write_text(json.dumps(gc))
+    rc = main(["segment", "-i", str(tmp_path / "ct.nii.gz"), "-p", str(tmp_path / "ct.json"), "-t", "point",
+               "-o", str(tmp_path / "out"), "--engine", "classical", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "grand-challenge points" in err and "background click" in err
+    mask = read_label_map(tmp_path / "out" / "ct_lesion_1.nii.gz").array.astype(bool)
+    assert mask[10, 20, 22] and (mask & ball).sum() > 0.5 * ball.sum()
+    (tmp_path / "a.json").write_text(json.dumps({"tumor": [[22, 20, 10]], "background": []}))
+    assert main(["segment", "-i", str(tmp_path / "ct.nii.gz"), "-p", str(tmp_path / "a.json"), "-t", "box",
+                 "-o", str(tmp_path / "out2"), "-q"]) == 2
+    assert "holds clicks" in capsys.readouterr().err

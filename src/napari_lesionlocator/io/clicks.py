@@ -53,6 +53,7 @@ __all__ = [
     "write_tracking_json",
     "tracking_pair_prompts",
     "tracking_pair_from_results",
+    "click_file_prompts",
 ]
 
 _FOREGROUND = {"tumor", "tumour", "lesion", "foreground", "positive", "fg"}
@@ -331,3 +332,29 @@ def tracking_pair_from_results(img_bl: str, img_fu: str, baseline_points: Mappin
         prop = propagated_points.get(lid, fu)
         lesions[int(lid)] = TrackedLesion(int(lid), xyz(bl), xyz(prop), xyz(fu), [0] if fu is None else [int(lid)])
     return TrackingPair(img_bl, img_fu, lesions)
+
+
+def click_file_prompts(path: str | os.PathLike, geometry: Geometry) -> tuple[list[PointPrompt], list[str]] | None:
+    """Point prompts from a grand-challenge "Multiple points" or autoPET IV click JSON, with notes
+    (background clicks and points outside the image are reported, not used); None for any other JSON
+    (e.g. LesionLocator's own prompt JSON, read elsewhere)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and (data.get("type") in ("Multiple points", "Point") or
+                                   ("points" in data and isinstance(data.get("points"), list))):
+        res = gc_points_to_prompts(path, geometry)
+        what = "grand-challenge points (world mm, x y z)"
+    elif isinstance(data, dict) and set(data) <= {"tumor", "background"} and data:
+        res = read_autopet_clicks(path, geometry.shape)
+        what = "autoPET clicks (voxel x y z)"
+    else:
+        return None
+    notes = list(res.outside)
+    if res.negatives:
+        notes.append(f"{path.name}: {len(res.negatives)} background click(s) are not LesionLocator prompts; not used")
+    if not res.prompts:
+        raise PromptError(f"{path.name}: no foreground click inside the image ({what})")
+    return res.prompts, [f"{path.name}: read as {what}"] + notes

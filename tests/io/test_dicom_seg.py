@@ -311,3 +311,22 @@ def test_non_ct_series(tmp_path) -> None:
     with pytest.raises(InputImageError, match="CT or MR"):
         export_dicom_study([img], [lesions], tmp_path / "pt")
     assert not (tmp_path / "pt" / f"{img.name}_seg.dcm").exists()
+
+
+def test_labelmap_seg_from_highdicom(tmp_path) -> None:
+    """A LABELMAP SEG (DICOM 2024; one frame holds every segment) written by highdicom itself."""
+    from pydicom.sr.codedict import codes
+
+    img, lesions = _random_case(10, oblique=False)
+    src = ct_series_datasets(img)
+    write_ct_series(src, tmp_path / "ct")
+    arr = np.zeros(img.shape, np.uint8)
+    arr[2:5, 3:9, 4:10] = 1
+    arr[6:8, 10:14, 10:20] = 2
+    descs = [hd.seg.SegmentDescription(i, f"seg {i}", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion,
+                                       "MANUAL") for i in (1, 2)]
+    seg = hd.seg.Segmentation(src, arr, "LABELMAP", descs, hd.UID(), 5, hd.UID(), 1, "test", "test", "1", "1")
+    seg.save_as(tmp_path / "labelmap.dcm")
+    imp = read_dicom_seg(tmp_path / "labelmap.dcm")
+    np.testing.assert_array_equal(imp.labels.array, arr)
+    assert [imp.descriptions[i].label for i in (1, 2)] == ["seg 1", "seg 2"]

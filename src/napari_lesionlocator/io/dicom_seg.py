@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Segmentation Storage and Label Map Segmentation Storage (DICOM 2024): both are read.
+SEG_SOP_CLASS_UIDS = (SEG_SOP_CLASS_UID, "1.2.840.10008.5.1.4.1.1.66.7")
 CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"
 _SOP_BY_MODALITY = {"CT": CT_SOP_CLASS_UID, "MR": "1.2.840.10008.5.1.4.1.1.4"}
 MANUFACTURER = "napari-lesionlocator"
@@ -759,7 +761,7 @@ def is_dicom_seg(path: str | os.PathLike) -> bool:
         ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except Exception:  # noqa: BLE001 - a probe: any unreadable file is simply not a SEG
         return False
-    return str(getattr(ds, "SOPClassUID", "")) == SEG_SOP_CLASS_UID
+    return str(getattr(ds, "SOPClassUID", "")) in SEG_SOP_CLASS_UIDS
 
 
 def find_dicom_segs(folder: str | os.PathLike, max_depth: int = 4) -> list[Path]:
@@ -1042,7 +1044,7 @@ def read_dicom_seg(
     if not seg_path.is_file():
         raise InputImageError(f"no such SEG file: {seg_path}")
     header = _dcmread(seg_path, stop_before_pixels=True)
-    if str(getattr(header, "SOPClassUID", "")) != SEG_SOP_CLASS_UID:
+    if str(getattr(header, "SOPClassUID", "")) not in SEG_SOP_CLASS_UIDS:
         raise InputImageError(f"{seg_path.name} is not a DICOM-SEG (SOP class {getattr(header, 'SOPClassUID', '?')}, "
                               f"modality {getattr(header, 'Modality', '?')})")
     try:

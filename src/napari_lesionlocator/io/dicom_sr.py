@@ -30,7 +30,7 @@ from pathlib import Path
 from ..core.errors import InputImageError, OutputExistsError
 from ..core.measurements import LesionMeasurement
 from ..core.recist import RecistTimepoint
-from .dicom_seg import SEG_SOP_CLASS_UID, LesionDescription, SegBuild, _save_atomic, _site_code
+from .dicom_seg import LesionDescription, SegBuild, _save_atomic, _site_code
 
 __all__ = ["build_dicom_sr", "write_dicom_sr", "read_dicom_sr", "SrLesion", "SrReport", "RESPONSE_CODES"]
 
@@ -138,7 +138,7 @@ def build_dicom_sr(
         if row.present and number is not None:
             if row.mean_hu == row.mean_hu:  # not NaN
                 values.append(Measurement(codes.SCT.Mean, float(row.mean_hu), hu))
-            ref = ReferencedSegment(sop_class_uid=SEG_SOP_CLASS_UID, sop_instance_uid=str(seg_ds.SOPInstanceUID),
+            ref = ReferencedSegment(sop_class_uid=str(seg_ds.SOPClassUID), sop_instance_uid=str(seg_ds.SOPInstanceUID),
                                     segment_number=int(number),
                                     source_series=SourceSeriesForSegmentation(ct_series))
             groups.append(VolumetricROIMeasurementsAndQualitativeEvaluations(

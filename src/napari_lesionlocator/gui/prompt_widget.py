@@ -293,7 +293,9 @@ class PromptWidget(QWidget):
             for layer in (pl.points, pl.boxes):
                 layer.events.mode.connect(self._sync_mode_buttons)
             pl.points.events.data.connect(
-                lambda e: self._maybe_auto_window() if getattr(e, "action", None) == "added" else None)
+                lambda e: self._maybe_auto_window("points") if getattr(e, "action", None) == "added" else None)
+            pl.boxes.events.data.connect(
+                lambda e: self._maybe_auto_window("boxes") if getattr(e, "action", None) == "added" else None)
         return pl
 
     def next_lesion_id(self) -> int:
@@ -364,20 +366,28 @@ class PromptWidget(QWidget):
     def _on_window_chosen(self, index: int) -> None:
         name = self.window_combo.itemData(index)
         self._window_chosen = name is not None
-        image = self.session.active_image()
-        if name is not None and image is not None:
-            apply_window(image, name)
+        if name is not None:
+            self._apply_window(name)
 
-    def _maybe_auto_window(self) -> None:
-        """auto window: after the first click on a scan, the window that suits what was clicked."""
+    def _apply_window(self, name: str) -> None:
+        """The same window on every timepoint (the reader compares them side by side)."""
+        for image in self.session.image_layers():
+            meta = image.metadata if isinstance(image.metadata, dict) else {}
+            if meta.get("modality") in (None, "CT"):
+                apply_window(image, name)
+
+    def _maybe_auto_window(self, kind: str = "points") -> None:
+        """auto window: after a click (or a box), the window that suits what was prompted."""
         if self._window_chosen:
             return
         pl = self.session.prompt_layers(create=False)
-        if pl is None or not len(pl.points.data):
+        layer = pl.points if kind == "points" or pl is None else pl.boxes
+        if pl is None or not len(layer.data):
             return
-        world = pl.points.data_to_world(pl.points.data[-1])
+        last = np.asarray(layer.data[-1], dtype=float)
+        world = layer.data_to_world(last if last.ndim == 1 else last.mean(axis=0))
         name = window_for_click(pl.image_layer, world)
-        apply_window(pl.image_layer, name)
+        self._apply_window(name)
         self.window_combo.setItemText(0, f"auto ({name})")
 
     # ------------------------------------------------------------------ box z-extent

@@ -968,6 +968,19 @@ def _functional(seg, frame_index: int, group: str):
     return None
 
 
+def _mask_from_pieces(geom: Geometry, parts: list[tuple[int, int, int, np.ndarray]]) -> LesionMask:
+    """A lesion mask from 2D pieces ``(z, row0, col0, bool array)`` (pieces on one slice are OR-ed)."""
+    if not parts:
+        return LesionMask.empty(geom)
+    lo = np.array([min(p[0] for p in parts), min(p[1] for p in parts), min(p[2] for p in parts)])
+    hi = np.array([max(p[0] for p in parts) + 1, max(p[1] + p[3].shape[0] for p in parts),
+                   max(p[2] + p[3].shape[1] for p in parts)])
+    crop = np.zeros(tuple(hi - lo), dtype=bool)
+    for k, r, c, part in parts:
+        crop[k - lo[0], r - lo[1]:r - lo[1] + part.shape[0], c - lo[2]:c - lo[2] + part.shape[1]] |= part
+    return LesionMask.from_crop(geom, tuple(int(v) for v in lo), crop)
+
+
 def _frame_source_uids(seg) -> set[str]:
     """The CT instances the SEG's frames were derived from (per-frame DerivationImageSequence)."""
     out = set()
@@ -1114,7 +1127,9 @@ def read_dicom_seg(
             extra={"property_type": str(it.SegmentedPropertyTypeCodeSequence[0].CodeMeaning)
                    if getattr(it, "SegmentedPropertyTypeCodeSequence", None) else None},
         )
-    full = {lid: np.zeros(image.shape, dtype=bool) for lid in descs}
+    # Per segment, the 2D pieces it has on each slice (memory follows the frames, not segments x grid:
+    # IDC's SEGs can hold 100+ segments on a 512 x 512 x 500 CT).
+    pieces: dict[int, list[tuple[int, int, int, np.ndarray]]] = {lid: [] for lid in descs}
     geom = image.geometry
     d_xyz = geom.direction_matrix[::-1, ::-1]
     n_frames = int(getattr(seg, "NumberOfFrames", 1) or 1)
@@ -1165,22 +1180,26 @@ def read_dicom_seg(
         sub = (slice(rs - r0, re_ - r0), slice(cs - c0, ce - c0))
         if seg_type == "LABELMAP":
             for number, lid in number_to_id.items():
-                full[lid][k, rs:re_, cs:ce] |= frame[sub] == number
+                part = frame[sub] == number
+                if part.any():
+                    pieces[lid].append((k, rs, cs, part))
             continue
         ident = _functional(seg, f, "SegmentIdentificationSequence")
         number = int(ident.ReferencedSegmentNumber) if ident is not None else 1
         if number not in number_to_id:
             messages.append(f"frame {f + 1} names segment {number}, which the SEG does not describe; skipped")
             continue
-        full[number_to_id[number]][k, rs:re_, cs:ce] |= frame_mask[sub]
+        part = frame_mask[sub]
+        if part.any():
+            pieces[number_to_id[number]].append((k, rs, cs, part))
     if outside:
         messages.append(f"{outside} frame(s) lie outside {image.name}'s volume and were left out")
     if seg_type == "FRACTIONAL":
         messages.append(f"FRACTIONAL SEG: masks are the voxels >= {fractional_threshold:g} of the maximum "
                         f"({int(max_frac)})")
     lesions = {}
-    for lid, arr in full.items():
-        mask = LesionMask.from_full(geom, arr)
+    for lid, parts in pieces.items():
+        mask = _mask_from_pieces(geom, parts)
         status = "ok" if not mask.is_empty else "empty"
         d = descs[lid]
         lesions[lid] = LesionResult(lid, mask, status=status,

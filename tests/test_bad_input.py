@@ -639,6 +639,10 @@ CASES: list[Case] = [
       ("1500x1500x1500", "6.8 GB", "holds only", "nothing was read")),
     C("huge-declared-header-plain", HDR, image_case(lambda d: nifti_patched(d, "img.nii", _huge_header)), 2,
       ("1500x1500x1500", "holds only")),
+    C("huge-declared-header-nrrd", HDR, image_case(lambda d: text_header_patched(
+        d, "img.nrrd", r"^sizes: .*$", "sizes: 1500 1500 1500")), 2, ("1500x1500x1500", "holds only")),
+    C("huge-declared-header-mha", HDR, image_case(lambda d: text_header_patched(
+        d, "img.mha", r"^DimSize = .*$", "DimSize = 1500 1500 1500")), 2, ("1500x1500x1500", "holds only")),
     C("huge-header-as-follow-up", HDR, track_followup_huge_header, 2, ("fu.nii.gz", "1500x1500x1500")),
     C("over-memory-bound", HDR, lambda d: seg(d), 2, ("needs about", "only 100.0 kB is available", "Crop"),
       needs=("env:LESIONLOCATOR_MEMORY_LIMIT=100000",)),

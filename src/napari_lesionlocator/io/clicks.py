@@ -340,9 +340,11 @@ def click_file_prompts(path: str | os.PathLike, geometry: Geometry) -> tuple[lis
     (e.g. LesionLocator's own prompt JSON, read elsewhere)."""
     path = Path(path)
     try:
+        if path.stat().st_size > 64 * 2**20:
+            return None  # far too large for a click file: read_prompt_json says so
         data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None  # not a click file; read_prompt_json reports what is wrong with it
     if isinstance(data, dict) and (data.get("type") in ("Multiple points", "Point") or
                                    ("points" in data and isinstance(data.get("points"), list))):
         res = gc_points_to_prompts(path, geometry)

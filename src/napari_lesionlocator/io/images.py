@@ -165,6 +165,16 @@ def check_image_file(path: str | os.PathLike, *, gzip_length: int | None = None)
         check_nifti_header(path, data_length=gzip_length)
     header = probe_image(path)
     check_spacing(path.name, header.spacing[:3])
+    if path.name.lower().endswith((".nrrd", ".mha")) and _attached_raw_data(path) \
+            and path.stat().st_size < header.voxel_bytes:
+        from .limits import format_bytes
+
+        dims = "x".join(str(v) for v in header.size)
+        raise InputImageError(
+            f"{path.name}: the header declares a {dims} volume ({format_bytes(header.voxel_bytes)} of voxels), but "
+            f"the file holds only {format_bytes(path.stat().st_size)}: it is truncated or its header is wrong; "
+            "nothing was read. Copy or export it again"
+        )
     check_memory(path.name, header.size[:3], header.components * header.bytes_per_component
                  * int(np.prod(header.size[3:], dtype=np.int64)))
     return header
@@ -407,6 +417,15 @@ def _gzip_trailer_size(path: Path) -> int | None:
             return None
         fh.seek(-4, os.SEEK_END)
         return int.from_bytes(fh.read(4), "little")
+
+
+def _attached_raw_data(path: Path) -> bool:
+    """True for a NRRD/MetaImage file whose voxels follow the header uncompressed in the same file."""
+    with path.open("rb") as fh:
+        head = fh.read(4096).decode("latin-1", "replace").lower()
+    if "encoding: raw" in head:
+        return "data file:" not in head and "datafile:" not in head
+    return "elementdatafile = local" in head and "compresseddata = true" not in head
 
 
 def _header_says_compressed(path: Path) -> bool:

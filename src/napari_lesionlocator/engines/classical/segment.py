@@ -259,6 +259,8 @@ def _segment_in_roi(
         inside_box[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
         clo, chi = core_box if core_box is not None else box
         core = ellipsoid_mask(shape, (clo + chi - 1) / 2.0, (chi - clo) / 4.0) & inside_box
+        if not core.any():  # a box one voxel thin on a coarse axis: its centre voxel samples the lesion
+            core[tuple(int(v) for v in np.clip((clo + chi - 1) // 2, 0, np.asarray(shape) - 1))] = True
     else:
         core = ball_mask(shape, seed, 3.0, sp)
     if prior is not None:

@@ -57,6 +57,8 @@ def run_pipeline(out: Path) -> list[Path]:
     t0 = time.perf_counter()
     series = api.run_sync(api.iter_track_series(engine, baseline, seg.labels, study.images[1:]))
     print(f"[3/4] tracked through {len(study.images) - 1} follow-ups in {time.perf_counter() - t0:.1f} s")
+    for note in _accept_new_lesions(engine, study, series):
+        print(f"      {note}")
 
     masks_dir = out / "masks"
     predicted = [seg, *series.results]
@@ -140,6 +142,48 @@ def run_pipeline(out: Path) -> list[Path]:
     report = write_report(review, out / "report.html", overwrite=True)
     print(f"      review session -> {out / 'session'} (tracked lesions unverified); response report -> {report}")
     return label_paths
+
+
+def _accept_new_lesions(engine, study, series) -> list[str]:
+    """The scripted review of each follow-up's new-lesion candidates (the top three).
+
+    As the annotator drew the baseline boxes, the script knows the ground truth: it accepts a
+    candidate whose box holds a lesion absent from the scan before. The accepted lesion is
+    segmented from the candidate's box (grown by 3 mm) at that follow-up, under the ground truth's
+    id, and tracked on through the later follow-ups; RECIST then counts it as new.
+    """
+    from .core.prompts import BoxPrompt
+    from .core.results import compose_label_map
+
+    notes = []
+    for k, result in enumerate(series.results):
+        image, gt, before = study.images[k + 1], study.labels[k + 1], study.labels[k]
+        for rank, cand in enumerate(result.new_candidates[:3], start=1):
+            b = cand["box"]
+            inside = set(np.unique(gt.array[b[0]:b[1], b[2]:b[3], b[4]:b[5]]).tolist()) - {0}
+            new = sorted(i for i in inside if i not in before.ids and i not in result.lesions)
+            if not new:
+                continue
+            lid = new[0]
+            pad = np.ceil(3.0 / np.asarray(image.geometry.spacing)).astype(int)
+            lo = np.maximum(np.asarray(b[0::2]) - pad, 0)
+            hi = np.minimum(np.asarray(b[1::2]) + pad, image.shape)
+            own = engine.segment(image, [BoxPrompt(lid, (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))]).lesions[lid]
+            result.lesions[lid] = own
+            result.labels = compose_label_map(result.lesions, image.geometry, result.labels.name)
+            notes.append(f"{image.name}: new-lesion candidate {rank} (score {cand['score']:.1f}) accepted as "
+                         f"lesion {lid} ({own.volume_ml:.1f} mL, {own.status})")
+            prev, mask = image, own.mask
+            for later, nxt in zip(series.results[k + 1:], study.images[k + 2:]):
+                if mask.is_empty:
+                    break
+                tracked = engine.track(prev, {lid: mask}, nxt).lesions[lid]
+                later.lesions[lid] = tracked
+                later.labels = compose_label_map(later.lesions, nxt.geometry, later.labels.name)
+                if tracked.status == "lost":
+                    later.lost_ids.append(lid)
+                prev, mask = nxt, tracked.mask
+    return notes
 
 
 def render_screenshot(out: Path) -> Path | None:

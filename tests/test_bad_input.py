@@ -718,6 +718,9 @@ CASES: list[Case] = [
     C("plans-without-architecture", CKP, ckpt_case(_plans_without_architecture), 2, ("architecture", "plans.json"),
       needs=("torch",)),
     C("checkpoint-without-folds", CKP, ckpt_case(_no_folds), 2, ("no fold",), needs=("torch",)),
+    C("over-engine-memory-bound", HDR, ckpt_case(lambda part: None), 2,
+      ("lesionlocator engine needs about", "only 160.0 kB is available", "Crop"),
+      needs=("torch", "env:LESIONLOCATOR_MEMORY_LIMIT=160000")),
     C("checkpoint-folder-missing", CKP, lambda d: seg(d, "--engine", "lesionlocator", "-m", str(d / "none")), 2,
       ("does not exist",)),
     # --- archives and downloads

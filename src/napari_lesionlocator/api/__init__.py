@@ -95,6 +95,9 @@ def iter_segment(
     result = SegmentationResult(out)
     total = len(prompts)
     yield ProgressEvent(0, total, f"preparing {image.name}")
+    from ..io.limits import check_engine_memory
+
+    check_engine_memory(image.name, image.shape, getattr(engine, "name", ""))  # refuse before the work, not killed
     engine.prepare(image)
     for i, prompt in enumerate(prompts):
         if cancel is not None:

@@ -37,6 +37,8 @@ __all__ = [
     "check_nifti_header",
     "check_spacing",
     "read_memory_estimate",
+    "ENGINE_BYTES_PER_VOXEL",
+    "check_engine_memory",
 ]
 
 ENV_MEMORY_LIMIT = "LESIONLOCATOR_MEMORY_LIMIT"
@@ -231,3 +233,31 @@ def check_nifti_header(path: str | os.PathLike, *, data_length: int | None = Non
             "of voxel data: it is truncated or its header is wrong; nothing was read. Copy or export it again"
         )
     return hdr
+
+
+# Working memory an engine needs on top of the image it works on, per voxel of that image, from the
+# measured peaks in the README (classical: 0.65x the float32 volume, 300x512x512; LesionLocator: 3.5x
+# once the whole preprocessed image is cached, 600x512x512). The LesionLocator network's own memory
+# (about 11 GiB for ResEnc-L at its patch on the CPU, on the GPU for CUDA) does not grow with the scan
+# and depends on the checkpoint, so it is not part of this bound.
+ENGINE_BYTES_PER_VOXEL = {"classical": 0.65 * 4, "lesionlocator": 3.5 * 4}
+
+
+def check_engine_memory(name: str, shape, engine: str) -> None:
+    """ResourceLimitError (exit 2) when ``engine``'s working memory for a volume of ``shape`` does not
+    fit in the memory available now (the image itself is already read). Unknown engines pass."""
+    per_voxel = ENGINE_BYTES_PER_VOXEL.get(engine)
+    avail = available_memory()
+    if per_voxel is None or avail is None:
+        return
+    n = math.prod(int(v) for v in shape)
+    need = int(n * per_voxel)
+    if need <= avail:
+        return
+    dims = "x".join(str(int(v)) for v in shape)
+    raise ResourceLimitError(
+        f"{name}: the {engine} engine needs about {format_bytes(need)} of working memory for this {dims} volume, "
+        f"but only {format_bytes(avail)} is available; refused before starting. Crop the volume to the region "
+        f"around the lesions, close other programs, or use a machine with more memory ({ENV_MEMORY_LIMIT} "
+        "changes the bound)"
+    )

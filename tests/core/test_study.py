@@ -474,3 +474,4 @@ def test_from_results_a_lesion_added_at_a_follow_up_is_new() -> None:
     assert s.observation(7, "t1").review == "new" and s.observation(7, "t1").provenance.tracked_from is None
     assert s.observation(7, "t2").review == "unverified" and s.observation(7, "t2").provenance.tracked_from == "t1"
     assert s.new_lesion_ids("t1") == [7] and s.new_lesion_ids("t2") == []
+    assert s.table_status(7, "t0") == "absent"  # the baseline was read whole

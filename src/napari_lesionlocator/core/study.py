@@ -588,6 +588,8 @@ class Study:
                 study.set_candidates(names[k], res.new_candidates)
         if engine is not None:
             study.engine = {"name": engine, "settings": dict(settings or {})}
+        if results:
+            study._evaluated.add(names[0])  # the baseline was read whole: a lesion without a mask there is absent
         return study
 
     # ------------------------------------------------------------ ordering

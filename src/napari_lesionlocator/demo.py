@@ -124,23 +124,6 @@ def run_pipeline(out: Path) -> list[Path]:
     save_session(review, out / "session", overwrite=True)
     report = write_report(review, out / "report.html", overwrite=True)
     print(f"      review session -> {out / 'session'} (tracked lesions unverified); response report -> {report}")
-    # The whole review as a session folder (`lesionlocator session`) and its HTML response report.
-    from .core.recist import auto_assign_targets
-    from .core.study import SITES, Study
-    from .io.session import save_session
-    from .report import write_report
-
-    for image, entry in zip(study.images, manifest, strict=True):
-        image.source = entry["image"]  # the scans as written to study/: the session names them by checksum
-    review = Study.from_results(study.images, predicted, patient_id=study.case, prompts=prompts, engine="classical")
-    for rec in study.lesions:  # the annotator knows where each box was drawn
-        site = "lymph node" if rec.kind == "lymph_node" else rec.organ
-        if rec.id in review.lesion_ids:
-            review.set_lesion_info(rec.id, site=site if site in SITES else "other", check_rules=False)
-    auto_assign_targets(review)
-    save_session(review, out / "session", overwrite=True)
-    report = write_report(review, out / "report.html", overwrite=True)
-    print(f"      review session -> {out / 'session'} (tracked lesions unverified); response report -> {report}")
     return label_paths
 
 

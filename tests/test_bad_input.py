@@ -936,3 +936,22 @@ def test_readme_table_matches():
 if __name__ == "__main__":  # print the README table
     print(readme_table())
     sys.exit(0)
+
+
+@pytest.mark.gui
+def test_napari_file_open_shows_the_refusal(tmp_path, make_napari_viewer):
+    """File > Open on a forged header: napari gets our message (it shows reader errors as a
+    notification) and no layer is added."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        pytest.skip("needs a display (run under xvfb-run, as make test does)")
+    from napari.errors import ReaderPluginError
+
+    from napari_lesionlocator.core.errors import InputImageError
+
+    viewer = make_napari_viewer()
+    path = nifti_patched(tmp_path, "img.nii.gz", _huge_header, gz=True)
+    with pytest.raises((ReaderPluginError, InputImageError)) as info:
+        viewer.open(str(path), plugin="napari-lesionlocator")
+    text = f"{info.value} {info.value.__cause__}"
+    assert "1500x1500x1500" in text and "holds only" in text
+    assert len(viewer.layers) == 0

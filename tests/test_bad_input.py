@@ -939,11 +939,11 @@ if __name__ == "__main__":  # print the README table
 
 
 @pytest.mark.gui
+@pytest.mark.skipif(not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")),
+                    reason="needs a display (run under xvfb-run, as make test does)")
 def test_napari_file_open_shows_the_refusal(tmp_path, make_napari_viewer):
     """File > Open on a forged header: napari gets our message (it shows reader errors as a
     notification) and no layer is added."""
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        pytest.skip("needs a display (run under xvfb-run, as make test does)")
     from napari.errors import ReaderPluginError
 
     from napari_lesionlocator.core.errors import InputImageError

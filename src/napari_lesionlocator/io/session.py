@@ -145,7 +145,9 @@ def voxel_checksum(image: Image) -> str:
         return hit[1]
     h = hashlib.sha256()
     h.update(repr(tuple(arr.shape)).encode())
-    h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    step = max(1, (16 << 20) // max(1, 4 * int(np.prod(arr.shape[1:]))))  # ~16 MB slabs: no full-size copy
+    for z in range(0, arr.shape[0], step):
+        h.update(memoryview(np.ascontiguousarray(arr[z:z + step], dtype=np.float32)).cast("B"))
     digest = f"sha256:{h.hexdigest()}"
     with _SUM_LOCK:
         for key in [k for k, (ref, _) in _VOXEL_SUMS.items() if ref() is None]:

@@ -257,3 +257,52 @@ def test_lesion_vanishing_in_preprocessing_is_reported_lost():
     assert result.labels.ids == [2]
     assert any("lesion 4" in m and "vanished" in m for m in result.messages)
     assert events[-1].step == events[-1].total
+
+
+# ---------------------------------------------------------------------------- region path == full path
+@pytest.mark.parametrize("case", ["same-z", "baseline-longer", "followup-longer", "small-followup"])
+def test_region_warp_and_patch_equal_the_full_volume_computation(case):
+    """The tracker gathers only the voxels a lesion needs per pass; the warped mask, the patch centre and
+    the UNet's logits must be exactly those of the plain full-volume flip/resize/warp/resize."""
+    shapes = {"same-z": ((40, 50, 60), (40, 50, 60)), "baseline-longer": ((90, 50, 60), (30, 50, 60)),
+              "followup-longer": ((30, 50, 60), (90, 50, 60)), "small-followup": ((40, 50, 60), (20, 30, 70))}
+    s0, s1 = shapes[case]
+    x0 = torch.from_numpy(H.smooth_volume(s0, seed=21))[None, None]
+    x1 = torch.from_numpy(H.smooth_volume(s1, seed=22))[None, None]
+    rng = np.random.default_rng(5)
+    lesion = H.ball(s0, (s0[0] // 2, 20, 25), 6) & (rng.random(s0) > 0.2)  # ragged, off-centre
+    net = H.tiny_unet_net(seed=4)
+    start, crop = tracking._bbox_crop(lesion)
+    full_prompt = torch.from_numpy(lesion.astype(np.float32))[None, None]
+    checked = 0
+    with H.perturbed(net.reg_net, scale=0.02):
+        for flip in [(), (0,), (1, 2), (0, 1, 2)]:
+            f0, f1 = tracking._flip(x0, flip), tracking._flip(x1, flip)
+            zs = reg.z_search(f0, f1, G)
+            r0, r1 = f0, f1
+            if zs.cropped == "baseline":
+                r0 = r0[:, :, zs.offset : zs.offset + zs.length]
+            elif zs.cropped == "followup":
+                r1 = r1[:, :, zs.offset : zs.offset + zs.length]
+            with torch.inference_mode():
+                phi = reg.compute_field_a_to_b(net.reg_net, reg.resize_image(r0, (G,) * 3),
+                                               reg.resize_image(r1, (G,) * 3)).float()
+            full = tracking._warp_to_followup(net, tracking._flip(full_prompt, flip), zs, r1.shape[2:], f1.shape[2:],
+                                              phi, G)
+            region = tracking._warp_region(net, (start, crop), s0, flip, zs, r1.shape[2:], f1.shape[2:], phi, G,
+                                           torch.device("cpu"))
+            assert (full is None) == (region is None)
+            if full is None:
+                continue
+            lo, arr = region
+            rebuilt = torch.zeros_like(full)
+            rebuilt[(0, 0, *(slice(a, a + n) for a, n in zip(lo, arr.shape)))] = arr
+            assert torch.equal(rebuilt, full), flip
+            a_region, a_logits = tracking._predict_patch(net, f1, full, H.PATCH, torch.device("cpu"))
+            b_region, b_logits = tracking._predict_patch_region(net, f1, region, H.PATCH, torch.device("cpu"))
+            assert a_region == b_region
+            np.testing.assert_array_equal(a_logits, b_logits)
+            checked += 1
+    assert checked >= 3
+    if case != "same-z":
+        assert zs.cropped is not None or case == "small-followup"

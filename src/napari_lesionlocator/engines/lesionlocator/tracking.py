@@ -22,6 +22,7 @@ The networks live in :class:`TrackNet` (state-dict prefixes ``reg_net.`` and ``u
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -226,7 +227,10 @@ def track_preprocessed(
     # float16 rounding like the official tracker, then float32 compute (fp16 has no CPU kernels).
     t0 = torch.from_numpy(np.ascontiguousarray(x0)).to(torch.float16).float()[None].to(device)
     t1 = torch.from_numpy(np.ascontiguousarray(x1)).to(torch.float16).float()[None].to(device)
-    tp = {i: torch.from_numpy(np.ascontiguousarray(m)).float()[None, None].to(device) for i, m in prompts.items()}
+    # Each lesion's mask as its bounding-box crop: every pass gathers just the voxels it needs (no
+    # full-volume flip, resize or search per lesion and pass; the same numbers, see _warp_region).
+    crops = {i: _bbox_crop(np.asarray(m, dtype=bool)) for i, m in prompts.items()}
+    shape0 = tuple(int(v) for v in x0.shape[1:])
     for fold in folds:
         net = activate(fold)
         net.eval()
@@ -255,17 +259,122 @@ def track_preprocessed(
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 sums[lesion_id].passes += 1
-                warped = _warp_to_followup(net, _flip(tp[lesion_id], flip), zs, r1.shape[2:], f1.shape[2:], phi, grid)
+                warped = _warp_region(net, crops[lesion_id], shape0, flip, zs, r1.shape[2:], f1.shape[2:], phi, grid,
+                                      device)
                 step += 1
                 if warped is not None:
-                    region, logits = _predict_patch(net, f1, warped, patch, device)
+                    region, logits = _predict_patch_region(net, f1, warped, patch, device)
                     _accumulate_flipped_back(sums[lesion_id], region, logits, flip, f1.shape[2:])
                 report(on_progress, step, total, f"fold {fold}, flip {flip or 'none'}: lesion {lesion_id}")
     return sums
 
 
+def _bbox_crop(mask: np.ndarray):
+    """(start, crop) of a bool mask's bounding box; an empty mask gives a zero-size crop at 0."""
+    if not mask.any():
+        return (0, 0, 0), np.zeros((0, 0, 0), dtype=bool)
+    lo, hi = [], []
+    for a in range(3):
+        idx = np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
+        lo.append(int(idx[0]))
+        hi.append(int(idx[-1]) + 1)
+    return tuple(lo), mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_map(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of every output voxel of a nearest-exact resize along one axis, from PyTorch's own kernel
+    (a float32 ramp resized like the float32 masks are), so region gathers equal the full resize."""
+    if n_in == n_out:
+        return np.arange(n_out)
+    ramp = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, n_in)
+    out = torch.nn.functional.interpolate(ramp, size=int(n_out), mode="nearest-exact")[0, 0]
+    return out.long().numpy()
+
+
+def _warp_region(net, crop, shape0, flip, zs: reg.ZSearch, reg_shape1, full_shape1, phi, grid, device):
+    """Like :func:`_warp_to_followup` for a mask given as its crop ``(start, array)`` on the (unflipped)
+    baseline grid ``shape0``: returns ``(start, region)``, the warped mask on the follow-up grid (flipped
+    frame) restricted to the box outside which it is zero, or None when it warps to nothing.
+
+    The flip, the z-crop and both nearest-exact resizes are index gathers (PyTorch's own index rule,
+    :func:`_nearest_map`), so the values are those of the full-volume computation; only the voxels
+    that can be set are built."""
+    start, arr = crop
+    if arr.size == 0:
+        return None
+    # baseline (flipped frame, z-cropped) -> registration grid
+    src_shape = list(shape0)
+    z_off = 0
+    if zs.cropped == "baseline":
+        src_shape[0], z_off = zs.length, zs.offset
+    small = np.zeros((grid,) * 3, dtype=np.float32)
+    sel, rel = [], []
+    for a in range(3):
+        src = _nearest_map(int(src_shape[a]), grid) + (z_off if a == 0 else 0)
+        if a in flip:
+            src = shape0[a] - 1 - src
+        r = src - start[a]
+        ok = (r >= 0) & (r < arr.shape[a])
+        sel.append(np.flatnonzero(ok))
+        rel.append(r[ok])
+    if all(len(v) for v in sel):
+        small[np.ix_(*sel)] = arr[np.ix_(*rel)]
+    prompt = torch.from_numpy(small)[None, None].to(device)
+    with torch.inference_mode():
+        warped = reg.warp_prompt(net.reg_net, prompt, phi)[0, 0]
+    nz = torch.nonzero(warped != 0)
+    if nz.shape[0] == 0:
+        return None
+    lo, hi = nz.min(0).values.cpu().numpy(), nz.max(0).values.cpu().numpy() + 1
+    # registration grid -> follow-up (flipped frame): outputs whose source lies in [lo, hi)
+    out_lo, maps = [], []
+    for a in range(3):
+        m = _nearest_map(grid, int(reg_shape1[a]))
+        i0, i1 = int(np.searchsorted(m, lo[a], "left")), int(np.searchsorted(m, hi[a], "left"))
+        out_lo.append(i0)
+        maps.append(torch.from_numpy(m[i0:i1]).to(warped.device))
+    region = warped[maps[0]][:, maps[1]][:, :, maps[2]]
+    if zs.cropped == "followup":
+        out_lo[0] += zs.offset
+    if not bool((region != 0).any()):
+        return None
+    return tuple(out_lo), region
+
+
+def _predict_patch_region(net, image: torch.Tensor, warped, patch, device):
+    """:func:`_predict_patch` for a warped mask given as ``(start, region)`` (zero outside the region)."""
+    start, region = warped
+    nz = torch.nonzero(region != 0).cpu().numpy().astype(np.int64)
+    n = nz.shape[0]
+    idx = (nz.sum(0) + n * np.asarray(start, dtype=np.int64)) / n  # exact sums, one division (as a mean)
+    center = np.round(idx).astype(int)  # half to even, as numpy rounds
+    shape = tuple(image.shape[2:])
+    pad, _start, valid, inner = patch_box(center, patch, shape)
+    box = (slice(None), slice(None), *valid)
+    w = torch.zeros((1, 1, *(v.stop - v.start for v in valid)), dtype=image.dtype, device=image.device)
+    dst, src = [], []
+    for v, s, n_r in zip(valid, start, region.shape):
+        a, b = max(v.start, s), min(v.stop, s + n_r)
+        dst.append(slice(max(a - v.start, 0), max(b - v.start, 0)))
+        src.append(slice(max(a - s, 0), max(b - s, 0)))
+    if all(d.stop > d.start for d in dst):
+        w[(0, 0, *dst)] = region[tuple(src)].to(image.dtype)
+    x = torch.cat([image[box], w], 1)
+    widths = [(i.start, p - i.stop) for i, p in zip(inner, patch)]
+    if any(b or a for b, a in widths):
+        flat = [v for b_a in reversed(widths) for v in b_a]  # F.pad wants the last axis first
+        x = torch.nn.functional.pad(x, flat, mode="constant", value=0.0)
+    with torch.inference_mode(), _autocast(device):
+        out = net.unet(x.contiguous())
+    out = out[0].float()[(slice(None), *inner)]
+    return valid, out.cpu().numpy()
+
+
 def _warp_to_followup(net, prompt, zs: reg.ZSearch, reg_shape1, full_shape1, phi, grid) -> torch.Tensor | None:
-    """Baseline mask -> follow-up grid (full, flipped frame); None when it warps to nothing."""
+    """Baseline mask -> follow-up grid (full, flipped frame); None when it warps to nothing.
+
+    The plain full-volume form (reference for :func:`_warp_region`, which the tracker uses)."""
     if zs.cropped == "baseline":
         prompt = prompt[:, :, zs.offset : zs.offset + zs.length]
     with torch.inference_mode():

@@ -23,6 +23,8 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--lesions", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="no two lesions touch (the SEG is then built from one label-map style array)")
     args = ap.parse_args()
 
     from napari_lesionlocator.core.geometry import Geometry
@@ -37,10 +39,13 @@ def main() -> int:
     img = Image(rng.normal(0, 40, g.shape).astype(np.float32).round(), g, "ct")
     lesions = {}
     centres = [rng.uniform([20, 60, 60], [args.slices - 20, 450, 450]) for _ in range(args.lesions)]
-    if args.lesions > 1:
+    if args.lesions > 1 and not args.no_overlap:
         centres[1] = centres[0] + 5  # two lesions whose own masks overlap
     for k, c in enumerate(centres):
         r = rng.uniform(4, 20)  # mm
+        if args.no_overlap:
+            r = min(r, min((np.linalg.norm((c - o) * np.asarray(g.spacing)) for o in centres if o is not c),
+                           default=r) / 2.2)
         rad = np.ceil(r / np.asarray(g.spacing)).astype(int) + 1
         lo = np.maximum(np.floor(c).astype(int) - rad, 0)
         hi = np.minimum(np.floor(c).astype(int) + rad + 1, g.shape)

@@ -543,16 +543,28 @@ def build_dicom_seg(
         raise InputImageError(f"{image.name}: no lesion has any voxel; a SEG needs at least one segment")
     z0 = min(masks[lid][0].start[0] for lid in kept)
     z1 = max(masks[lid][0].stop[0] for lid in kept)
-    stack = np.zeros((z1 - z0, geometry.shape[1], geometry.shape[2], len(kept)), dtype=np.uint8)
-    for s, lid in enumerate(kept):
-        m = masks[lid][0]
-        sl = m.slices
-        stack[sl[0].start - z0:sl[0].stop - z0, sl[1], sl[2], s][m.array] = 1
     affine = np.eye(4)
     affine[:3, :3] = (geometry.direction_matrix @ np.diag(geometry.spacing))[::-1, :]
     affine[:3, 3] = geometry.index_to_world(np.array([z0, 0.0, 0.0]))[::-1]
-    volume = hd.Volume(stack, affine, "PATIENT", frame_of_reference_uid=source[0].FrameOfReferenceUID,
-                       channels={"SegmentNumber": list(range(1, len(kept) + 1))})
+    shape = (z1 - z0, geometry.shape[1], geometry.shape[2])
+    for_uid = source[0].FrameOfReferenceUID
+    if not overlaps({lid: LesionResult(lid, masks[lid][0]) for lid in kept}):
+        # No two masks share a voxel: one label-map style array (segment number per voxel) holds them all,
+        # instead of one full stack per segment (memory: 1-2 bytes per voxel of the z range, any count).
+        lab = np.zeros(shape, dtype=np.uint8 if len(kept) < 256 else np.uint16)
+        for s, lid in enumerate(kept):
+            m = masks[lid][0]
+            sl = m.slices
+            lab[sl[0].start - z0:sl[0].stop - z0, sl[1], sl[2]][m.array] = s + 1
+        volume = hd.Volume(lab, affine, "PATIENT", frame_of_reference_uid=for_uid)
+    else:  # overlapping own masks: stacked segments (BINARY SEG segments may overlap)
+        stack = np.zeros((*shape, len(kept)), dtype=np.uint8)
+        for s, lid in enumerate(kept):
+            m = masks[lid][0]
+            sl = m.slices
+            stack[sl[0].start - z0:sl[0].stop - z0, sl[1], sl[2], s][m.array] = 1
+        volume = hd.Volume(stack, affine, "PATIENT", frame_of_reference_uid=for_uid,
+                           channels={"SegmentNumber": list(range(1, len(kept) + 1))})
     segs = []
     for s, lid in enumerate(kept):
         desc = descriptions.get(lid) or LesionDescription(lid, tracking_uid=tracking_uid(key, lid))

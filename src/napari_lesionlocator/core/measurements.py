@@ -217,16 +217,28 @@ def axial_diameters(mask: np.ndarray, geometry: Geometry) -> AxialDiameters | No
     # An orthonormal 2D frame of the slice plane in mm, so that 2D distances equal world distances.
     q, _ = np.linalg.qr(basis.T)  # (3, 2) orthonormal columns spanning the plane
     to_plane = basis @ q  # (2, 2): index (row, col) step -> plane mm coordinates
-    best: tuple[float, int, np.ndarray, int, int] | None = None
+    # A slice's longest diameter is at most the diagonal of its bounding box (the in-plane axes are
+    # orthogonal), so slices are measured largest box first and the rest skipped once no box can
+    # beat the best diameter; ties keep the lowest z, as measuring every slice in order would.
+    row_mm, col_mm = (float(np.linalg.norm(v)) for v in basis)
+    boxes = []
     for z in zs:
         sl = mask[z]
         rows = np.flatnonzero(sl.any(axis=1))
         cols = np.flatnonzero(sl.any(axis=0))
+        bound = float(np.hypot((rows[-1] - rows[0] + 1) * row_mm, (cols[-1] - cols[0] + 1) * col_mm))
+        boxes.append((bound, int(z), rows, cols))
+    boxes.sort(key=lambda t: (-t[0], t[1]))
+    best: tuple[float, int, np.ndarray, int, int] | None = None
+    for bound, z, rows, cols in boxes:
+        if best is not None and bound < best[0] - 1e-9:
+            break
+        sl = mask[z]
         r0, c0 = rows[0], cols[0]
         pts_idx = _slice_boundary_points(sl[r0: rows[-1] + 1, c0: cols[-1] + 1]) + [r0, c0]
         hull = _hull_vertices(pts_idx @ to_plane)
         length, i, j = _longest_pair(hull)
-        if best is None or length > best[0] + 1e-9:
+        if best is None or length > best[0] + 1e-9 or (abs(length - best[0]) <= 1e-9 and z < best[1]):
             best = (length, int(z), hull, i, j)
     length, z, hull, i, j = best
     u = hull[j] - hull[i]

@@ -90,6 +90,7 @@ class ReviewWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.verticalHeader().setVisible(False)  # the lesion column names the rows
         self.table.setMinimumHeight(24 + 6 * 22)  # header + at least 6 lesion rows
         self.measure_button = QPushButton("Measure lesions")
         self.measure_button.setToolTip("Volume (mL) of every lesion at every timepoint, in the timeline's order.")

@@ -475,3 +475,24 @@ def test_from_results_a_lesion_added_at_a_follow_up_is_new() -> None:
     assert s.observation(7, "t2").review == "unverified" and s.observation(7, "t2").provenance.tracked_from == "t1"
     assert s.new_lesion_ids("t1") == [7] and s.new_lesion_ids("t2") == []
     assert s.table_status(7, "t0") == "absent"  # the baseline was read whole
+
+
+def test_carry_over_keeps_overlaps_reviews_and_ids_when_a_timepoint_is_added() -> None:
+    s = _study(2)
+    s.set_result(1, "tp0", _box_mask(BIG, (2, 6), (5, 20), (5, 20)), prompts=[PointPrompt(1, (4, 12, 12))])
+    s.set_result(2, "tp0", _box_mask(BIG, (2, 6), (15, 30), (15, 30)))  # overlaps lesion 1
+    s.set_result(2, "tp1", _box_mask(BIG, (2, 6), (15, 30), (16, 31)), tracked_from="tp0")
+    s.set_lesion_info(1, name="nodule", site="lung")
+    s.set_candidates("tp1", [{"centroid_mm": [0, 0, 0], "box": [0, 1, 0, 1, 0, 1], "score": 0.5}])
+    s.remove_lesion(s.new_lesion())  # id 3 used up
+    # rebuilt from the layers (display maps: the overlap is lost there) plus a new timepoint
+    tps = [Timepoint(s[n].image, s[n].labels.copy()) for n in s.names]
+    img = Image(np.zeros(BIG.shape, np.float32), BIG, name="tp9", acquisition_date="2025-01-01")
+    fresh = Study([*tps, Timepoint(img)], sort_by_date=False)
+    assert fresh.mask(1, "tp0").voxels < 900  # what importing the display map gives
+    assert fresh.carry_over(s) == ["tp0", "tp1"]
+    assert fresh.mask(1, "tp0").voxels == 900 and fresh.lesion_name(1) == "nodule" and fresh.site(1) == "lung"
+    assert fresh.observation(2, "tp1").review == "unverified" and fresh.observation(1, "tp0").prompts
+    assert len(fresh.candidates("tp1")) == 1 and fresh.next_lesion_id() == 4 and fresh.session_id == s.session_id
+    assert fresh.table_status(1, "tp9") == "not tracked"
+    np.testing.assert_array_equal(fresh["tp0"].labels.array, s["tp0"].labels.array)

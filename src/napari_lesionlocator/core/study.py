@@ -1424,6 +1424,39 @@ class Study:
         self._touch()
         return cleared
 
+    def carry_over(self, old: Study) -> list[str]:
+        """Take over what ``old`` knew, for the timepoints both have (same name and grid): every
+        lesion's name, site and role, each lesion's own mask there (overlaps kept), review,
+        prompts, provenance and marks, the candidates, the id counter, the engine, notes and the
+        session id/folder. For those timepoints ``old``'s observations replace the ones imported
+        here (their display maps are redrawn in place); other timepoints keep theirs. For a study
+        rebuilt when timepoints are added or removed. Returns the shared timepoint names."""
+        shared = [n for n in self.names if n in old.names and self[n].geometry.same_grid(old[n].geometry)]
+        for lid, info in old._info.items():
+            self._register(lid)
+            self._info[lid] = _LesionInfo(info.name, info.site, info.role)
+        for name in shared:
+            for key in [k for k in self._obs if k[1] == name]:
+                del self._obs[key]
+            self._evaluated.discard(name)
+        for (lid, name), obs in old._obs.items():
+            if name in shared:
+                self._obs[(lid, name)] = replace(obs, prompts=list(obs.prompts))
+        self._not_evaluable = {(lid, n) for lid, n in self._not_evaluable if n not in shared} | {
+            (lid, n) for lid, n in old._not_evaluable if n in shared}
+        self._evaluated |= {n for n in old._evaluated if n in shared}
+        for name in shared:
+            if name in old._candidates:
+                self._candidates[name] = [dict(c) for c in old._candidates[name]]
+        self.reserve_ids(old.id_counter)
+        self.engine, self.notes = dict(old.engine), dict(old.notes)
+        self.session_id, self.session_folder = old.session_id, old.session_folder
+        for name in shared:
+            tp = self[name]
+            self._repaint(tp, tuple(slice(0, n) for n in tp.geometry.shape))
+        self._touch()
+        return shared
+
     def take_lesion(self, lesion_id: int) -> dict:
         """Remove a lesion and return everything about it (name, site, role, every observation with
         its mask, prompts, review and provenance, its not-evaluable marks), for an undo:

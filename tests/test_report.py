@@ -89,6 +89,7 @@ def report(tmp_path_factory):
 
     study = sample_review()
     study.set_review(6, study.names[2], "unverified")  # a target still to check at follow-up 2
+    study.set_candidates(study.names[2], [{"centroid_mm": [0.0, 0.0, 0.0], "box": [0, 1, 0, 1, 0, 1], "score": 0.1}])
     out = write_report(study, tmp_path_factory.mktemp("report") / "case0.html")
     parser = _Tables()
     parser.feed(out.read_text(encoding="utf-8"))
@@ -99,6 +100,7 @@ def test_report_holds_study_table_and_response(report) -> None:
     study, out, parsed = report
     text = out.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
+    assert "candidates the engine proposed and nobody has reviewed: 1 at case0_tp2" in text
     rows = parsed.tables["study"][1:]
     assert [r[1][0].split()[0] for r in rows] == study.names
     assert [r[2][0] for r in rows] == ["2024-01-15", "2024-04-16", "2024-07-18"]

@@ -318,6 +318,11 @@ def build_report(study, *, recist: RecistSummary | None = None, title: str | Non
     if unverified:
         add("<p class='prov'>Still unverified: " + ", ".join(f"lesion {lid} at {_esc(n)}" for lid, n in unverified)
             + ".</p>")
+    pending = [(n, len(study.candidates(n))) for n in names[1:] if study.candidates(n)]
+    if pending:
+        add("<p class='prov' id='candidates'>New-lesion candidates the engine proposed and nobody has reviewed: "
+            + ", ".join(f"{k} at {_esc(n)}" for n, k in pending) + " (a confirmed new lesion makes that follow-up PD)."
+            "</p>")
     add(f"<img id='size-plot' alt='size over time' src='data:image/png;base64,{size_plot_png(study, rows, recist)}'>")
 
     # ---- lesion table

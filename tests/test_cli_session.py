@@ -85,3 +85,18 @@ def test_report_command(saved, capsys, tmp_path) -> None:
     assert "<title>Case 0</title>" in path.read_text()
     assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "x.html")]) == 2
     assert "session folder not found" in capsys.readouterr().err
+
+
+def test_session_recoveries_lists_autosaves(saved, capsys, tmp_path, monkeypatch) -> None:
+    from napari_lesionlocator.io.session import autosave, load_session
+
+    root, _ = saved
+    monkeypatch.setenv("LESIONLOCATOR_RECOVERY", str(tmp_path / "rec"))
+    assert main(["session", "--recoveries"]) == 0
+    assert "0 autosaved review(s)" in capsys.readouterr().out
+    folder = autosave(load_session(root / "review"))
+    assert main(["session", "--recoveries"]) == 0
+    out = capsys.readouterr().out
+    assert "1 autosaved review(s)" in out and str(folder) in out and "case0: 3 timepoint(s), 7 lesion(s)" in out
+    assert main(["session"]) == 2
+    assert "give a SESSION_DIR" in capsys.readouterr().err

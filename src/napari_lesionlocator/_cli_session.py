@@ -43,7 +43,10 @@ def add_session_parser(sub, *, parents, formatter_class, epilog: str) -> None:
                     "RECIST 1.1 response per follow-up. A session whose images moved or changed is refused (exit 2) "
                     "naming the file; re-point it with --relocate/--search (and --save to keep the new places).",
     )
-    p.add_argument("session", metavar="SESSION_DIR", help="the session folder")
+    p.add_argument("session", metavar="SESSION_DIR", nargs="?", default=None, help="the session folder")
+    p.add_argument("--recoveries", action="store_true",
+                   help="list the autosaves a crashed review left in the recovery folder ($LESIONLOCATOR_RECOVERY "
+                        "or the per-user data folder), newest first; open one with: lesionlocator session FOLDER")
     add_relocation_args(p)
     p.add_argument("--save", action="store_true", help="write the re-pointed image locations into the session")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -92,6 +95,19 @@ def run_session(args: argparse.Namespace) -> int:
     from .cli import EXIT_OK
     from .io.session import repoint_session, validate_session
 
+    if args.recoveries:
+        from .io.session import default_recovery_root, find_recoveries
+
+        found = find_recoveries()
+        print(f"recovery folder {default_recovery_root()}: {len(found)} autosaved review(s)")
+        for rec in found:
+            print(f"  {rec.folder}  {rec.describe()}")
+        if args.session is None:
+            return EXIT_OK
+    if args.session is None:
+        from .core.errors import InputImageError
+
+        raise InputImageError("give a SESSION_DIR (or --recoveries)")
     relocate = relocation_of(args)
     study, checks = validate_session(args.session, relocate=relocate, search=args.search)
     if args.save and (relocate or args.search):

@@ -732,7 +732,8 @@ def export_dicom_study(
         prov = {lid: dict(v[1]) for lid, v in masks.items()}
         if k > 0:
             for p in prov.values():
-                p.setdefault("tracked_from", 0)
+                if p.get("source") not in ("segmented", "manual", "imported") and not p.get("prompt"):
+                    p.setdefault("tracked_from", 0)  # a follow-up mask without a say: propagated
         desc = describe_lesions(masks, study_key=key, names=names, sites=sites, provenance=prov, engine=engine,
                                 model=model)
         for lid, d in desc.items():

@@ -306,3 +306,42 @@ def test_region_warp_and_patch_equal_the_full_volume_computation(case):
     assert checked >= 3
     if case != "same-z":
         assert zs.cropped is not None or case == "small-followup"
+
+
+@pytest.mark.parametrize("resampling", ["torch", "skimage-separate-z"])
+@pytest.mark.parametrize("shape, spacing", [((30, 50, 44), (2.0, 1.1, 0.7)), ((24, 40, 40), (1.0, 0.8, 0.8))])
+def test_region_export_equals_the_whole_volume_export(resampling, shape, spacing):
+    """Each tracked lesion is exported only where its patches' logits can reach; the mask must be exactly
+    the whole-volume export's (logits (1, 0) outside the patches)."""
+    import copy
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_image
+
+    plans = copy.deepcopy(H.plans())
+    if resampling != "torch":
+        plans["configurations"]["3d_fullres"].update({
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": True},
+        })
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    pre = preprocess_image(H.smooth_volume(shape, seed=30) * 200, spacing, pm, cm)
+    rng = np.random.default_rng(2)
+    s = tracking._LogitSum(pre.new_shape)
+    n = np.asarray(pre.new_shape)
+    for _ in range(3):  # three overlapping patch regions of different passes, one touching the border
+        lo = rng.integers(0, np.maximum(n - 12, 1))
+        hi = np.minimum(lo + rng.integers(8, 20, 3), n)
+        region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        s.add(region, rng.normal(0.6, 1.0, (2, *(hi - lo))).astype(np.float32))
+    s.passes = 4
+    geo = Geometry(shape, spacing)
+    full = tracking._export(s.mean(), pre, cm)
+    own = tracking._export_lesion(s, pre, cm, geo)
+    assert full.any() and not own.is_empty
+    np.testing.assert_array_equal(own.to_full(), full)
+    assert own.array.size < np.prod(shape)  # only a region was exported

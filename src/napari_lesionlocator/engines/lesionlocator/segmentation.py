@@ -267,7 +267,9 @@ def export_region_crop(logits_u, u_lo, pre: Preprocessed, configuration_manager,
     u_lo = np.asarray(u_lo)
     u_hi = u_lo + np.asarray(logits_u.shape[1:])
     plan = region_export_plan(u_lo, u_hi, pre, configuration_manager)
-    crop = torch.full((2, *(ap.a1 - ap.a0 for ap in plan)), fill, dtype=logits_u.dtype)
+    crop = torch.empty((2, *(ap.a1 - ap.a0 for ap in plan)), dtype=logits_u.dtype)
+    for c, value in enumerate(fill if isinstance(fill, (tuple, list)) else (fill, fill)):
+        crop[c] = value  # per channel: tracking's uncovered voxels are background logits (1, 0)
     src, dst = [], []
     for ap, lo, hi in zip(plan, u_lo, u_hi):
         a, b = max(ap.a0, int(lo)), min(ap.a1, int(hi))

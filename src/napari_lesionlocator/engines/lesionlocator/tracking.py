@@ -512,8 +512,7 @@ def track_lesions(
             notes[i].append("registration moved it outside the follow-up in every pass; not found")
             lesions[i] = LesionResult(i, empty, "lost", notes[i], dict(provenance))
         else:
-            mean = s.mean()
-            mask = LesionMask.from_full(followup.geometry, _export(mean, pre1, cm))
+            mask = _export_lesion(s, pre1, cm, followup.geometry)
             if mask.is_empty:
                 notes[i].append("the network found no lesion voxels at the registered position; not found")
                 lesions[i] = LesionResult(i, mask, "lost", notes[i], dict(provenance))
@@ -521,7 +520,7 @@ def track_lesions(
                 doubts = []
                 if s.hits < s.passes:
                     doubts.append(f"warped outside the follow-up in {s.passes - s.hits} of {s.passes} passes")
-                edge = _patch_limit_axes(s, mean)
+                edge = _patch_limit_axes(s)
                 if edge:
                     doubts.append(f"the mask reaches the edge of the network's patch (along {', '.join(edge)}); "
                                   "the lesion may continue beyond it: check it")
@@ -535,13 +534,34 @@ def track_lesions(
     return TrackingResult(labels, lost, messages, lesions)
 
 
-def _patch_limit_axes(s: _LogitSum, mean: np.ndarray) -> list[str]:
+def _box_logits(s: _LogitSum) -> np.ndarray:
+    """The averaged logits on the patches' union ``[s.lo, s.hi)``: the same numbers as ``s.mean()`` there
+    (background (1, 0) everywhere else)."""
+    out = np.zeros((2, *(s.hi - s.lo)), dtype=np.float32)
+    out[0] = 1.0
+    out += s.acc / np.float32(s.passes)
+    return out
+
+
+def _export_lesion(s: _LogitSum, pre, cm, geometry) -> LesionMask:
+    """One lesion's own mask on the follow-up's original grid from its averaged logits, resampling only the
+    output region whose interpolation can reach the patches (everything else is background in the
+    whole-volume export too: :func:`segmentation.export_region_crop`, tested equal to :func:`_export`)."""
+    from .segmentation import export_region_crop
+
+    if s.acc is None or not s.passes:
+        return LesionMask.empty(geometry)
+    start, crop = export_region_crop(torch.from_numpy(_box_logits(s)), s.lo, pre, cm, fill=(1.0, 0.0))
+    return LesionMask.from_crop(geometry, start, crop)
+
+
+def _patch_limit_axes(s: _LogitSum) -> list[str]:
     """Axes along which the averaged prediction (preprocessed grid) touches a face of the patches' union
     that lies inside the volume."""
     if s.acc is None:
         return []
-    box = tuple(slice(int(a), int(b)) for a, b in zip(s.lo, s.hi))
-    pred = mean[1][box] > mean[0][box]
+    box = _box_logits(s)
+    pred = box[1] > box[0]
     out = []
     for a, name in enumerate("zyx"):
         low = int(s.lo[a]) > 0 and bool(np.take(pred, 0, axis=a).any())

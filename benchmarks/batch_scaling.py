@@ -5,8 +5,9 @@ Generates one cohort of lesion-centred synthetic studies in the LesionLocator da
 same cohort with each worker count into a fresh output folder: studies per minute, speedup and
 efficiency against the ideal (N workers = N x one worker). Each worker is one process with one
 thread, and the engine uses one numeric thread, so N workers use N cores. The machine's load
-average is printed with every run (the cores may be shared), and so is the workers' own CPU time
-per study, which does not depend on what else runs.
+average is printed with every run (the cores may be shared), and so are the workers' own CPU time
+per study, which does not depend on what else runs, and the cores the workers actually got (their
+CPU time over the wall time: N on N free cores).
 
 A study the engine fails on is a finished task too (its reason is printed); the same studies
 must fail, and every other lesion's Dice must be the same, with every worker count.
@@ -102,14 +103,15 @@ def main(argv=None) -> int:
                   flush=True)
         base = next((r for r in results if r["workers"] == 1), results[0])
         print()
-        print("| workers | wall (s) | studies/min | speedup | ideal | efficiency | worker CPU s/study | load avg "
-              "before -> after |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("| workers | wall (s) | studies/min | speedup | ideal | efficiency | worker CPU s/study | cores the "
+              "workers got | load avg before -> after |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in results:
             speedup = r["per_min"] / base["per_min"]
             ideal = r["workers"] / base["workers"]
             print(f"| {r['workers']} | {r['wall_s']:.1f} | {r['per_min']:.1f} | {speedup:.2f}x | {ideal:.0f}x | "
-                  f"{100 * speedup / ideal:.0f} % | {r['cpu_per_study_s']:.2f} | {r['load'][0]:.2f} -> "
+                  f"{100 * speedup / ideal:.0f} % | {r['cpu_per_study_s']:.2f} | "
+                  f"{r['cpu_per_study_s'] * r['studies'] / r['wall_s']:.2f} | {r['load'][0]:.2f} -> "
                   f"{r['load'][1]:.2f} |")
         same = all(r["dice"] == base["dice"] and r["failed"] == base["failed"] for r in results)
         print(f"\nresults identical across worker counts (every lesion's Dice, the same failures): "

@@ -27,8 +27,10 @@ def test_demo_pipeline_writes_masks_table_and_tracks_ids(tmp_path):
         for lid in labels.ids:
             assert (tmp_path / "masks" / f"{entry['name']}_lesion_{lid}.nii.gz").exists()
         baseline_ids = set(study.labels[0].ids)
-        # ids are the baseline's: tracking never invents or renumbers them
-        assert set(labels.ids) <= baseline_ids
+        # ids are the baseline's (tracking never invents or renumbers them), plus the new lesion the
+        # scripted review accepted from the follow-up's candidates
+        new_ids = set().union(*(set(lab.ids) for lab in study.labels[1:])) - baseline_ids
+        assert set(labels.ids) <= baseline_ids | (new_ids if k else set())
         for lid in set(truth.ids) & set(labels.ids):
             assert dice(labels.mask(lid), truth.mask(lid)) > 0.6, (k, lid)
     final = read_label_map(manifest[2]["labels"])
@@ -36,4 +38,6 @@ def test_demo_pipeline_writes_masks_table_and_tracks_ids(tmp_path):
     assert vanished and not (vanished & set(final.ids))  # the disappearing lesion is reported lost
     table = json.loads((tmp_path / "lesion_table.json").read_text())
     assert table["recist"]["timepoints"][0]["response"] == "baseline"
-    assert {row["lesion_id"] for row in table["lesions"]} == set(study.labels[0].ids)
+    # the new lesion at follow-up 1 was found as a candidate and accepted: progression, as the truth says
+    assert table["recist"]["timepoints"][1]["response"] == "PD"
+    assert {row["lesion_id"] for row in table["lesions"]} == set(study.labels[0].ids) | new_ids

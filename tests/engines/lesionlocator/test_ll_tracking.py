@@ -345,3 +345,43 @@ def test_region_export_equals_the_whole_volume_export(resampling, shape, spacing
     assert full.any() and not own.is_empty
     np.testing.assert_array_equal(own.to_full(), full)
     assert own.array.size < np.prod(shape)  # only a region was exported
+
+
+@pytest.mark.parametrize("resampling", ["torch", "skimage"])
+@pytest.mark.parametrize("shape, spacing", [((30, 50, 44), (2.0, 1.1, 0.7)), ((24, 60, 40), (2.0, 0.4, 1.6)),
+                                            ((20, 40, 40), (1.0, 0.8, 0.8))])
+def test_own_mask_region_resampling_equals_the_whole_volume(resampling, shape, spacing):
+    """Each lesion's baseline mask is resampled to the model grid only around itself; the result must be
+    exactly the whole-volume ``resample_label_map`` of that mask (also at the volume's border)."""
+    import copy
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.results import LesionMask
+    from napari_lesionlocator.engines.lesionlocator.preprocessing import preprocess_image, resample_label_map
+
+    plans = copy.deepcopy(H.plans())
+    if resampling != "torch":
+        plans["configurations"]["3d_fullres"].update({
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        })
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    vol = H.smooth_volume(shape, seed=31) * 200
+    vol[:2] = 0  # a zero border: the crop to the non-zero box is exercised
+    pre = preprocess_image(vol, spacing, pm, cm)
+    geo = Geometry(shape, spacing)
+    rng = np.random.default_rng(3)
+    regional = 0
+    for centre, radius in (((15, 20, 20), 5), ((3, 2, 40), 4), ((10, 30, 10), 2), ((0, 0, 0), 3)):
+        centre = tuple(min(c, n - 1) for c, n in zip(centre, shape))
+        full = H.ball(shape, centre, radius) & (rng.random(shape) > 0.15)
+        start, crop = tracking.resample_own_mask(LesionMask.from_full(geo, full), pre, cm)
+        expected = resample_label_map(full.astype(np.uint8), pre, cm) == 1
+        got = np.zeros(pre.new_shape, bool)
+        got[tuple(slice(a, a + n) for a, n in zip(start, crop.shape))] = crop
+        np.testing.assert_array_equal(got, expected)
+        regional += crop.size < np.prod(pre.new_shape)
+    assert regional

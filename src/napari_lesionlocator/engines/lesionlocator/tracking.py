@@ -212,8 +212,8 @@ def track_preprocessed(
         Folds and their networks.
     x0, x1 : np.ndarray
         Preprocessed baseline / follow-up, (C, Z, Y, X) float32 (channel 0 is registered).
-    prompts : dict of int to np.ndarray
-        Lesion id -> baseline mask (Z0, Y0, X0), bool, on ``x0``'s grid.
+    prompts : dict of int to np.ndarray or (start, crop)
+        Lesion id -> baseline mask (Z0, Y0, X0), bool, on ``x0``'s grid, or its bounding-box crop.
     """
     device = torch.device(device)
     _, folds, activate = _fold_runner(runner)
@@ -229,7 +229,7 @@ def track_preprocessed(
     t1 = torch.from_numpy(np.ascontiguousarray(x1)).to(torch.float16).float()[None].to(device)
     # Each lesion's mask as its bounding-box crop: every pass gathers just the voxels it needs (no
     # full-volume flip, resize or search per lesion and pass; the same numbers, see _warp_region).
-    crops = {i: _bbox_crop(np.asarray(m, dtype=bool)) for i, m in prompts.items()}
+    crops = {i: m if isinstance(m, tuple) else _bbox_crop(np.asarray(m, dtype=bool)) for i, m in prompts.items()}
     shape0 = tuple(int(v) for v in x0.shape[1:])
     for fold in folds:
         net = activate(fold)
@@ -480,7 +480,7 @@ def track_lesions(
     lesions: dict[int, LesionResult] = {}
     prompts = {}
     for i in ids:
-        if masks[i].any():
+        if masks[i][1].any():
             prompts[i] = masks[i]
         elif sources[i].is_empty:
             notes[i].append("its baseline mask is empty; not tracked")
@@ -585,12 +585,56 @@ def _managers(model, plans: dict):
 
 def _preprocess(image: Image, pm, cm, masks: dict[int, LesionMask]):
     """Preprocess ``image`` like DefaultPreprocessor; each lesion's own whole mask is resampled as a
-    segmentation on its own (one lesion per prompt, as the official tracker feeds them)."""
-    from .preprocessing import preprocess_image, resample_label_map
+    segmentation on its own (one lesion per prompt, as the official tracker feeds them), as a crop
+    ``(start, bool array)`` on the preprocessed grid (:func:`resample_own_mask`)."""
+    from .preprocessing import preprocess_image
 
     pre = preprocess_image(image.array, image.geometry.spacing, pm, cm)
-    out = {i: resample_label_map(m.to_full().astype(np.uint8), pre, cm) == 1 for i, m in masks.items()}
+    out = {i: resample_own_mask(m, pre, cm) for i, m in masks.items()}
     return pre, out
+
+
+def resample_own_mask(mask: LesionMask, pre, cm):
+    """One lesion's own mask resampled to the preprocessed grid like a segmentation (``resampling_fn_seg``),
+    as ``(start, bool crop)``: only the region whose interpolation can reach the mask is resampled, on a
+    crop aligned so the numbers equal the whole-volume call's (``regions.aligned_crop``); the whole volume
+    where the plans allow no exact region. Tested equal to ``resample_label_map`` of the full mask."""
+    from .preprocessing import resample_label_map
+    from .regions import aligned_crop, resampling_is_local
+    from .segmentation import _touching_outputs
+
+    def whole():
+        return _bbox_crop(resample_label_map(mask.to_full().astype(np.uint8), pre, cm) == 1)
+
+    if mask.is_empty:
+        return (0, 0, 0), np.zeros((0, 0, 0), dtype=bool)
+    off = np.asarray(pre.crop_offset)
+    lo = np.maximum(np.asarray(mask.start) - off, 0)
+    hi = np.minimum(np.asarray(mask.stop) - off, np.asarray(pre.shape_after_cropping))
+    if np.any(hi <= lo):
+        return (0, 0, 0), np.zeros((0, 0, 0), dtype=bool)  # outside the image's non-zero box: as the full path
+    local = resampling_is_local(cm, "seg")
+    crops = []
+    for n_in, n_out, a, b in zip(pre.shape_after_cropping, pre.new_shape, lo, hi):
+        k0, k1 = _touching_outputs(int(n_in), int(n_out), int(a), int(b))
+        crops.append(aligned_crop(int(n_in), int(n_out), k0, k1, local))
+    if not local or all(c.a0 == 0 and c.a1 == n for c, n in zip(crops, pre.shape_after_cropping)):
+        return whole()
+    region = np.zeros(tuple(c.a1 - c.a0 for c in crops), dtype=np.int16)
+    src = []
+    dst = []
+    for c, s0, arr_n, o in zip(crops, mask.start, mask.array.shape, off):
+        a, b = max(c.a0 + o, s0), min(c.a1 + o, s0 + arr_n)  # original-grid indices
+        src.append(slice(a - s0, b - s0))
+        dst.append(slice(a - o - c.a0, b - o - c.a0))
+    region[tuple(dst)] = mask.array[tuple(src)]
+    if region.all():
+        return whole()  # no background in the crop: nnU-Net's label set would differ from the whole call's
+    out_shape = tuple(c.b1 - c.b0 for c in crops)
+    res = np.asarray(cm.resampling_fn_seg(region[None], out_shape, pre.original_spacing, pre.target_spacing))[0]
+    keep = tuple(slice(c.k0 - c.b0, c.k1 - c.b0) for c in crops)
+    start, crop = _bbox_crop(res[keep] == 1)
+    return tuple(int(c.k0) + s_ for c, s_ in zip(crops, start)), crop
 
 
 def _export(logits: np.ndarray, pre, cm) -> np.ndarray:

@@ -590,6 +590,8 @@ def _blob_estimate(array, spacing, point, model: IntensityModel, had_mask: bool)
     like = ball & (crop >= low) & (crop <= high)
     like[c] = True
     mask = ndimage.binary_fill_holes(_component_at(like, c))
+    if mask.sum() < 0.2 * ball.sum():  # nothing lesion-like of that size: the blob's ball itself
+        mask = ball
     why = ("the intensity mask missed the click" if had_mask else "no lesion-like region found at the click")
     msg = f"{why}: the mask is a blob-sized estimate ({2 * r:.0f} mm) around it (check it)"
     return RoiMask(mask, lo, hi, msg, reasons=[f"weak edge: {why}, blob-sized estimate"])

@@ -42,7 +42,8 @@ def test_manifest_is_valid_and_complete() -> None:
     ids = {c.id for c in manifest.contributions.commands}
     assert all(i.startswith(f"{PLUGIN}.") for i in ids)
     assert {w.display_name for w in manifest.contributions.widgets} == {"Lesion prompts", "Timeline", "Lesion review",
-                                                                         "Export", "Rate segmentations"}
+                                                                         "Export", "Rate segmentations",
+                                                                         "Lesion table"}
     assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_study", "synthetic_study_truth"}
     reader = manifest.contributions.readers[0]
     assert reader.accepts_directories

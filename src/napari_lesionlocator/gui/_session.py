@@ -135,6 +135,10 @@ class StudySession(QObject):
         self._tracked: dict[str, set[int]] = {}  # image uid -> lesion ids tracked (or prompted) there
         self._undo: list[dict] = []
         self._watched: set[int] = set()
+        # Verified tracking: (image uid, lesion id) -> (review state, merged into) and, per image uid,
+        # the engine's new-lesion candidates there (each with its "state": proposed/accepted/dismissed).
+        self._reviews: dict[tuple[str, int], tuple[str, int | None]] = {}
+        self._candidates: dict[str, list[dict]] = {}
         # What the next click means (set by the prompt dock's toggles; Shift/Ctrl do the same per click).
         self.order: list[str] = []  # the timeline's order of the timepoints (names), shared by the docks
         self.force_new = False
@@ -386,6 +390,8 @@ class StudySession(QObject):
             if layer_role(helper) != "lesions" or not np.asarray(helper.data).any():
                 self.viewer.layers.remove(helper)
         self._results = {k: v for k, v in self._results.items() if k[0] != uid}
+        self._reviews = {k: v for k, v in self._reviews.items() if k[0] != uid}
+        self._candidates.pop(uid, None)
         self._tracked.pop(uid, None)
         if layer is self._active:
             self._active = None
@@ -456,7 +462,49 @@ class StudySession(QObject):
             if layer is not None:
                 self._written[(uid, int(lid))] = _mask_hash(np.asarray(layer.data) == int(lid))
         self._tracked.setdefault(uid, set()).update(int(i) for i in lesions)
+        if tracked:  # a tracked result is a proposal: unverified until the reader says otherwise
+            for lid in lesions:
+                self._reviews[(uid, int(lid))] = ("unverified", None)
         self.note_ids(lesions)
+        self.results_changed.emit()
+
+    # ------------------------------------------------------------------ verification
+    def review(self, image_layer, lesion_id: int) -> tuple[str, int | None] | None:
+        """The reader's verdict on a lesion at a timepoint: (state, merged into), or None (never
+        tracked there, e.g. a lesion segmented from a prompt). States: core.study.REVIEW_STATES."""
+        return self._reviews.get((str(image_layer.unique_id), int(lesion_id)))
+
+    def set_review(self, image_layer, lesion_id: int, state: str, *, merged_into: int | None = None) -> None:
+        from ..core.study import REVIEW_STATES
+
+        if state not in REVIEW_STATES:
+            raise ValueError(f"unknown review state {state!r}; one of {', '.join(REVIEW_STATES)}")
+        if (state == "merged") != (merged_into is not None) or merged_into == int(lesion_id):
+            raise ValueError("a merged lesion needs the (other) lesion it merged into, and only it")
+        self._reviews[(str(image_layer.unique_id), int(lesion_id))] = (
+            state, int(merged_into) if merged_into is not None else None)
+        self.results_changed.emit()
+
+    def reviews(self, image_layer) -> dict[int, tuple[str, int | None]]:
+        uid = str(image_layer.unique_id)
+        return {lid: v for (u, lid), v in self._reviews.items() if u == uid}
+
+    def set_candidates(self, image_layer, candidates) -> None:
+        """The engine's new-lesion candidates at a follow-up ({"centroid_mm", "box", "score"}),
+        each proposed; replaces earlier proposals there (accepted ones stay recorded)."""
+        uid = str(image_layer.unique_id)
+        kept = [c for c in self._candidates.get(uid, []) if c.get("state") == "accepted"]
+        self._candidates[uid] = kept + [{**dict(c), "state": "proposed", "lesion_id": None} for c in candidates]
+        self.results_changed.emit()
+
+    def candidates(self, image_layer, state: str | None = "proposed") -> list[dict]:
+        """The candidates at a timepoint (the dicts themselves, with "index"), by state (None: all)."""
+        items = self._candidates.get(str(image_layer.unique_id), [])
+        return [c | {"index": i} for i, c in enumerate(items) if state is None or c.get("state") == state]
+
+    def set_candidate_state(self, image_layer, index: int, state: str, lesion_id: int | None = None) -> None:
+        cand = self._candidates[str(image_layer.unique_id)][int(index)]
+        cand["state"], cand["lesion_id"] = state, lesion_id
         self.results_changed.emit()
 
     def result(self, image_layer, lesion_id: int) -> LesionResult | None:
@@ -527,6 +575,7 @@ class StudySession(QObject):
     def forget_lesion(self, lesion_id: int) -> None:
         self.note_ids([lesion_id])
         self._results = {k: v for k, v in self._results.items() if k[1] != int(lesion_id)}
+        self._reviews = {k: v for k, v in self._reviews.items() if k[1] != int(lesion_id)}
         for ids in self._tracked.values():
             ids.discard(int(lesion_id))
         self.results_changed.emit()
@@ -664,11 +713,20 @@ class StudySession(QObject):
             layer = self.labels_layer_for(tp, create=False)
             labels = label_map_from_layer(layer, image.geometry, copy=False) if layer is not None else None
             tps.append(Timepoint(image, labels))
-        return Study(tps, sort_by_date=False)
+        study = Study(tps, sort_by_date=False)
+        for tp, layer in zip(study.timepoints, self.timepoints(order), strict=True):
+            for lid, (state, into) in sorted(self.reviews(layer).items()):
+                if lid in study.lesion_ids and (into is None or into in study.lesion_ids) \
+                        and not (state == "new" and study.index_of(tp.name) == 0):
+                    study.set_review(lid, tp.name, state, merged_into=into)
+            uid = str(layer.unique_id)
+            if study.index_of(tp.name) and self._candidates.get(uid):
+                study.set_candidates(tp.name, [c for c in self._candidates[uid] if c["state"] == "proposed"])
+        return study
 
 
 # Roles of the layers that belong to one timepoint (shown and hidden with it).
-_OWN_ROLES = ("lesions", "point_prompts", "box_prompts", "box_wireframe")
+_OWN_ROLES = ("lesions", "point_prompts", "box_prompts", "box_wireframe", "proposed", "candidates")
 
 # The per-viewer sessions (keyed by id: napari viewers are not hashable); dropped when the viewer goes.
 _SESSIONS: dict[int, StudySession] = {}

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -67,6 +68,15 @@ _STATE_TEXT = {
     "lost": ("\u2715", "lost: tracked to this timepoint and not found (disappeared)"),
     "empty": ("\u2205", "prompted here, nothing found"),
     "not tracked": ("\u00b7", "not tracked yet: propagate to look for it here"),
+}
+
+# How a reader's verdict (Verify panel) shows in a cell, over the state above.
+_REVIEW_TEXT = {
+    "unverified": ("?", "unverified: tracked here, not checked by the reader yet"),
+    "accepted": ("\u2713", "accepted by the reader"),
+    "disappeared": ("\u2715\u2713", "disappeared (the reader confirmed it is gone)"),
+    "merged": ("\u2192", "merged into another lesion"),
+    "new": ("+", "new lesion at this follow-up (confirmed by the reader)"),
 }
 
 
@@ -124,9 +134,16 @@ class TimelineWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setSpacing(4)
-        layout.addWidget(QLabel("Timepoints (drag to reorder, click to view)"))
-        layout.addWidget(self.timepoint_list)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.timepoint_list)  # its tooltip: drag to reorder, click to view
+        # The presence table and the Verify panel share one place (all docks fit 1600x1000).
+        from ._verify_panel import VerifyPanel
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.table, "Lesions over time")
+        self.verify = VerifyPanel(self)
+        self.tabs.addTab(self.verify, "Verify")
+        layout.addWidget(self.tabs, 1)
         row = QHBoxLayout()
         row.addWidget(QLabel("From"))
         row.addWidget(self.source_combo, 1)
@@ -139,6 +156,7 @@ class TimelineWidget(QWidget):
             layout.addWidget(panel)
         layout.addWidget(self.progress)
         layout.addWidget(self.progress.status)
+        self.verify.refresh()
 
         self.refresh_button.clicked.connect(self.refresh)
         self.propagate_button.clicked.connect(lambda: self.propagate())
@@ -284,6 +302,14 @@ class TimelineWidget(QWidget):
             paint_lesion_item(header, lid)
             for col, state in enumerate(flags):
                 text, tip = _STATE_TEXT[state]
+                review = self.session.review(tps[col], lid)
+                if review is not None:
+                    mark, why = _REVIEW_TEXT[review[0]]
+                    if review[0] in ("disappeared", "merged"):
+                        text = mark + (str(review[1]) if review[1] is not None else "")
+                    elif state in ("present", "check"):  # not found there: the symbol stays, the tip says it
+                        text = "\u25cf" + mark
+                    tip = why + (f" {review[1]}" if review[1] is not None else "") + "\n" + tip
                 res = self.session.result(tps[col], lid)
                 if res is not None and res.messages:
                     tip += "\n" + "\n".join(res.messages[-3:])
@@ -321,8 +347,8 @@ class TimelineWidget(QWidget):
         ``lesion_ids`` defaults to the selected rows, or every lesion at the source. Returns
         whether a run started.
         """
-        if self.busy:
-            _notify("info", "A propagation is already running; cancel it or wait.")
+        if self.busy or (hasattr(self, "verify") and self.verify.busy):
+            _notify("info", "A propagation or segmentation is already running; cancel it or wait.")
             return False
         tps = self.timepoints()
         names = [tp.name for tp in tps]
@@ -467,6 +493,8 @@ class TimelineWidget(QWidget):
                     lesions[lid] = LesionResult(lid, LesionMask.empty(labels_layer_geometry(labels_layer)), "lost")
             self.session.record_results(tp, {lid: r for lid, r in lesions.items() if lid in self._written_ids},
                                         tracked=True)
+            if getattr(result, "new_candidates", None) is not None:
+                self.session.set_candidates(tp, result.new_candidates)
         else:
             self._closed_during_run.append(tp.name)
         if result.lost_ids:

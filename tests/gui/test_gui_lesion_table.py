@@ -346,3 +346,34 @@ def test_dock_fits_with_the_other_docks(make_napari_viewer, qtbot, study, recove
     assert table.splitter.orientation() == Qt.Orientation.Horizontal  # the plot beside the tables
     canvas = viewer.window._qt_viewer.canvas.native
     assert canvas.height() >= 400 and canvas.width() >= 600, (canvas.width(), canvas.height())
+
+
+def test_engine_result_is_taken_unverified_and_autosaved(make_napari_viewer, qtbot, study, recovery) -> None:
+    """A tracked result written the way the docks write one (one undo step into the layer, then
+    recorded in the session) replaces that lesion's mask, is unverified (the response provisional)
+    and triggers an autosave."""
+    from scipy import ndimage
+
+    from napari_lesionlocator.core.results import LesionMask, LesionResult
+    from napari_lesionlocator.gui._layers import apply_lesion_masks
+
+    viewer, _, table, session = _open(make_napari_viewer, qtbot, study)
+    _set_sites(table, study)
+    for lid in (2, 3, 6):
+        assert table.set_role(lid, "target")
+    table.model.flush()
+    tp1 = session.timepoints()[1]
+    layer = session.labels_layer_for(tp1)
+    before = float(_cell(table, 6, "T1 mL"))
+    grown = ndimage.binary_dilation(np.asarray(layer.data) == 6, iterations=1)
+    apply_lesion_masks(layer, {6: grown})
+    result = LesionResult(6, LesionMask.from_full(session.geometry(tp1), grown), "ok", [], {"engine": "classical"})
+    session.record_results(tp1, {6: result}, tracked=True)
+    qtbot.waitUntil(lambda: _cell(table, 6, "T1 status") == "unverified", timeout=2000)
+    assert float(_cell(table, 6, "T1 mL")) > before
+    obs = table.model.study.observation(6, tp1.name)
+    assert obs.provenance.source == "tracked" and obs.provenance.tracked_from == session.timepoints()[0].name
+    np.testing.assert_array_equal(obs.mask.to_full(), grown)
+    assert table.response.item(1, 4).text() == "PD (provisional)"
+    sid = table.model.study.session_id
+    qtbot.waitUntil(lambda: (recovery / sid).is_dir() and any((recovery / sid).iterdir()), timeout=20_000)

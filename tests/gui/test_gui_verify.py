@@ -175,7 +175,7 @@ def test_verify_tracked_lesions_and_candidates(qtbot, docked, study) -> None:
     point = panel.points_layer(tps[2], "proposed", create=False).data[0]
     viewer.dims.set_point(0, float(point[0]))
     centre_view(viewer, point)
-    camera(viewer).zoom = 2.5
+    camera(viewer).zoom = 5.0
     qtbot.wait(300)
     if os.environ.get("LESIONLOCATOR_SCREENSHOTS"):
         out = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "14_verify.png"

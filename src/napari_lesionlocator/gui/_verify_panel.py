@@ -40,8 +40,7 @@ from qtpy.QtWidgets import (
 from .. import api
 from ..core.errors import LesionLocatorError
 from ..core.prompts import BoxPrompt, PointPrompt
-from ._layers import META_KEY, apply_lesion_labels, layer_role, lesion_ids_in, remove_lesions
-from ._panels import paint_lesion_item
+from ._layers import META_KEY, apply_lesion_labels, layer_role, lesion_colour, lesion_ids_in, remove_lesions
 from ._process import helper_available, run_in_helper
 from ._workers import JobRunner
 
@@ -51,6 +50,14 @@ if TYPE_CHECKING:
 __all__ = ["VerifyPanel"]
 
 _POINT_SIZE_MM = 7.0
+
+
+def _swatch(lesion_id: int):
+    from qtpy.QtGui import QColor, QIcon, QPixmap
+
+    pix = QPixmap(12, 12)
+    pix.fill(QColor.fromRgbF(*[float(c) for c in lesion_colour(lesion_id)[:3]]))
+    return QIcon(pix)
 
 
 class VerifyPanel(QWidget):
@@ -203,7 +210,7 @@ class VerifyPanel(QWidget):
                 text += " (not found)"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, lid)
-            paint_lesion_item(item, lid)
+            item.setIcon(_swatch(lid))  # the lesion's colour; the selection stays visible
             self.lesion_list.addItem(item)
         if selected is not None and selected in reviews:
             self.select_lesion(selected)

@@ -312,7 +312,11 @@ def _track_one(
     grow = np.ceil(np.maximum(5.0, 0.3 * (sb - sa) * fsp) / fsp).astype(int)
     box_a = np.maximum(sa - grow, 0)
     box_b = np.minimum(sb + grow, fgeo.shape)
-    for prior in (model, None) if self_dice >= SELF_CHECK_DICE else ():
+    # The gate is the estimated model's own self-check: a lesion that only a recalibrated
+    # boundary reproduces has no clear intensity edge, and re-segmenting it in the follow-up
+    # finds "a lesion" in noise also where it has vanished (weak-edge phantom, both cases).
+    edge_ok = info["self_dice_model"] >= SELF_CHECK_DICE
+    for prior in (model, None) if edge_ok else ():
         cand = segment_box(follow.array, fsp, box_a, box_b, check=check, core=(sa, sb), prior=prior)
         if cand.empty:
             continue
@@ -342,8 +346,8 @@ def _track_one(
     # failed gets no such benefit of the doubt: it may have disappeared.
     why = (
         "re-segmentation implausible"
-        if self_dice >= SELF_CHECK_DICE
-        else f"no intensity edge at baseline (self-check Dice {self_dice:.2f})"
+        if edge_ok
+        else f"no intensity edge at baseline (self-check Dice {info['self_dice_model']:.2f})"
     )
     # A vanished lesion leaves tissue of its surroundings where it maps to; some of it may still
     # be in the lesion's intensity range (vessels, organ wall). Keep the registered mask only
@@ -359,7 +363,7 @@ def _track_one(
     tissue_all = mapped_r & (fimg >= model.low) & (fimg <= model.high)
     frac = float(tissue_all.sum()) / max(1, n_mapped)
     info.update(tissue_fraction=frac)
-    if self_dice < SELF_CHECK_DICE and frac >= 0.6 and lesion_like(tissue_all):
+    if not edge_ok and frac >= 0.6 and lesion_like(tissue_all):
         return mapped_r, ra, f"{why}; used the registered mask ({frac:.0%} lesion-like)"
     lab, n = ndimage.label(tissue_all)
     if n:

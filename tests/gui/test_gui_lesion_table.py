@@ -377,3 +377,31 @@ def test_engine_result_is_taken_unverified_and_autosaved(make_napari_viewer, qtb
     assert table.response.item(1, 4).text() == "PD (provisional)"
     sid = table.model.study.session_id
     qtbot.waitUntil(lambda: (recovery / sid).is_dir() and any((recovery / sid).iterdir()), timeout=20_000)
+
+
+def test_undo_and_review_grid_centring(make_napari_viewer, qtbot, study, recovery) -> None:
+    """Ctrl+Z in a lesion layer (napari's undo sends no paint event) brings the row back; with the
+    review grid open a row click centres every timepoint on the lesion (the review dock's grid)."""
+    from qtpy.QtCore import Qt
+
+    viewer, widgets, table, session = _open(make_napari_viewer, qtbot, study)
+    tp0 = session.timepoints()[0]
+    layer = session.labels_layer_for(tp0)
+    before = _cell(table, 3, "T0 mL")
+    mask = table.model.study.mask(3, tp0.name)
+    layer.brush_size = 10
+    layer.paint(tuple(int(round(c)) for c in mask.centroid_index()) + np.array([0, 0, 8]), 3)
+    qtbot.waitUntil(lambda: _cell(table, 3, "T0 mL") != before, timeout=1000)
+    session.undo_in_layer(layer)
+    qtbot.waitUntil(lambda: _cell(table, 3, "T0 mL") == before, timeout=1000)
+    assert table.model.study.mask(3, tp0.name).voxels == mask.voxels
+    review = widgets["Lesion review"]
+    review.start_review(own_window=False)
+    try:
+        index = table.table.model().index(_row(table, 6), 1)
+        qtbot.mouseClick(table.table.viewport(), Qt.MouseButton.LeftButton,
+                         pos=table.table.visualRect(index).center())
+        qtbot.wait(50)
+        assert review.lesion_id == 6
+    finally:
+        review.stop_review()

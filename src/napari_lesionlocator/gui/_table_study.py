@@ -184,17 +184,25 @@ class ReviewStudy(QObject):
             return
         res = study.apply_napari_paint(name, atoms)
         if res.region is not None:
-            display = study[name].labels.array
-            if res.remapped:  # a deleted id painted: the study gave it a fresh id, show that
-                layer.data[res.region] = display[res.region]
-                layer.refresh()
-            else:  # keep the copy equal to the layer (hidden overlaps stay in the own masks)
-                display[res.region] = np.asarray(layer.data[res.region])
+            # napari sends the event of a single paint()/fill() call BEFORE it writes the voxels (a
+            # mouse stroke's after): touch the layer's array only once this event is over.
+            QTimer.singleShot(0, lambda: self._after_paint(name, layer, res.region, bool(res.remapped)))
         for msg in res.messages:
             from napari.utils.notifications import show_info
 
             show_info(msg)
         self._schedule(set(res.changed) | set(res.added))
+
+    def _after_paint(self, name: str, layer, region, remapped: bool) -> None:
+        study = self._study
+        if study is None or name not in study.names or layer not in self.viewer.layers:
+            return
+        display = study[name].labels.array
+        if remapped:  # a deleted id painted: the study gave it a fresh id, show that
+            layer.data[region] = display[region]
+            layer.refresh()
+        else:  # keep the copy equal to the layer (hidden overlaps stay in the own masks)
+            display[region] = np.asarray(layer.data[region])
 
     def _on_results(self) -> None:
         if self._stale or self._study is None:

@@ -145,6 +145,7 @@ class VerifyPanel(QWidget):
         self.repropagate_button.clicked.connect(lambda: self.repropagate())
         self.accept_candidate_button.clicked.connect(lambda: self.accept_candidate())
         self.dismiss_button.clicked.connect(lambda: self.dismiss_candidate())
+        self.lesion_list.currentRowChanged.connect(self._fill_merge_combo)
         self.runner.succeeded.connect(self._apply_result)
         self.runner.done.connect(self._on_done)
         self.session.results_changed.connect(self._schedule_refresh)
@@ -216,8 +217,8 @@ class VerifyPanel(QWidget):
             self.select_lesion(selected)
         elif self.lesion_list.count():
             self.lesion_list.setCurrentRow(0)
-        for lid in sorted(present | set(self.session.all_lesion_ids())):
-            self.merge_combo.addItem(f"lesion {lid}", lid)
+        self._merge_ids = sorted(present | set(self.session.all_lesion_ids()))
+        self._fill_merge_combo()
         for cand in self.session.candidates(tp):
             item = QListWidgetItem(f"candidate {cand['index'] + 1}: score {float(cand.get('score', 0)):.2f}")
             item.setData(Qt.ItemDataRole.UserRole, cand["index"])
@@ -226,6 +227,14 @@ class VerifyPanel(QWidget):
             self.candidate_list.setCurrentRow(0)
         self._enable(not self.busy)
         self._show_points(tp, labels, reviews, present)
+
+    def _fill_merge_combo(self, *_) -> None:
+        """The lesions the selected one can have merged into (not itself)."""
+        lid = self.selected_lesion()
+        self.merge_combo.clear()
+        for other in getattr(self, "_merge_ids", []):
+            if other != lid:
+                self.merge_combo.addItem(f"lesion {other}", other)
 
     def _enable(self, on: bool) -> None:
         has_lesion = on and self.lesion_list.count() > 0

@@ -639,8 +639,17 @@ class LesionTableWidget(QWidget):
 
     def _ask_restore(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Restore a saved review (session folder)")
-        if folder:
-            self.restore_session(folder)
+        if not folder:
+            return
+        if self.session.image_layers():
+            from qtpy.QtWidgets import QMessageBox
+
+            answer = QMessageBox.question(
+                self, "Restore session", "The scans and lesions shown now are closed and replaced by the saved "
+                "review (save them first if you need them). Continue?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.restore_session(folder)
 
     def _start(self, kind: str, payload, target=None) -> bool:
         if self.runner.running:

@@ -102,3 +102,16 @@ def test_new_lesion_at_follow_up_1_of_the_sample_is_a_top_three_candidate(engine
     for r in res.lesions.values():
         assert r.status in ("ok", "check")
         assert r.status == "ok" or r.messages
+
+
+def test_new_lesion_search_can_be_switched_off():
+    """EngineSettings.extra['new_candidates'] = False: tracking without the new-lesion search."""
+    from napari_lesionlocator.engines.base import EngineSettings
+    from napari_lesionlocator.engines.classical import ClassicalEngine
+    from napari_lesionlocator.sample.synthetic import make_synthetic_study
+
+    study = make_synthetic_study(seed=0)
+    off = ClassicalEngine(EngineSettings(threads=1, extra={"new_candidates": False}))
+    res = off.track(study.images[0], study.labels[0], study.images[1])
+    assert res.new_candidates == []
+    assert res.lesions and all(r.status in ("ok", "check", "lost") for r in res.lesions.values())

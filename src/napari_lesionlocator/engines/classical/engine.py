@@ -131,4 +131,8 @@ class ClassicalEngine:
         from .track import track_lesions
 
         _apply_threads(self.settings.threads)
-        return track_lesions(baseline, baseline_labels, followup, on_progress=on_progress, cancel=cancel)
+        # settings.extra["new_candidates"] = False skips the new-lesion search (the slowest part
+        # of a tracking step on whole clinical scans) when only the known lesions matter.
+        candidates = bool(self.settings.extra.get("new_candidates", True))
+        return track_lesions(baseline, baseline_labels, followup, on_progress=on_progress, cancel=cancel,
+                             candidates=candidates)

@@ -23,7 +23,7 @@ import numpy as np
 from ..core.errors import InputImageError
 from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
-from ..core.windows import window_limits
+from ..core.windows import LESION_PALETTE, window_limits
 
 if TYPE_CHECKING:
     import napari
@@ -51,24 +51,9 @@ __all__ = [
 
 META_KEY = "lesionlocator"
 DEFAULT_WINDOW = "soft tissue"
-# One palette for every lesion layer, so lesion k has the same colour at every timepoint and in
-# every session. Every colour is bright and saturated (no greys, no dark colours): each stands out
-# over CT at 0.6 opacity, over soft tissue (mid grey), lung (dark) and bone (white) alike
-# (tests/gui/test_gui_display.py checks the blended contrast). Neighbouring ids differ in hue.
-LESION_PALETTE: tuple[tuple[float, float, float], ...] = (
-    (1.00, 0.85, 0.10),  # yellow
-    (0.10, 0.90, 1.00),  # cyan
-    (1.00, 0.30, 0.85),  # magenta
-    (0.40, 1.00, 0.20),  # lime
-    (1.00, 0.55, 0.10),  # orange
-    (0.35, 0.65, 1.00),  # sky blue
-    (1.00, 0.30, 0.35),  # coral red
-    (0.75, 0.45, 1.00),  # violet
-    (0.15, 1.00, 0.70),  # spring green
-    (0.85, 1.00, 0.10),  # chartreuse
-    (1.00, 0.45, 0.60),  # rose
-    (0.10, 0.75, 1.00),  # azure
-)
+# One palette for every lesion layer (core.windows.LESION_PALETTE, shared with the report), so
+# lesion k has the same colour at every timepoint and in every session; each colour stands out
+# over CT at 0.6 opacity (tests/gui/test_gui_display.py checks the blended contrast).
 LESION_OPACITY = 0.6
 
 # --------------------------------------------------------------------- layer data

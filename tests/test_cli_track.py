@@ -233,3 +233,14 @@ def test_track_same_case_names_are_told_apart_by_timepoint(study, tmp_path, caps
     assert code == 0, err
     assert (out / "case_tp1_lesions.nii.gz").exists()
     assert (out / "case_tp1_lesion_1.nii.gz").exists()
+
+
+def test_no_new_lesions_flag_reaches_the_engine_settings(no_user_checkpoint):
+    from napari_lesionlocator._cli_common import resolve_engine
+    from napari_lesionlocator.cli import build_parser
+
+    base = ["track", "-bl", "b.nii.gz", "-fu", "f.nii.gz", "-p", "m.nii.gz", "-t", "prev_mask", "-o", "out"]
+    on = resolve_engine(build_parser().parse_args(base))
+    off = resolve_engine(build_parser().parse_args([*base, "--no-new-lesions"]))
+    assert on.settings.extra.get("new_candidates", True) is True
+    assert off.settings.extra["new_candidates"] is False

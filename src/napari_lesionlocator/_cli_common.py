@@ -76,9 +76,12 @@ def resolve_engine(args: argparse.Namespace):
     then cpu; TTA on for lesionlocator unless ``--disable_tta``."""
     from .api import engine_settings
 
-    return engine_settings(args.engine, checkpoint=args.checkpoint, device=args.device, folds=args.folds,
-                           tta=False if args.disable_tta else None, threads=args.threads,
-                           allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)))
+    resolved = engine_settings(args.engine, checkpoint=args.checkpoint, device=args.device, folds=args.folds,
+                               tta=False if args.disable_tta else None, threads=args.threads,
+                               allow_unsafe=bool(getattr(args, "allow_unsafe_checkpoint", False)))
+    if getattr(args, "new_lesions", True) is False:
+        resolved.settings.extra["new_candidates"] = False
+    return resolved
 
 
 def choose_engine_name(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box", "prev_mask"], help="prompt type")
     _add_series_arg(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("--no-new-lesions", dest="new_lesions", action="store_false",
+                   help="skip the search for new-lesion candidates at each follow-up (classical engine; the "
+                        "slowest part of a tracking step on whole scans); the summaries then list none")
     _add_engine_args(p)
     _add_output_args(p)
 

@@ -131,3 +131,24 @@ def test_auto_device_without_gpu_is_cpu(monkeypatch):
     assert settings.resolve_device_choice("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert settings.resolve_device_choice(None) == "cuda"
+
+
+def test_measure_timepoints_sites_apply_the_two_per_organ_and_node_rules():
+    import numpy as np
+
+    from napari_lesionlocator import api
+    from napari_lesionlocator.core.geometry import Geometry
+    from napari_lesionlocator.core.image import Image, LabelMap
+
+    geo = Geometry((40, 80, 80), (1.0, 1.0, 1.0))
+    zz, yy, xx = np.indices(geo.shape)
+    arr = np.zeros(geo.shape, np.uint16)
+    for lid, (cy, cx, r) in {1: (20, 20, 9), 2: (20, 60, 8), 3: (60, 20, 7), 4: (60, 60, 6)}.items():
+        arr[(zz - 20) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = lid
+    image = Image(np.zeros(geo.shape, np.int16), geo, "ct")
+    labels = LabelMap(arr, geo)
+    plain = api.measure_timepoints([(image, labels)])
+    assert plain.targets == [1, 2, 3, 4]
+    # three lung lesions: the two largest; node 4 is 12 mm short axis (< 15 mm): not a target
+    sited = api.measure_timepoints([(image, labels)], sites={1: "lung", 2: "lung", 3: "lung", 4: "lymph node"})
+    assert sited.targets == [1, 2]

@@ -84,7 +84,10 @@ def run_pipeline(out: Path) -> list[Path]:
             print(f"  note: {msg}")
     # Every lesion seen anywhere gets a row at every timepoint: a tracked lesion that vanished is
     # measured as absent (0 mm for RECIST), not as "not evaluated".
-    measured = api.measure_timepoints([(image, r.labels) for image, r in zip(study.images, predicted, strict=True)])
+    # the annotator knows where each box was drawn: sites give RECIST's 2-per-organ and node rules
+    sites = {rec.id: ("lymph node" if rec.kind == "lymph_node" else rec.organ) for rec in study.lesions}
+    measured = api.measure_timepoints([(image, r.labels) for image, r in zip(study.images, predicted, strict=True)],
+                                      sites=sites)
     recist = measured.recist
     table_paths = api.write_measurements(out / "lesion_table", measured, overwrite=True)
     if recist is not None:

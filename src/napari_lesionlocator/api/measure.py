@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ def measure_timepoints(
     targets: Sequence[int] | None = None,
     nodes: Sequence[int] = (),
     dates: Sequence[str | None] | None = None,
+    sites: Mapping[int, str] | None = None,
 ) -> MeasurementResult:
     """Measure every lesion at every timepoint (the first is the baseline; the order given is kept).
 
@@ -38,6 +39,8 @@ def measure_timepoints(
         A lesion missing from a later map is measured as absent (0 mm for RECIST).
     targets : RECIST target ids (None: up to 5 largest measurable at baseline).
     nodes : target ids that are lymph nodes (short axis used).
+    sites : lesion id -> site (lung, liver, lymph node, ...): with automatic targets, at most 2 per
+        organ (RECIST 1.1), and sites ``"lymph node"`` count as nodes.
     dates : acquisition date per timepoint (``YYYY-MM-DD``), overriding the images' own.
 
     Raises
@@ -58,13 +61,16 @@ def measure_timepoints(
     study = Study([Timepoint(img, lab) for img, lab in pairs], sort_by_date=False)
     ids = study.lesion_ids
     nodes = [int(n) for n in nodes]
+    nodes += [int(i) for i, site in (sites or {}).items() if site == "lymph node" and int(i) not in nodes]
+    nodes = [n for n in nodes if n in ids or sites is None]  # a site for a lesion absent everywhere is no error
     unknown = sorted(set(targets or []) - set(ids)) + sorted(set(nodes) - set(ids))
     if unknown:
         raise ValueError(f"lesion id(s) {sorted(set(unknown))} given as targets/nodes are in no label map "
                          f"(ids present: {ids})")
     rows = measure_study(study)
     baseline_rows = [r for r in rows if r.timepoint == 0]
-    chosen = [int(t) for t in targets] if targets is not None else select_targets(baseline_rows, nodes=nodes)
+    chosen = ([int(t) for t in targets] if targets is not None
+              else select_targets(baseline_rows, nodes=nodes, sites=sites))
     if not chosen:
         return MeasurementResult(rows, None, [], [
             ("no measurable target lesion at baseline (long axis >= 10 mm, nodes >= 15 mm short axis): "

@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 \
 	libxkbcommon-x11-0 libgl1 libegl1 libfontconfig1 libdbus-1-3
 
-.PHONY: install system-deps test lint demo bench-latency bench-accuracy bench-lesionlocator bench-ui clean screenshots
+.PHONY: install system-deps test test-fast lint demo bench-latency bench-accuracy bench-lesionlocator bench-ui clean screenshots
 
 $(STAMP): pyproject.toml requirements-lesionlocator.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: $(STAMP)
 
 test: install lint
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -p no:xvfb -q
+
+# Quick loop while developing: no GUI, no LesionLocator engine, nothing marked slow (no display needed).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:xvfb -m "not gui and not slow" --ignore=tests/gui --ignore=tests/engines/lesionlocator \
+		--ignore=tests/test_study_napari_events.py
 
 demo: install
 	$(PY) -m napari_lesionlocator.demo

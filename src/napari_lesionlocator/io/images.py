@@ -71,6 +71,25 @@ def _first_error_line(exc: Exception) -> str:
     return lines[-1] if lines else "unknown error"
 
 
+def _gunzip_length(path: Path) -> tuple[int, bool]:
+    """(decompressed length, stream complete) of a gzip file, decompressed in chunks, nothing kept.
+
+    Raises ``zlib.error`` for corrupt data.
+    """
+    import zlib
+
+    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            total += len(decomp.decompress(chunk, 1 << 24))
+            while decomp.unconsumed_tail:
+                total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
+            if decomp.eof:
+                break
+    return total, decomp.eof
+
+
 def _check_gzip_complete(path: Path) -> int | None:
     """Raise InputImageError when a .gz file is truncated or corrupt; return its decompressed length.
 
@@ -82,19 +101,11 @@ def _check_gzip_complete(path: Path) -> int | None:
     with path.open("rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
             return None  # named .gz but stored plain (some tools do this); the image reader copes
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    total = 0
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                total += len(decomp.decompress(chunk, 1 << 24))
-                while decomp.unconsumed_tail:
-                    total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
-                if decomp.eof:
-                    break
+        total, complete = _gunzip_length(path)
     except zlib.error as exc:
         raise InputImageError(f"{path.name}: corrupt gzip data ({exc}); the file is damaged, copy it again") from None
-    if not decomp.eof:
+    if not complete:
         raise InputImageError(
             f"{path.name}: the gzip stream ends early (truncated file, e.g. an interrupted download or copy); "
             "copy it again"
@@ -321,19 +332,11 @@ def _gzip_payload_size(path: Path) -> int:
     """Decompressed size of a gzip file, or OutputWriteError-worthy -1 when the stream is incomplete."""
     import zlib
 
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    total = 0
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                total += len(decomp.decompress(chunk, 1 << 24))
-                while decomp.unconsumed_tail:
-                    total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
-                if decomp.eof:
-                    break
+        total, complete = _gunzip_length(path)
     except zlib.error:
         return -1
-    return total if decomp.eof else -1
+    return total if complete else -1
 
 
 def verify_image_file(path: str | os.PathLike, geometry: Geometry, *, final: str | os.PathLike | None = None,

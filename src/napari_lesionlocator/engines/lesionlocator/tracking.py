@@ -360,15 +360,7 @@ def _predict_patch_region(net, image: torch.Tensor, warped, patch, device):
         src.append(slice(max(a - s, 0), max(b - s, 0)))
     if all(d.stop > d.start for d in dst):
         w[(0, 0, *dst)] = region[tuple(src)].to(image.dtype)
-    x = torch.cat([image[box], w], 1)
-    widths = [(i.start, p - i.stop) for i, p in zip(inner, patch)]
-    if any(b or a for b, a in widths):
-        flat = [v for b_a in reversed(widths) for v in b_a]  # F.pad wants the last axis first
-        x = torch.nn.functional.pad(x, flat, mode="constant", value=0.0)
-    with torch.inference_mode(), _autocast(device):
-        out = net.unet(x.contiguous())
-    out = out[0].float()[(slice(None), *inner)]
-    return valid, out.cpu().numpy()
+    return valid, _forward_padded(net, torch.cat([image[box], w], 1), inner, patch, device)
 
 
 def _warp_to_followup(net, prompt, zs: reg.ZSearch, reg_shape1, full_shape1, phi, grid) -> torch.Tensor | None:
@@ -399,15 +391,19 @@ def _predict_patch(net, image: torch.Tensor, warped: torch.Tensor, patch, device
     # Cut first, then zero-pad the cut up to the patch: the same values as padding the whole
     # volume and cutting, without copying the volume.
     box = (slice(None), slice(None), *valid)
-    x = torch.cat([image[box], warped[box].to(image.dtype)], 1)
+    return valid, _forward_padded(net, torch.cat([image[box], warped[box].to(image.dtype)], 1), inner, patch,
+                                  device)
+
+
+def _forward_padded(net, x: torch.Tensor, inner, patch, device) -> np.ndarray:
+    """The UNet on ``x`` zero-padded to ``patch`` (``inner`` is where ``x`` sits in it); logits on ``inner``."""
     widths = [(i.start, p - i.stop) for i, p in zip(inner, patch)]
     if any(b or a for b, a in widths):
         flat = [v for b_a in reversed(widths) for v in b_a]  # F.pad wants the last axis first
         x = torch.nn.functional.pad(x, flat, mode="constant", value=0.0)
     with torch.inference_mode(), _autocast(device):
         out = net.unet(x.contiguous())
-    out = out[0].float()[(slice(None), *inner)]
-    return valid, out.cpu().numpy()
+    return out[0].float()[(slice(None), *inner)].cpu().numpy()
 
 
 def _accumulate_flipped_back(acc: _LogitSum, region, logits: np.ndarray, flip, shape) -> None:

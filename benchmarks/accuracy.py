@@ -171,8 +171,13 @@ def _candidate_hit(cand: dict, truth: np.ndarray, geo: Geometry) -> bool:
     return bool(np.all(ci >= 0) and np.all(ci < truth.shape) and truth[tuple(ci)])
 
 
-def family_case(engine, seed: int, records: list[dict], cand_records: list[dict], verbose: bool = True) -> None:
-    """Score one family case; appends one record per mask (and one per case for candidates)."""
+def family_case(engine, seed: int, records: list[dict], cand_records: list[dict], verbose: bool = True,
+                tasks: tuple[str, ...] = ("segment", "track")) -> None:
+    """Score one family case; appends one record per mask (and one per case for candidates).
+
+    ``tasks`` picks what is scored: ``segment`` (point, click and box prompts on the baseline) and/or
+    ``track`` (baseline ground truth tracked to the follow-up, with the new-lesion candidates).
+    """
     from napari_lesionlocator.core.results import LesionMask
     from napari_lesionlocator.sample.family import make_family_case
 
@@ -181,7 +186,7 @@ def family_case(engine, seed: int, records: list[dict], cand_records: list[dict]
     render_s = time.perf_counter() - t0
     image, labels = case.images[0], case.labels[0]
     rng = np.random.default_rng([seed, 5])
-    for rec in case.lesions:
+    for rec in case.lesions if "segment" in tasks else ():
         gt = labels.array == rec.id
         if not gt.any():
             continue
@@ -201,6 +206,10 @@ def family_case(engine, seed: int, records: list[dict], cand_records: list[dict]
                             "dice": d, "status": status, "messages": msgs, "s": time.perf_counter() - t1,
                             "diameter": rec.diameter_mm, "contrast": rec.contrast_hu,
                             "quality": _quality(res, rec.id)})
+    if "track" not in tasks:
+        if verbose:
+            _print_case(records, seed, case.grid, render_s, None, None, None)
+        return
     masks = {r.id: LesionMask.from_full(labels.geometry, labels.array == r.id) for r in case.lesions
              if r.scales[0] > 0}
     t1 = time.perf_counter()
@@ -231,12 +240,15 @@ def family_case(engine, seed: int, records: list[dict], cand_records: list[dict]
             false += 1
     cand_records.append({"seed": seed, "rank": rank, "false": false, "n": len(cands), "has_new": bool(new_truth)})
     if verbose:
-        mine = [r for r in records if r["seed"] == seed]
-        cells = "  ".join(f"{r['id']}{r['prompt'][0]}={r['dice']:.2f}{'' if r['status'] == 'ok' else '*'}"
-                          for r in mine)
-        print(f"  seed {seed} ({case.grid}; render {render_s:.0f} s, track {track_s:.0f} s; new lesion rank "
-              f"{rank}, {false} false): {cells}")
-        sys.stdout.flush()
+        _print_case(records, seed, case.grid, render_s, track_s, rank, false)
+
+
+def _print_case(records, seed, grid, render_s, track_s, rank, false) -> None:
+    mine = [r for r in records if r["seed"] == seed]
+    cells = "  ".join(f"{r['id']}{r['prompt'][0]}={r['dice']:.2f}{'' if r['status'] == 'ok' else '*'}" for r in mine)
+    tr = "" if track_s is None else f", track {track_s:.0f} s; new lesion rank {rank}, {false} false"
+    print(f"  seed {seed} ({grid}; render {render_s:.0f} s{tr}): {cells}")
+    sys.stdout.flush()
 
 
 def family_tables(title: str, records: list[dict], cand_records: list[dict]) -> dict[str, float]:
@@ -307,12 +319,13 @@ def family_tables(title: str, records: list[dict], cand_records: list[dict]) -> 
     return out
 
 
-def family(engine, seeds, title: str, dump: str | None = None) -> dict[str, float]:
+def family(engine, seeds, title: str, dump: str | None = None,
+           tasks: tuple[str, ...] = ("segment", "track")) -> dict[str, float]:
     records: list[dict] = []
     cand_records: list[dict] = []
     print(f"\n## {title}: seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} cases)\n")
     for seed in seeds:
-        family_case(engine, seed, records, cand_records)
+        family_case(engine, seed, records, cand_records, tasks=tasks)
         if dump:
             import json
 
@@ -434,21 +447,26 @@ def main(argv=None) -> int:
     ap.add_argument("--family", type=int, default=12, help="number of family tuning seeds (0: none)")
     ap.add_argument("--family-start", type=int, default=0, help="first family tuning seed")
     ap.add_argument("--held-out", type=int, default=0, help="number of held-out family seeds (report only)")
+    ap.add_argument("--held-out-start", type=int, default=0, help="offset into the held-out seeds")
+    ap.add_argument("--tasks", nargs="+", default=["segment", "track"], choices=("segment", "track"),
+                    help="family: score segmentation prompts, tracking (+ candidates), or both")
     ap.add_argument("--dump", default=None, help="write the family's per-mask records to this JSON file")
     args = ap.parse_args(argv)
+    tasks = tuple(args.tasks)
     engine = ClassicalEngine(EngineSettings(threads=args.threads))
     summary: list[tuple[str, dict]] = []
     if args.family:
         from napari_lesionlocator.sample.family import TUNING_SEEDS
 
         seeds = list(TUNING_SEEDS[args.family_start: args.family_start + args.family])
-        means = family(engine, seeds, "family (tuning)", args.dump)
+        means = family(engine, seeds, "family (tuning)", args.dump, tasks)
         summary.append((f"family, tuning seeds {seeds[0]}-{seeds[-1]}", means))
     if args.held_out:
         from napari_lesionlocator.sample.family import HELD_OUT_SEEDS
 
-        seeds = list(HELD_OUT_SEEDS[: args.held_out])
-        summary.append((f"family, held-out seeds {seeds[0]}-{seeds[-1]}", family(engine, seeds, "family (held out)")))
+        seeds = list(HELD_OUT_SEEDS[args.held_out_start: args.held_out_start + args.held_out])
+        summary.append((f"family, held-out seeds {seeds[0]}-{seeds[-1]}",
+                        family(engine, seeds, "family (held out)", None, tasks)))
     if not args.no_synthetic:
         for seed in args.seeds:
             for rot in (False, True) if args.rotate else (False,):

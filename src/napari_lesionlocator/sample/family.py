@@ -37,8 +37,8 @@ from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
 from .anatomy import Phantom, Tissue, lung_mask, mediastinum_mask
 from .catalogue import _random_rotation, _unit
-from .frames import PatientPose, box_in_index_space, rotation_zyx
-from .lesions import LesionModel
+from .frames import PatientPose, rotation_zyx
+from .lesions import LesionModel, lesion_field
 from .synthetic import _acquire, _grid, _render_anatomy
 
 __all__ = ["KINDS", "FamilyLesion", "FamilyCase", "make_family_case", "TUNING_SEEDS", "HELD_OUT_SEEDS"]
@@ -230,17 +230,10 @@ def _model(kind: str, lid: int, centre, r: float, rng, scales) -> tuple[LesionMo
 def _paint(model: LesionModel, scale: float, hu: np.ndarray, lab: np.ndarray, tissue: np.ndarray,
            geometry: Geometry, pose: PatientPose) -> int:
     """Paint one lesion (clipped to its organ's tissues) into a scan's HU and label arrays."""
-    centre = pose.breathe(model.centre)
-    ext = model.max_radius_mm * scale
-    start, stop = box_in_index_space(geometry, PatientPose(pose.rotation, pose.translation_mm, 0.0),
-                                     centre - ext, centre + ext, margin_mm=1.0)
-    if np.any(start >= stop):
+    local = lesion_field(model, scale, geometry, pose)
+    if local is None:
         return 0
-    idx = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop)), indexing="ij"), axis=-1)
-    world = geometry.index_to_world(idx.astype(float))
-    q = (pose.world_to_patient_rigid(world) - centre).astype(np.float32)
-    rr, surf = model.radial(q / np.float32(scale))
-    sl = tuple(slice(a, b) for a, b in zip(start, stop))
+    sl, rr, surf = local
     inside = (rr < surf) & np.isin(tissue[sl], _ALLOWED[model.organ]) & (lab[sl] == 0)
     view = hu[sl]
     if model.ggo_hu is not None:

@@ -112,6 +112,25 @@ def fibonacci_sphere(n: int) -> np.ndarray:
 _SPHERE = fibonacci_sphere(40_000)
 
 
+def lesion_field(model: LesionModel, scale: float, geometry: Geometry, pose: PatientPose):
+    """The lesion's radial field on the grid box around it: ``(slices, rr, surf)``, or None off the grid.
+
+    ``rr`` is each voxel's normalised radius in the lesion's frame and ``surf`` the surface radius in
+    that direction (inside where ``rr < surf``); the box holds the lesion at ``scale`` with a 1 mm margin.
+    """
+    centre = pose.breathe(model.centre)  # deformed patient position of the lesion centre
+    ext = model.max_radius_mm * scale
+    start, stop = box_in_index_space(geometry, PatientPose(pose.rotation, pose.translation_mm, 0.0),
+                                     centre - ext, centre + ext, margin_mm=1.0)
+    if np.any(start >= stop):
+        return None
+    idx = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop)), indexing="ij"), axis=-1)
+    world = geometry.index_to_world(idx.astype(float))
+    q = (pose.world_to_patient_rigid(world) - centre).astype(np.float32)
+    rr, surf = model.radial(q / np.float32(scale))
+    return tuple(slice(a, b) for a, b in zip(start, stop)), rr, surf
+
+
 def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
                   pose: PatientPose) -> int:
     """Paint one lesion into a scan's HU volume and label map, in place.
@@ -131,18 +150,11 @@ def render_lesion(model: LesionModel, scale: float, hu: np.ndarray, labels: np.n
     int
         Number of voxels labelled.
     """
-    centre = pose.breathe(model.centre)  # deformed patient position of the lesion centre
-    ext = model.max_radius_mm * scale
-    start, stop = box_in_index_space(geometry, PatientPose(pose.rotation, pose.translation_mm, 0.0),
-                                     centre - ext, centre + ext, margin_mm=1.0)
-    if np.any(start >= stop):
+    local = lesion_field(model, scale, geometry, pose)
+    if local is None:
         return 0
-    idx = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop)), indexing="ij"), axis=-1)
-    world = geometry.index_to_world(idx.astype(float))
-    q = (pose.world_to_patient_rigid(world) - centre).astype(np.float32)
-    rr, surf = model.radial(q / np.float32(scale))
+    sl, rr, surf = local
     inside = rr < surf
-    sl = tuple(slice(a, b) for a, b in zip(start, stop))
     view, lab = hu[sl], labels[sl]
     if model.ggo_hu is not None:
         view[inside] = np.maximum(view[inside], model.ggo_hu)

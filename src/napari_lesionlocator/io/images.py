@@ -16,6 +16,7 @@ import numpy as np
 from ..core.errors import InputImageError
 from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
+from .limits import _gunzip_length
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -69,25 +70,6 @@ def _first_error_line(exc: Exception) -> str:
         if "ERROR" in ln or "Reason" in ln or "expected" in ln:
             return ln
     return lines[-1] if lines else "unknown error"
-
-
-def _gunzip_length(path: Path) -> tuple[int, bool]:
-    """(decompressed length, stream complete) of a gzip file, decompressed in chunks, nothing kept.
-
-    Raises ``zlib.error`` for corrupt data.
-    """
-    import zlib
-
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    total = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            total += len(decomp.decompress(chunk, 1 << 24))
-            while decomp.unconsumed_tail:
-                total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
-            if decomp.eof:
-                break
-    return total, decomp.eof
 
 
 def _check_gzip_complete(path: Path) -> int | None:

@@ -190,8 +190,11 @@ def nifti_header(path: str | os.PathLike) -> NiftiHeader | None:
     return None
 
 
-def _gzip_length(path: Path) -> int:
-    """Decompressed length of a gzip file (streamed, nothing kept)."""
+def _gunzip_length(path: Path) -> tuple[int, bool]:
+    """(decompressed length, stream complete) of a gzip file, decompressed in chunks, nothing kept.
+
+    Raises ``zlib.error`` for corrupt data.
+    """
     import zlib
 
     decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -203,7 +206,7 @@ def _gzip_length(path: Path) -> int:
                 total += len(decomp.decompress(decomp.unconsumed_tail, 1 << 24))
             if decomp.eof:
                 break
-    return total
+    return total, decomp.eof
 
 
 def check_nifti_header(path: str | os.PathLike, *, data_length: int | None = None) -> NiftiHeader | None:
@@ -223,7 +226,7 @@ def check_nifti_header(path: str | os.PathLike, *, data_length: int | None = Non
     if data_length is not None:
         have = data_length
     else:
-        have = _gzip_length(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+        have = _gunzip_length(path)[0] if path.name.lower().endswith(".gz") else path.stat().st_size
     need = hdr.vox_offset + hdr.voxel_bytes
     if have < need:
         dims = "x".join(str(d) for d in hdr.size)

@@ -63,6 +63,7 @@ bench-latency: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/accuracy_voc.py
 
 bench-lesionlocator: $(STAMP)
 	$(PY) benchmarks/lesionlocator_speed.py

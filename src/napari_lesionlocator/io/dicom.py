@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputImageError
+from ..core.geometry import Geometry
 from ..core.image import Image
 from .images import geometry_of_sitk
 
@@ -401,6 +402,29 @@ def describe_series(images: list[Image]) -> str:
 
 
 # ------------------------------------------------------------------ writing
+def set_image_plane(ds, geom: Geometry, k: int, *, signed: bool) -> None:
+    """Image Plane and 16-bit monochrome Image Pixel attributes of slice ``k`` of ``geom`` on ``ds``.
+
+    DICOM orientation: the row direction is the world direction of x (array axis 2), the column
+    direction that of y (axis 1), both in LPS x, y, z order; our direction matrix is (z, y, x) on
+    both sides. PixelSpacing is (between rows = y, between columns = x).
+    """
+    d_xyz = geom.direction_matrix[::-1, ::-1]
+    row_cos, col_cos = d_xyz[:, 0], d_xyz[:, 1]
+    sp_z, sp_y, sp_x = geom.spacing
+    ds.ImagePositionPatient = [float(v) for v in geom.index_to_world(np.array([k, 0.0, 0.0]))[::-1]]
+    ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
+    ds.PixelSpacing = [float(sp_y), float(sp_x)]
+    ds.SliceThickness = float(sp_z)
+    ds.Rows, ds.Columns = int(geom.shape[1]), int(geom.shape[2])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+
+
 def write_dicom_series(
     image: Image,
     folder: str | os.PathLike,
@@ -437,11 +461,6 @@ def write_dicom_series(
     study_uid = study_uid or generate_uid()
     frame_uid = generate_uid()
     date = (acquisition_date or "").replace("-", "")
-    # DICOM orientation: row direction = world direction of x (array axis 2), column = y (axis 1),
-    # both in LPS x, y, z order; our direction matrix is (z, y, x) on both sides.
-    d_xyz = geom.direction_matrix[::-1, ::-1]
-    row_cos, col_cos = d_xyz[:, 0], d_xyz[:, 1]
-    sp_z, sp_y, sp_x = geom.spacing
     paths = []
     targets = [folder / f"{prefix}_{k:04d}.dcm" for k in range(geom.shape[0])]
     for t in targets:
@@ -468,18 +487,7 @@ def write_dicom_series(
             ds.AcquisitionDate = date
             ds.SeriesDate = date
             ds.StudyDate = date
-        pos_zyx = geom.index_to_world(np.array([k, 0.0, 0.0]))
-        ds.ImagePositionPatient = [float(v) for v in pos_zyx[::-1]]
-        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
-        ds.PixelSpacing = [float(sp_y), float(sp_x)]  # row spacing (between rows = y), column spacing
-        ds.SliceThickness = float(sp_z)
-        ds.Rows, ds.Columns = int(geom.shape[1]), int(geom.shape[2])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1 if signed else 0
+        set_image_plane(ds, geom, k, signed=signed)
         if signed:
             ds.RescaleIntercept = 0
             ds.RescaleSlope = 1

@@ -44,6 +44,7 @@ from ..core.errors import InputImageError, OutputExistsError
 from ..core.geometry import Geometry
 from ..core.image import Image, LabelMap
 from ..core.results import LesionMask, LesionResult, compose_label_map, overlaps
+from .dicom import set_image_plane
 
 __all__ = [
     "SEG_SOP_CLASS_UID",
@@ -367,9 +368,6 @@ def ct_series_datasets(
     series_uid = series_uid or generate_uid()
     for_uid = frame_of_reference_uid or generate_uid()
     date = _dicom_date(image.acquisition_date) or _dt.date.today().strftime("%Y%m%d")
-    d_xyz = geom.direction_matrix[::-1, ::-1]
-    row_cos, col_cos = d_xyz[:, 0], d_xyz[:, 1]
-    sp_z, sp_y, sp_x = geom.spacing
     if with_pixels:
         arr = np.clip(np.round(np.asarray(image.array, dtype=np.float64)), -32768, 32767).astype(np.int16)
     out = []
@@ -404,23 +402,13 @@ def ct_series_datasets(
         ds.FrameOfReferenceUID = for_uid
         ds.PositionReferenceIndicator = ""
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(v) for v in geom.index_to_world(np.array([k, 0.0, 0.0]))[::-1]]
-        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
-        ds.PixelSpacing = [float(sp_y), float(sp_x)]
-        ds.SliceThickness = float(sp_z)
-        ds.SpacingBetweenSlices = float(sp_z)
+        set_image_plane(ds, geom, k, signed=True)
+        ds.SpacingBetweenSlices = float(geom.spacing[0])
         if modality == "CT":
             ds.KVP = ""
         else:
             ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
             ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
-        ds.Rows, ds.Columns = int(geom.shape[1]), int(geom.shape[2])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
         if modality == "CT":
             ds.RescaleIntercept = 0
             ds.RescaleSlope = 1

@@ -69,7 +69,7 @@ def voc_boxes() -> None:
 
 
 def sample_export() -> None:
-    from napari_lesionlocator._cli_export import export_study
+    from napari_lesionlocator.cli.export import export_study
     from napari_lesionlocator.core.results import results_from_label_map
     from napari_lesionlocator.sample.synthetic import make_synthetic_study
 

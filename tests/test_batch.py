@@ -228,7 +228,7 @@ def test_tables_round_trip_as_csv_and_parquet(tmp_path):
 
 
 def test_batch_imports_without_qt_napari_or_torch():
-    code = ("import sys, napari_lesionlocator.batch, napari_lesionlocator._cli_batch; "
+    code = ("import sys, napari_lesionlocator.batch, napari_lesionlocator.cli.batch; "
             "bad = [m for m in ('napari', 'qtpy', 'PySide6', 'torch') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import types
@@ -493,3 +494,28 @@ def test_continue_prediction_redoes_a_case_with_a_damaged_file(tmp_path, capsys,
     assert code == 0 and "skipped" not in err
     assert fake_engines.calls == [1, 2, 5]
     assert read_label_map(damaged).array.sum() == 27
+
+
+def test_cli_is_a_package_one_module_per_command_and_runs_with_python_m():
+    """Every subcommand comes from its own module of ``napari_lesionlocator.cli`` (add_parser + run),
+    and ``python -m napari_lesionlocator.cli`` is the same command line."""
+    import importlib
+    import subprocess
+
+    from napari_lesionlocator.cli import COMMANDS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+    for command, module in COMMANDS.items():
+        mod = importlib.import_module(f"napari_lesionlocator.cli.{module}")
+        assert callable(mod.add_parser) and callable(mod.run), command
+        # every command shares the kit: the common flags and the exit-code epilog
+        assert {"--debug", "--quiet"} <= set(sub.choices[command]._option_string_actions), command
+    proc = subprocess.run([sys.executable, "-m", "napari_lesionlocator.cli", "report", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "SESSION_DIR" in proc.stdout and "--relocate" in proc.stdout and "--title" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "napari_lesionlocator.cli", "session", "/nonexistent/session",
+                           "--relocate", "no-equals-sign"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "TIMEPOINT=NEW_PATH" in proc.stderr

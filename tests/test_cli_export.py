@@ -153,7 +153,7 @@ def test_bad_usage(tmp_path, capsys) -> None:
 
 def test_export_from_the_study_model(sample_files, tmp_path) -> None:
     """What the napari review holds (a core Study with names, sites, edits) exports with them."""
-    from napari_lesionlocator._cli_export import export_study_model
+    from napari_lesionlocator.cli.export import export_study_model
     from napari_lesionlocator.core.study import Study, Timepoint
 
     study_data, _, _ = sample_files

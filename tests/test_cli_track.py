@@ -236,8 +236,8 @@ def test_track_same_case_names_are_told_apart_by_timepoint(study, tmp_path, caps
 
 
 def test_no_new_lesions_flag_reaches_the_engine_settings(no_user_checkpoint):
-    from napari_lesionlocator._cli_common import resolve_engine
     from napari_lesionlocator.cli import build_parser
+    from napari_lesionlocator.cli.common import resolve_engine
 
     base = ["track", "-bl", "b.nii.gz", "-fu", "f.nii.gz", "-p", "m.nii.gz", "-t", "prev_mask", "-o", "out"]
     on = resolve_engine(build_parser().parse_args(base))

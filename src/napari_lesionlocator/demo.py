@@ -105,7 +105,7 @@ def run_pipeline(out: Path) -> list[Path]:
     ]
     atomic_write_text(out / "demo_manifest.json", json.dumps(manifest, indent=2), overwrite=True)
     print(f"[4/4] masks -> {masks_dir}; lesion table -> {', '.join(str(p) for p in table_paths.values())}")
-    from ._cli_export import export_study  # DICOM-SEG + SR per timepoint (with a CT series, the images are NIfTI)
+    from .cli.export import export_study  # DICOM-SEG + SR per timepoint (with a CT series, the images are NIfTI)
 
     export_study(study.images, [r.lesions for r in predicted], out, formats=["dicom-seg", "dicom-sr"],
                  engine="classical", overwrite=True)

@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-from ._cli_common import info, warn
+from .common import add_command, add_engine_args, info, warn
 
-__all__ = ["add_batch_parser", "run_batch_command", "EXIT_SOME_FAILED"]
+__all__ = ["add_parser", "run", "EXIT_SOME_FAILED"]
 
 EXIT_SOME_FAILED = 4
 
@@ -43,10 +43,10 @@ exit codes:
 """
 
 
-def add_batch_parser(sub, *, parents, formatter_class, add_engine_args) -> argparse.ArgumentParser:
-    """Register ``batch`` on the ``lesionlocator`` subparsers (called by :func:`.cli.build_parser`)."""
-    p = sub.add_parser(
-        "batch", parents=parents, formatter_class=formatter_class, allow_abbrev=False, epilog=_EPILOG,
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``batch`` on the ``lesionlocator`` subparsers (called by :func:`.build_parser`)."""
+    p = add_command(
+        sub, "batch", epilog=_EPILOG,
         help="run a cohort (CSV/JSON manifest or dataset folder) on Dask distributed, resumable",
         description="Segment every study's baseline from its prompts, track its lesions through the follow-ups, "
                     "measure them, and write each study's outputs atomically; one Dask task per study, on an "
@@ -87,7 +87,7 @@ def add_batch_parser(sub, *, parents, formatter_class, add_engine_args) -> argpa
 
 
 def _checkpoint_configured(args: argparse.Namespace) -> bool:
-    from .api import engine_settings
+    from ..api import engine_settings
 
     try:
         return engine_settings(None, checkpoint=args.checkpoint, device="cpu").name == "lesionlocator"
@@ -96,7 +96,7 @@ def _checkpoint_configured(args: argparse.Namespace) -> bool:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ._cli_common import UsageError
+    from .common import UsageError
 
     for flag, value in (("--workers", args.workers), ("--threads-per-worker", args.threads_per_worker)):
         if value is not None and value < 1:
@@ -111,8 +111,8 @@ def _engine_config(args: argparse.Namespace, gpus: int, workers: int | None):
     """The workers' engine, resolved by :func:`.api.engine_settings` like every other command's. The
     device is not probed on this machine: local GPU workers get ``cuda``, other local ones ``cpu``,
     and on a running cluster ``auto`` is left to each worker."""
-    from .api import engine_settings
-    from .batch import EngineConfig
+    from ..api import engine_settings
+    from ..batch import EngineConfig
 
     device = args.device
     if device == "auto":  # local: the GPUs given to the workers; a running cluster: each worker's own choice
@@ -130,9 +130,9 @@ def _engine_config(args: argparse.Namespace, gpus: int, workers: int | None):
     return EngineConfig.from_resolved(resolved, threads=threads, device=device)
 
 
-def run_batch_command(args: argparse.Namespace) -> int:
-    from .batch import load_manifest, open_client, run_batch
-    from .batch.cluster import visible_gpus
+def run(args: argparse.Namespace) -> int:
+    from ..batch import load_manifest, open_client, run_batch
+    from ..batch.cluster import visible_gpus
 
     _validate(args)
     specs = load_manifest(args.manifest, prompt_type=args.prompt_type)

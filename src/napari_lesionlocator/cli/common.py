@@ -1,4 +1,5 @@
-"""Helpers shared by the ``lesionlocator`` subcommands: engines, prompts, outputs, progress, messages."""
+"""Helpers shared by the ``lesionlocator`` subcommands: exit codes, the parser kit every command
+builds its subparser with, engines, prompts, outputs, progress, messages."""
 
 from __future__ import annotations
 
@@ -9,13 +10,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.errors import OutputExistsError, PromptError
-from .core.image import Image, LabelMap
-from .core.progress import ProgressEvent
-from .core.prompts import BoxPrompt, PointPrompt, Prompt, prompts_from_label_map, read_prompt_json
-from .io.images import case_name, is_image_path, read_label_map
+from ..core.errors import (
+    Cancelled,
+    CheckpointError,
+    InputImageError,
+    OutputExistsError,
+    OutputPathError,
+    PromptError,
+)
+from ..core.image import Image, LabelMap
+from ..core.progress import ProgressEvent
+from ..core.prompts import BoxPrompt, PointPrompt, Prompt, prompts_from_label_map, read_prompt_json
+from ..io.images import case_name, is_image_path, read_label_map
 
 __all__ = [
+    "EXIT_OK",
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "EXIT_EXISTS",
+    "EXIT_CANCELLED",
+    "EXIT_CODES_HELP",
+    "exit_code_for",
+    "Formatter",
+    "common_flags",
+    "add_command",
+    "add_engine_args",
+    "add_series_arg",
+    "add_output_args",
+    "add_session_input",
+    "session_input",
     "ENV_CHECKPOINT",
     "UsageError",
     "warn",
@@ -40,6 +63,118 @@ __all__ = [
     "ProgressBar",
     "strip_channel",
 ]
+
+# ------------------------------------------------------------------ exit codes
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EXISTS, EXIT_CANCELLED = 0, 1, 2, 3, 130
+
+EXIT_CODES_HELP = """exit codes:
+  0    success (or nothing left to do with --continue_prediction)
+  1    runtime error (engine, device, download, unexpected error)
+  2    bad input or usage (missing file, prompt outside the volume, empty box,
+       label map on another grid, unmatched names, invalid checkpoint)
+  3    outputs exist; nothing written (use --continue_prediction or --overwrite)
+  130  cancelled (Ctrl-C); files already written are complete
+"""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an exception."""
+    from ..core.study import StudyError
+
+    if isinstance(exc, (KeyboardInterrupt, Cancelled)):
+        return EXIT_CANCELLED
+    if isinstance(exc, OutputExistsError):
+        return EXIT_EXISTS
+    if isinstance(exc, (InputImageError, PromptError, CheckpointError, StudyError, OutputPathError)):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+# ------------------------------------------------------------------ the parser kit
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the exit-code epilog's line breaks."""
+
+
+def common_flags(default=argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """``--debug`` and ``-q``: on the top-level parser (``default=False``) and on every command
+    (suppressed default, so that ``lesionlocator -q segment`` and ``lesionlocator segment -q`` both work)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback on errors")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars or status lines (warnings and errors are still printed)")
+    return p
+
+
+def add_command(sub, name: str, *, help: str, description: str,  # noqa: A002 - argparse's own name
+                epilog: str = EXIT_CODES_HELP) -> argparse.ArgumentParser:
+    """One subcommand's parser, built the same way for every command: the common flags, the
+    line-keeping formatter, no abbreviated options, the exit codes as epilog."""
+    return sub.add_parser(name, parents=[common_flags()], formatter_class=Formatter, allow_abbrev=False,
+                          epilog=epilog, help=help, description=description)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["classical", "lesionlocator"], default=None,
+                   help="segmentation engine; default: lesionlocator when a checkpoint is configured "
+                        "(-m, $LESIONLOCATOR_CHECKPOINT or the config file), else classical (no weights)")
+    g.add_argument("-m", "--checkpoint", default=None, metavar="CHECKPOINT",
+                   help="LesionLocator checkpoint folder (the unpacked LesionLocatorCheckpoint, see download-weights)")
+    g.add_argument("-f", "--folds", nargs="+", type=int, default=None, metavar="FOLD",
+                   help="folds to ensemble (lesionlocator engine); default: every fold found in the checkpoint")
+    g.add_argument("--disable_tta", action="store_true",
+                   help="turn off mirroring test-time augmentation (on by default for lesionlocator, about 8x faster)")
+    g.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="device for the lesionlocator engine (auto: cuda, then mps, then cpu); ignored by classical")
+    g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: library default)")
+    g.add_argument("--allow-unsafe-checkpoint", dest="allow_unsafe_checkpoint", action="store_true",
+                   help="checkpoints are pickles: by default they load with torch.load(weights_only=True) and a "
+                        "small allowlist; if that refuses your checkpoint and you trust the folder you chose "
+                        "(e.g. the official download), this permits a full load, which can run code in the file")
+
+
+def add_series_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", default=None, metavar="SERIES",
+                   help="when an input DICOM folder holds several series: the one to use, by its index as listed, "
+                        "its SeriesInstanceUID or its series description (default: refuse and list them)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("existing outputs")
+    g.add_argument("--continue_prediction", "--c", action="store_true", dest="continue_prediction",
+                   help="skip cases whose outputs all exist; redo unfinished ones")
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse, exit 3)")
+
+
+# ------------------------------------------------------------------ a saved review (session, report)
+def add_session_input(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """The ``SESSION_DIR`` positional and the ``--relocate``/``--search`` group for images that moved,
+    shared by ``session`` and ``report``; read back with :func:`session_input`."""
+    if optional:
+        p.add_argument("session", metavar="SESSION_DIR", nargs="?", default=None, help="the session folder")
+    else:
+        p.add_argument("session", metavar="SESSION_DIR", help="the session folder")
+    g = p.add_argument_group("images that moved")
+    g.add_argument("--relocate", nargs="+", default=[], metavar="TIMEPOINT=PATH",
+                   help="where a timepoint's image is now (timepoint name or the saved path = new path)")
+    g.add_argument("--search", nargs="+", default=[], metavar="FOLDER",
+                   help="folders to look in for images that are not where they were saved (by file name)")
+
+
+def session_input(args: argparse.Namespace) -> tuple[str, dict[str, str], list[str]]:
+    """``(session folder, {timepoint or saved path: new path}, search folders)`` from the flags of
+    :func:`add_session_input`; a missing folder or a malformed ``--relocate`` is a usage error (exit 2)."""
+    if args.session is None:
+        raise InputImageError("give a SESSION_DIR")
+    relocate = {}
+    for item in args.relocate:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InputImageError(f"--relocate {item!r}: write TIMEPOINT=NEW_PATH")
+        relocate[key] = value
+    return args.session, relocate, list(args.search)
+
 
 ENV_CHECKPOINT = "LESIONLOCATOR_CHECKPOINT"
 
@@ -74,7 +209,7 @@ def resolve_engine(args: argparse.Namespace):
     ``--engine`` if given, else lesionlocator when a checkpoint is configured (``-m``,
     ``$LESIONLOCATOR_CHECKPOINT`` or the config file), else classical; ``-device auto`` picks cuda, mps,
     then cpu; TTA on for lesionlocator unless ``--disable_tta``."""
-    from .api import engine_settings
+    from ..api import engine_settings
 
     resolved = engine_settings(args.engine, checkpoint=args.checkpoint, device=args.device, folds=args.folds,
                                tta=False if args.disable_tta else None, threads=args.threads,
@@ -92,7 +227,7 @@ def choose_engine_name(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def make_engine(args: argparse.Namespace):
     """Build the engine the flags ask for (see :func:`resolve_engine`); its notes become warnings."""
-    from .api import make_engine as build
+    from ..api import make_engine as build
 
     resolved = resolve_engine(args)
     info(resolved.describe(), args)
@@ -136,14 +271,14 @@ def read_prompt_file(path: Path, image: Image, kind: str) -> tuple[list[Prompt],
     if not path.exists():
         raise UsageError(f"prompt file not found: {path}")
     if path.is_dir():  # a folder of PASCAL VOC XML boxes, matched to the slices by SOPInstanceUID
-        from .io.voc import voc_cli_prompts
+        from ..io.voc import voc_cli_prompts
 
         prompts, notes = voc_cli_prompts(path, image, kind)
         for note in notes:
             warn(note)
         return prompts, None
     if path.suffix.lower() == ".json":
-        from .io.clicks import click_file_prompts  # grand-challenge / autoPET click files, else ours
+        from ..io.clicks import click_file_prompts  # grand-challenge / autoPET click files, else ours
 
         clicks = click_file_prompts(path, image.geometry)
         if clicks is not None and kind != "point":
@@ -170,7 +305,7 @@ def segment_case(engine, image: Image, prompts: Sequence[Prompt], label_prompt: 
     is finished; lesions ``writer`` already holds (a resumed run) are skipped. A label-map prompt goes
     through :func:`api.iter_segment_label_map` (engines that derive their own prompts from it get it).
     Returns the SegmentationResult of the lesions run now."""
-    from .api import iter_segment, iter_segment_label_map
+    from ..api import iter_segment, iter_segment_label_map
 
     done = set(writer.done)
     if label_prompt is not None:
@@ -214,20 +349,20 @@ def checked_prompts(prompts: Sequence[Prompt], image: Image, source: str) -> lis
 
 # ------------------------------------------------------------------ outputs
 def lesion_file(out: Path, case: str, lesion_id: int) -> Path:
-    from .api.outputs import lesion_file as f
+    from ..api.outputs import lesion_file as f
 
     return f(out, case, lesion_id)
 
 
 def instance_file(out: Path, case: str) -> Path:
-    from .api.outputs import instance_file as f
+    from ..api.outputs import instance_file as f
 
     return f(out, case)
 
 
 def case_outputs(out: Path, case: str, ids: Sequence[int]) -> list[Path]:
     """Every file a finished case has: one mask per id, the instance map, the summary."""
-    from .api.outputs import case_outputs as f
+    from ..api.outputs import case_outputs as f
 
     return f(out, case, ids)
 
@@ -252,7 +387,7 @@ def plan_outputs(out: Path, case: str, ids: Sequence[int], geometry, args: argpa
 
     A case is finished when its summary, every lesion file and the instance map are there, readable and on
     ``geometry``'s grid; a cancelled run leaves ``<case>.partial/`` with the lesions it finished."""
-    from .api.outputs import case_is_complete, staging_folder
+    from ..api.outputs import case_is_complete, staging_folder
 
     existing = existing_outputs(case_outputs(out, case, ids))
     partial = staging_folder(out, case)
@@ -277,7 +412,7 @@ def plan_outputs(out: Path, case: str, ids: Sequence[int], geometry, args: argpa
 def case_writer(out: Path, case: str, geometry, ids: Sequence[int], plan: OutputPlan, key: str | None,
                 args: argparse.Namespace):
     """The :class:`api.CaseWriter` for a planned case; says what a resumed run keeps."""
-    from .api import CaseWriter
+    from ..api import CaseWriter
 
     writer = CaseWriter(out, case, geometry, ids, replace=plan.overwrite, resume=plan.resume, run_key=key)
     if writer.resumed:
@@ -304,7 +439,7 @@ class ProgressBar:
     """A tqdm bar on stderr fed with :class:`ProgressEvent` (disabled by ``--quiet``)."""
 
     def __init__(self, total: int, desc: str, args: argparse.Namespace, unit: str = "lesion") -> None:
-        from .io.console import progress_bar  # a live bar on a terminal, whole lines in a log
+        from ..io.console import progress_bar  # a live bar on a terminal, whole lines in a log
 
         self.offset = 0
         self.bar = progress_bar(total=total, desc=desc, unit=unit, stream=sys.stderr,
@@ -332,7 +467,7 @@ class ProgressBar:
 
 def warn_if_not_ct(image: Image) -> None:
     """Warn (never fail) when an image does not look like CT in HU."""
-    from .io.volumes import check_ct
+    from ..io.volumes import check_ct
 
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -344,7 +479,7 @@ def warn_if_not_ct(image: Image) -> None:
 def read_one_volume(path: Path, series: str | None = None) -> Image:
     """One image from a file or a DICOM folder (InputImageError, exit 2, when it cannot); ``series``
     (``--series``) picks one when the folder holds several."""
-    from .io.volumes import choose_volume, read_volumes
+    from ..io.volumes import choose_volume, read_volumes
 
     images = read_volumes(path)
     image = images[0] if len(images) == 1 else choose_volume(images, path, series)

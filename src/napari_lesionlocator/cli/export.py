@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.errors import OutputExistsError
-from .core.image import Image
-from .core.results import LesionResult, compose_label_map, results_from_label_map
+from ..core.errors import OutputExistsError
+from ..core.image import Image
+from ..core.results import LesionResult, compose_label_map, results_from_label_map
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "ExportPlan", "plan_export", "export_study", "iter_export_study",
-           "export_study_model", "study_model_inputs", "add_export_parser", "run_export"]
+           "export_study_model", "study_model_inputs", "add_parser", "run"]
 
 FORMATS = ("nifti", "nrrd", "mha", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
 DEFAULT_FORMATS = ("nifti", "lesions", "prompts", "tables", "dicom-seg", "dicom-sr")
@@ -84,7 +84,7 @@ def plan_export(out: str | os.PathLike, names: Sequence[str], lesion_ids: Sequen
             elif fmt == "dicom-sr":
                 paths.append(out / "dicom" / f"{n}_sr.dcm")
         if fmt == "tables":
-            from .io.tables import table_paths
+            from ..io.tables import table_paths
 
             paths.extend(table_paths(out / "lesion_table").values())
         plan.files[fmt] = paths
@@ -128,8 +128,8 @@ def iter_export_study(
     Refuses (OutputExistsError) before writing anything when a planned file exists and not
     ``overwrite``; ValueError for unknown formats or mismatched inputs.
     """
-    from .core.progress import ProgressEvent
-    from .io.dicom_seg import source_datasets_of
+    from ..core.progress import ProgressEvent
+    from ..io.dicom_seg import source_datasets_of
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -154,22 +154,22 @@ def iter_export_study(
     state: dict = {}
 
     def maps(fmt):
-        from .io.images import write_label_map
+        from ..io.images import write_label_map
 
         return [write_label_map(compose_label_map(les, img.geometry, name=f"{img.name}_lesions"),
                                 out / f"{_safe(img.name)}_lesions{_MAP_SUFFIX[fmt]}", overwrite=overwrite)
                 for img, les in pairs]
 
     def own_masks(img, les):
-        from .io.images import write_label_map
+        from ..io.images import write_label_map
 
         return [write_label_map(les[lid].mask.to_full().astype(np.uint8),
                                 out / f"{_safe(img.name)}_lesion_{lid}.nii.gz", geometry=img.geometry,
                                 overwrite=overwrite) for lid in sorted(les)]
 
     def prompts_json(img, les):
-        from .core.prompts import prompts_from_label_map
-        from .io.prompt_files import write_prompt_json
+        from ..core.prompts import prompts_from_label_map
+        from ..io.prompt_files import write_prompt_json
 
         prompts = []
         for lid in sorted(les):
@@ -183,14 +183,14 @@ def iter_export_study(
         return state["rows"], state["recist"]
 
     def tables():
-        from .io.tables import write_lesion_table
+        from ..io.tables import write_lesion_table
 
         rows, recist = measured()
         return list(write_lesion_table(out / "lesion_table", rows, recist, overwrite=overwrite,
                                        metadata={"images": [img.source or img.name for img in images]}).values())
 
     def segs():
-        from .io.dicom_seg import export_dicom_study
+        from ..io.dicom_seg import export_dicom_study
 
         exp = export_dicom_study(images, lesions, out / "dicom", names=names, sites=sites, engine=engine,
                                  model=model, overwrite=overwrite)
@@ -198,7 +198,7 @@ def iter_export_study(
         return [p for seg, ct in zip(exp.seg_paths, exp.ct_folders, strict=True) for p in (seg, ct) if p is not None]
 
     def sr(k, img):
-        from .io.dicom_sr import write_dicom_sr
+        from ..io.dicom_sr import write_dicom_sr
 
         rows, recist = measured()
         exp = state["seg"]
@@ -232,8 +232,8 @@ def iter_export_study(
 
 def _measure(images, lesions, targets, nodes):
     """Lesion table rows (each lesion's own mask) and RECIST (None without a measurable target)."""
-    from .core.measurements import measure_mask
-    from .core.recist import recist_from_measurements, select_targets
+    from ..core.measurements import measure_mask
+    from ..core.recist import recist_from_measurements, select_targets
 
     all_ids = sorted({int(i) for les in lesions for i in les})
     rows = []
@@ -254,9 +254,9 @@ def _measure(images, lesions, targets, nodes):
 # ----------------------------------------------------------------- reading inputs
 def read_lesions_for(image: Image, path: str | os.PathLike) -> tuple[dict[int, LesionResult], list[str]]:
     """Each lesion's own mask for ``image`` from ``path`` (a segment/track output, an instance map or a SEG)."""
-    from .api.outputs import read_case_lesions
-    from .io.dicom_seg import is_dicom_seg, read_dicom_seg
-    from .io.images import read_label_map
+    from ..api.outputs import read_case_lesions
+    from ..io.dicom_seg import is_dicom_seg, read_dicom_seg
+    from ..io.images import read_label_map
 
     path = Path(path)
     notes: list[str] = []
@@ -275,7 +275,7 @@ def read_lesions_for(image: Image, path: str | os.PathLike) -> tuple[dict[int, L
 
 
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[int, str]:
-    from ._cli_common import UsageError
+    from .common import UsageError
 
     out = {}
     for v in values or []:
@@ -286,10 +286,12 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[int, str]:
     return out
 
 
-def add_export_parser(sub, *, parents, formatter_class, epilog) -> argparse.ArgumentParser:
-    """Register ``export`` on the ``lesionlocator`` subparsers (called by :func:`.cli.build_parser`)."""
-    p = sub.add_parser(
-        "export", parents=parents, formatter_class=formatter_class, allow_abbrev=False, epilog=epilog,
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``export`` on the ``lesionlocator`` subparsers (called by :func:`.build_parser`)."""
+    from .common import add_command
+
+    p = add_command(
+        sub, "export",
         help="write a study's lesions as NIfTI/NRRD/MHA, per-lesion masks, prompts, tables, DICOM-SEG and DICOM SR",
         description=__doc__.split("\n\n", 1)[1].split("Every file is planned")[0].strip()
         + "\n\nNothing is written when any planned file exists, unless --overwrite.",
@@ -316,8 +318,11 @@ def add_export_parser(sub, *, parents, formatter_class, epilog) -> argparse.Argu
     return p
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from ._cli_common import ProgressBar, UsageError, info, read_one_volume, warn
+def run(args: argparse.Namespace) -> int:
+    from ..io.atomic import require_output_folder
+    from .common import ProgressBar, UsageError, info, read_one_volume, warn
+
+    require_output_folder(args.output)  # a file or an unwritable place: exit 2 before any work
 
     if not args.labels or len(args.labels) != len(args.images):
         raise UsageError(f"give one -l per -i image ({len(args.images)} image(s), "

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli_common import UsageError, info, read_one_volume, warn
-from .core.image import Image, LabelMap
-from .io.images import read_label_map
+from ..core.image import Image, LabelMap
+from ..io.images import read_label_map
+from .common import UsageError, add_command, info, read_one_volume, warn
 
-__all__ = ["run_measure", "parse_ids"]
+__all__ = ["add_parser", "run", "parse_ids"]
 
 
 def parse_ids(values: list[str] | None, flag: str) -> list[int] | None:
@@ -27,7 +27,7 @@ def parse_ids(values: list[str] | None, flag: str) -> list[int] | None:
 
 def _timepoints(args: argparse.Namespace) -> list[tuple[Image, LabelMap]]:
     if args.study:
-        from .io.study_layout import read_study_layout
+        from ..io.study_layout import read_study_layout
 
         pairs = read_study_layout(args.study, case=args.case)
         missing = [img.name for img, lab in pairs if lab is None]
@@ -46,9 +46,35 @@ def _timepoints(args: argparse.Namespace) -> list[tuple[Image, LabelMap]]:
     return pairs
 
 
-def run_measure(args: argparse.Namespace) -> int:
-    from .api import measure_timepoints, write_measurements
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``measure`` on the ``lesionlocator`` subparsers (called by :func:`.build_parser`)."""
+    p = add_command(
+        sub, "measure",
+        help="lesion table (volume, RECIST axes, HU, centroid) and RECIST 1.1 response",
+        description="Measure every lesion at every timepoint and assess RECIST 1.1. Writes OUT_PREFIX_lesions.csv, "
+                    "OUT_PREFIX_recist.csv and OUT_PREFIX.json. Diameters are measured in physical mm on the axial "
+                    "slice (array z) where the long axis is longest.",
+    )
+    p.add_argument("-i", "--images", nargs="+", metavar="IMAGE", help="images, one per timepoint, baseline first")
+    p.add_argument("-l", "--labels", nargs="+", metavar="LABELS",
+                   help="instance label maps, one per image in the same order (same lesion = same id)")
+    p.add_argument("--study", metavar="FOLDER",
+                   help="instead of -i/-l: a study folder in the dataset layout (Baseline/, Synthetic_Follow_Up*/)")
+    p.add_argument("--case", help="case to read from --study when it holds several")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_PREFIX", help="output path prefix")
+    p.add_argument("--targets", nargs="+", metavar="ID",
+                   help="RECIST target lesion ids (e.g. 1 2 5 or 1,2,5); default: up to 5 largest measurable")
+    p.add_argument("--nodes", nargs="+", metavar="ID", help="target ids that are lymph nodes (short axis is used)")
+    p.add_argument("--dates", nargs="+", metavar="YYYY-MM-DD", help="acquisition date per timepoint")
+    p.add_argument("--overwrite", action="store_true", help="replace existing table files (default: refuse, exit 3)")
+    return p
 
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import measure_timepoints, write_measurements
+    from ..io.atomic import require_output_folder
+
+    require_output_folder(Path(args.output).parent, what="folder of the output prefix")  # exit 2 before any work
     targets = parse_ids(args.targets, "--targets")
     nodes = parse_ids(args.nodes, "--nodes") or []
     pairs = _timepoints(args)

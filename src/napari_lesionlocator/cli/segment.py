@@ -6,9 +6,16 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._cli_common import (
+from ..core.errors import InputImageError
+from ..core.results import overlaps
+from ..io.images import case_name, is_image_path
+from .common import (
     ProgressBar,
     UsageError,
+    add_command,
+    add_engine_args,
+    add_output_args,
+    add_series_arg,
     case_writer,
     checked_prompts,
     info,
@@ -23,11 +30,8 @@ from ._cli_common import (
     warn,
     warn_if_not_ct,
 )
-from .core.errors import InputImageError
-from .core.results import overlaps
-from .io.images import case_name, is_image_path
 
-__all__ = ["run_segment", "pair_cases"]
+__all__ = ["add_parser", "run", "pair_cases"]
 
 PROMPT_SUFFIXES = (".json", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -87,12 +91,12 @@ def _cases(args: argparse.Namespace) -> list[Case]:
                              "of prompt files named like the images (case.nii.gz <-> case.json)")
         name = case_name(images[0]) if images[0].is_file() else images[0].name
         return [Case(strip_channel(name), images[0], prm)]
-    from .io.voc import is_voc_folder
+    from ..io.voc import is_voc_folder
 
     if is_voc_folder(prm) and len(images) == 1:  # PASCAL VOC boxes (Lung-PET-CT-Dx): one folder per series
         series = images[0]
         if series.is_dir() and not any(p.suffix.lower() == ".dcm" for p in series.iterdir()):
-            from .io.voc import series_folder_for_voc  # a patient/study folder: the series the boxes name
+            from ..io.voc import series_folder_for_voc  # a patient/study folder: the series the boxes name
 
             series, n = series_folder_for_voc(series, prm)
             info(f"{prm.name}: {n} XML file(s) name slices of the series in {series}", args)
@@ -121,7 +125,36 @@ def _cases(args: argparse.Namespace) -> list[Case]:
     return pairs
 
 
-def run_segment(args: argparse.Namespace) -> int:
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``segment`` on the ``lesionlocator`` subparsers (called by :func:`.build_parser`)."""
+    p = add_command(
+        sub, "segment",
+        help="segment lesions from point or box prompts",
+        description="Segment one lesion per prompt. Writes <case>_lesion_<N>.nii.gz (uint8 0/1, that lesion's own "
+                    "whole mask; neighbouring masks may overlap) per prompt id N, <case>_lesions.nii.gz (display "
+                    "instance map, ids = prompt ids, later lesion wins) in the source image's geometry, and "
+                    "<case>_summary.json (status, voxels, volume per lesion; overlaps).",
+    )
+    p.add_argument("-i", "--input", required=True, metavar="IMAGE_OR_FOLDER",
+                   help="image file (NIfTI, NRRD, MHA), DICOM folder, or folder of image files")
+    p.add_argument("-p", "--prompts", required=True, metavar="PROMPTS",
+                   help="prompt JSON ({'1': {'point': [z,y,x]}} or {'1': {'box': [z0,z1,y0,y1,x0,x1]}}, half-open) "
+                        "or label map (one prompt per lesion id; a binary mask: per connected component); with a "
+                        "folder of images, a folder of such files named like the images (case.nii.gz <-> case.json)")
+    p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box"], help="prompt type")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    add_series_arg(p)
+    p.add_argument("--skip_unmatched", action="store_true",
+                   help="process the image/prompt pairs that match and only warn about the rest (default: exit 2)")
+    add_engine_args(p)
+    add_output_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.atomic import require_output_folder
+
+    require_output_folder(args.output)  # exit 2 before any work
     out = Path(args.output)
     cases = _cases(args)
     # Phase 1: read prompts, check them and the outputs for every case before any work.

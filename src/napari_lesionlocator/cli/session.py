@@ -10,32 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_session_parser", "add_relocation_args", "relocation_of", "run_session", "summary_lines"]
+from .common import EXIT_OK, add_command, add_session_input, session_input
+
+__all__ = ["add_parser", "run", "summary_lines"]
 
 
-def add_relocation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("images that moved")
-    g.add_argument("--relocate", nargs="+", default=[], metavar="TIMEPOINT=PATH",
-                   help="where a timepoint's image is now (timepoint name or the saved path = new path)")
-    g.add_argument("--search", nargs="+", default=[], metavar="FOLDER",
-                   help="folders to look in for images that are not where they were saved (by file name)")
-
-
-def relocation_of(args: argparse.Namespace) -> dict[str, str]:
-    from .core.errors import InputImageError
-
-    out = {}
-    for item in args.relocate:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise InputImageError(f"--relocate {item!r}: write TIMEPOINT=NEW_PATH")
-        out[key] = value
-    return out
-
-
-def add_session_parser(sub, *, parents, formatter_class, epilog: str) -> None:
-    p = sub.add_parser(
-        "session", parents=parents, formatter_class=formatter_class, allow_abbrev=False, epilog=epilog,
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = add_command(
+        sub, "session",
         help="validate a saved review (session folder) and print its summary",
         description="Check a session folder written by the napari widgets (or the demo): every image must be the "
                     "one saved (SHA-256 of the file, or the same voxels), every mask readable. Prints the "
@@ -43,21 +25,21 @@ def add_session_parser(sub, *, parents, formatter_class, epilog: str) -> None:
                     "RECIST 1.1 response per follow-up. A session whose images moved or changed is refused (exit 2) "
                     "naming the file; re-point it with --relocate/--search (and --save to keep the new places).",
     )
-    p.add_argument("session", metavar="SESSION_DIR", nargs="?", default=None, help="the session folder")
+    add_session_input(p, optional=True)  # optional: --recoveries alone lists the autosaves
     p.add_argument("--recoveries", action="store_true",
                    help="list the autosaves a crashed review left in the recovery folder ($LESIONLOCATOR_RECOVERY "
                         "or the per-user data folder), newest first; open one with: lesionlocator session FOLDER")
-    add_relocation_args(p)
     p.add_argument("--save", action="store_true", help="write the re-pointed image locations into the session")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--csv", metavar="FILE", default=None,
                    help="also write the lesion table with provenance (one row per lesion per timepoint) as CSV")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    return p
 
 
 def summary_lines(study, checks=()) -> list[str]:
     """The human-readable summary of a restored study."""
-    from .core.recist import recist_for_study
+    from ..core.recist import recist_for_study
 
     head = (f"patient {study.patient_id}: {len(study)} timepoint(s), {len(study.lesion_ids)} lesion(s), "
             f"next lesion id {study.next_lesion_id()}")
@@ -89,14 +71,13 @@ def summary_lines(study, checks=()) -> list[str]:
     return lines
 
 
-def run_session(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import json
 
-    from .cli import EXIT_OK
-    from .io.session import repoint_session, validate_session
+    from ..io.session import repoint_session, validate_session
 
     if args.recoveries:
-        from .io.session import default_recovery_root, find_recoveries
+        from ..io.session import default_recovery_root, find_recoveries
 
         found = find_recoveries()
         print(f"recovery folder {default_recovery_root()}: {len(found)} autosaved review(s)")
@@ -105,21 +86,21 @@ def run_session(args: argparse.Namespace) -> int:
         if args.session is None:
             return EXIT_OK
     if args.session is None:
-        from .core.errors import InputImageError
+        from ..core.errors import InputImageError
 
         raise InputImageError("give a SESSION_DIR (or --recoveries)")
-    relocate = relocation_of(args)
-    study, checks = validate_session(args.session, relocate=relocate, search=args.search)
-    if args.save and (relocate or args.search):
-        repoint_session(args.session, relocate=relocate, search=args.search)
+    folder, relocate, search = session_input(args)
+    study, checks = validate_session(folder, relocate=relocate, search=search)
+    if args.save and (relocate or search):
+        repoint_session(folder, relocate=relocate, search=search)
         print(f"re-pointed: {args.session} now names the images where they are", file=sys.stderr)
     if args.csv:
-        from .io.atomic import atomic_write_text
+        from ..io.atomic import atomic_write_text
 
         atomic_write_text(args.csv, study.review_csv(), overwrite=args.overwrite)
         print(f"lesion table with provenance -> {args.csv}", file=sys.stderr)
     if args.json:
-        from .core.recist import recist_for_study
+        from ..core.recist import recist_for_study
 
         try:
             recist = recist_for_study(study).to_dict()

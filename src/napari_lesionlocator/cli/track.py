@@ -15,9 +15,16 @@ import argparse
 import json
 from pathlib import Path
 
-from ._cli_common import (
+from ..core.image import Image
+from ..core.results import LesionMask, overlaps
+from ..io.images import read_label_map
+from .common import (
     ProgressBar,
     UsageError,
+    add_command,
+    add_engine_args,
+    add_output_args,
+    add_series_arg,
     case_writer,
     checked_prompts,
     info,
@@ -30,11 +37,8 @@ from ._cli_common import (
     segment_case,
     warn_if_not_ct,
 )
-from .core.image import Image
-from .core.results import LesionMask, overlaps
-from .io.images import read_label_map
 
-__all__ = ["run_track", "prev_mask_lesions", "track_summary_file"]
+__all__ = ["add_parser", "run", "prev_mask_lesions", "track_summary_file"]
 
 
 def track_summary_file(out: Path, baseline_case: str) -> Path:
@@ -48,7 +52,7 @@ def prev_mask_lesions(paths: list[Path], baseline: Image) -> dict[int, LesionMas
     files: each file's non-zero voxels are one lesion, ids 1, 2, ... in the order given; the masks may
     overlap (each is its own lesion's prompt, none is cut by another).
     """
-    from .core.results import results_from_label_map
+    from ..core.results import results_from_label_map
 
     for p in paths:
         if not p.exists():
@@ -79,8 +83,8 @@ def _drain(gen, bar: ProgressBar):
 def _write_track_summary(out: Path, baseline: Image, followups: list[Image]) -> Path:
     """``<baseline>_track_summary.json``: one entry per lesion per follow-up (with the follow-up's case name),
     the overlaps and the new-lesion candidates of every finished follow-up, read from their summaries."""
-    from .api.outputs import summary_file
-    from .io.tables import atomic_write_text
+    from ..api.outputs import summary_file
+    from ..io.tables import atomic_write_text
 
     doc = {"baseline": baseline.name, "followups": [], "lesions": [], "overlaps": [], "new_candidates": []}
     for fu in followups:
@@ -97,7 +101,7 @@ def _write_track_summary(out: Path, baseline: Image, followups: list[Image]) -> 
 
 
 def _read_back(out: Path, image: Image):
-    from .api import read_case_lesions
+    from ..api import read_case_lesions
 
     lesions = read_case_lesions(out, image.name, image.geometry)
     if lesions is None:
@@ -105,9 +109,40 @@ def _read_back(out: Path, image: Image):
     return lesions
 
 
-def run_track(args: argparse.Namespace) -> int:
-    from .api import iter_track_series
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``track`` on the ``lesionlocator`` subparsers (called by :func:`.build_parser`)."""
+    p = add_command(
+        sub, "track",
+        help="track baseline lesions through follow-up scans",
+        description="Track lesions from a baseline through follow-ups, each from the previous one (ids never "
+                    "change), each from its own whole mask. Writes <followup>_lesion_<id>.nii.gz, "
+                    "<followup>_lesions.nii.gz and <followup>_summary.json per follow-up and "
+                    "<baseline>_track_summary.json; with -t point|box the baseline is segmented first and written "
+                    "under the baseline's name.",
+    )
+    p.add_argument("-bl", "--baseline", required=True, metavar="BASELINE", help="baseline image file or DICOM folder")
+    p.add_argument("-fu", "--followup", required=True, nargs="+", metavar="FOLLOWUP",
+                   help="follow-up image(s), in time order")
+    p.add_argument("-p", "--prompts", required=True, nargs="+", metavar="PROMPT",
+                   help="-t point|box: one prompt JSON or label map for the baseline; -t prev_mask: one instance map "
+                        "(ids kept) or several binary masks (each one lesion, ids 1, 2, ... in the order given; "
+                        "they may overlap)")
+    p.add_argument("-t", "--prompt_type", required=True, choices=["point", "box", "prev_mask"], help="prompt type")
+    add_series_arg(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("--no-new-lesions", dest="new_lesions", action="store_false",
+                   help="skip the search for new-lesion candidates at each follow-up (classical engine; the "
+                        "slowest part of a tracking step on whole scans); the summaries then list none")
+    add_engine_args(p)
+    add_output_args(p)
+    return p
 
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import iter_track_series
+    from ..io.atomic import require_output_folder
+
+    require_output_folder(args.output)  # exit 2 before any work
     out = Path(args.output)
     baseline = read_one_volume(Path(args.baseline), args.series)
     followups = [read_one_volume(Path(f), args.series) for f in args.followup]

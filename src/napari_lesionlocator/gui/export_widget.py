@@ -1,6 +1,6 @@
 """Export dock: the viewer's study (every timepoint with its lesions) written in the chosen formats.
 
-The formats are those of ``lesionlocator export`` (:mod:`napari_lesionlocator._cli_export`): NIfTI /
+The formats are those of ``lesionlocator export`` (:mod:`napari_lesionlocator.cli.export`): NIfTI /
 NRRD / MHA instance maps, each lesion's own mask, prompts JSON, the lesion table with RECIST,
 DICOM-SEG and DICOM SR. The job runs in a worker with progress; every file is planned first, so an
 existing output stops the export before anything is written unless "replace existing files" is
@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._cli_export import DEFAULT_FORMATS, FORMATS, iter_export_study, study_model_inputs
+from ..cli.export import DEFAULT_FORMATS, FORMATS, iter_export_study, study_model_inputs
 from ..core.errors import LesionLocatorError
 from ._session import session_for
 from ._workers import JobRunner

@@ -166,6 +166,89 @@ def test_writer_uses_layer_transform_without_metadata(tmp_path) -> None:
     np.testing.assert_array_equal(back.array, data)
 
 
+def _save_all(viewer, folder, **kw):
+    """napari's File > Save All Layers path: ``save_layers`` over every layer of the viewer."""
+    from napari.plugins.io import save_layers
+
+    return save_layers(str(folder), list(viewer.layers), **kw)
+
+
+def test_save_all_layers_writes_a_folder_in_the_source_geometry(make_napari_viewer, tmp_path) -> None:
+    """Two scans (axis-aligned and rotated, opened through the reader), their lesion maps and a prompt
+    layer saved through napari's save_layers: one file per layer, each scan and map on its exact
+    source grid; the points as world mm. Without a prompt layer napari picks this writer by itself."""
+    from napari_lesionlocator.gui._session import AnnotationSession
+    from napari_lesionlocator.io.images import read_image, read_label_map, write_image
+
+    rng = np.random.default_rng(3)
+    viewer = make_napari_viewer()
+    session = AnnotationSession(viewer)
+    truth = {}
+    for name, geom in (("baseline", ALIGNED), ("followup", ROTATED)):
+        ct = _ct(geom, seed=int(rng.integers(1 << 30)), name=name)
+        (image_layer,) = viewer.open(str(write_image(ct, tmp_path / f"{name}.nii.gz")), plugin=PLUGIN)
+        labels = session.labels_layer_for(image_layer)
+        data = (rng.random(geom.shape) < 0.2).astype(np.uint16) * int(rng.integers(1, 400))
+        labels.data = data
+        truth[image_layer.name] = (ct, geom)
+        truth[labels.name] = (data, geom)
+    names = [layer.name for layer in viewer.layers]
+
+    written = _save_all(viewer, tmp_path / "all")  # no plugin named, no prompt layer: ours is chosen
+    assert sorted(written) == sorted(str(tmp_path / "all" / f"{n.replace(' ', '_')}.nii.gz") for n in names)
+    for n in names:
+        path = tmp_path / "all" / f"{n.replace(' ', '_')}.nii.gz"
+        value, geom = truth[n]
+        back = read_image(path) if isinstance(value, Image) else read_label_map(path)
+        assert back.geometry.same_grid(geom, spacing_tol=1e-6, origin_tol_mm=1e-5, direction_tol=1e-6), n
+        np.testing.assert_array_equal(back.array, value.array if isinstance(value, Image) else value)
+
+    # with a prompt layer (points in world mm on the rotated scan): napari's builtin folder writer
+    # is compatible too, so the dialog lists both; ours is the one named here
+    voxels = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    points = viewer.add_points(voxels, name="followup points", **ROTATED.napari_transform())
+    written = _save_all(viewer, tmp_path / "with_prompts", plugin=PLUGIN)
+    assert len(written) == len(viewer.layers)
+    rows = (tmp_path / "with_prompts" / "followup_points.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["index", "z_mm", "y_mm", "x_mm"] and len(rows) == 3
+    got = np.array([[float(c) for c in r.split(",")[1:4]] for r in rows[1:]])
+    np.testing.assert_allclose(got, [ROTATED.index_to_world(v) for v in voxels], atol=1e-3)  # SimpleITK's mm
+    np.testing.assert_allclose(got, [points.data_to_world(v) for v in voxels], atol=1e-3)  # napari's own
+    back = read_image(tmp_path / "with_prompts" / "followup.nii.gz")
+    assert back.geometry.same_grid(ROTATED, spacing_tol=1e-6, origin_tol_mm=1e-5, direction_tol=1e-6)
+
+
+def test_save_all_layers_refuses_what_it_cannot_write_in_source_geometry(make_napari_viewer, tmp_path) -> None:
+    """A scan without a known grid (napari's default 1 mm at the origin) or a file already in the folder:
+    a clear error naming the layer, and nothing written."""
+    from napari_lesionlocator.core.errors import InputImageError, OutputExistsError
+    from napari_lesionlocator.io.images import write_image
+
+    viewer = make_napari_viewer()
+    viewer.open(str(write_image(_ct(ALIGNED), tmp_path / "scan.nii.gz")), plugin=PLUGIN)
+    viewer.add_image(np.zeros((4, 5, 6), np.float32), name="unknown grid")  # as another reader would give it
+    with pytest.raises(InputImageError, match="'unknown grid'.*1 mm voxels"):
+        _save_all(viewer, tmp_path / "out", plugin=PLUGIN)
+    assert not (tmp_path / "out").exists()
+
+    viewer.layers.remove("unknown grid")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "scan.nii.gz").write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="scan.nii.gz"):
+        _save_all(viewer, tmp_path / "out", plugin=PLUGIN)
+    assert (tmp_path / "out" / "scan.nii.gz").read_bytes() == b"keep me"
+    with pytest.raises(InputImageError, match="folder"):
+        _save_all(viewer, tmp_path / "x.nii.gz", plugin=PLUGIN, _writer=_folder_writer())
+
+
+def _folder_writer():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    return next(w for w in pm.iter_compatible_writers(["image", "labels"])
+                if w.command == "napari-lesionlocator.write_layers_folder")
+
+
 def test_sample_study_opens_through_the_manifest(make_napari_viewer) -> None:
     from napari_lesionlocator.gui._sample_data import _cached_study
 

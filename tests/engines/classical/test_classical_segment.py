@@ -192,3 +192,25 @@ def test_point_on_low_contrast_lesion_returns_a_compact_estimate(engine, grid):
     assert ml < 0.15 * muscle_ml, f"{ml:.1f} mL: the mask floods the muscle"
     d = dice(mask, truth)
     assert d >= 0.8, f"Dice {d:.3f}"
+
+
+def test_h_maxima_and_cropped_distances_match_the_whole_region_versions():
+    """The fast paths (SimpleITK reconstruction, transforms on the mask's box) give the plain results."""
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from napari_lesionlocator.engines.classical import segment as seg
+
+    rng = np.random.default_rng(3)
+    sp = (1.5, 0.7, 0.7)
+    mask = np.zeros((50, 90, 90), dtype=bool)
+    blobs = ndimage.gaussian_filter(rng.normal(size=(30, 50, 50)), 3) > 0.05
+    mask[8:38, 20:70, 25:75] = blobs
+    dist = ndimage.distance_transform_edt(mask, sampling=sp)
+    for h in (1.0, 2.2):
+        assert np.array_equal(seg._h_maxima(dist, h), h_maxima(dist, h).astype(bool))
+    assert np.array_equal(seg._edt_in(mask, sp), dist)
+    out = ndimage.distance_transform_edt(~mask, sampling=sp)
+    near = seg._dist_out(mask, sp, 6.0)
+    assert np.allclose(near[out <= 6.0], out[out <= 6.0])
+    assert np.all(near[out > 6.0] > 6.0)

@@ -165,6 +165,45 @@ def _edt(mask: np.ndarray, spacing) -> np.ndarray:
     return ndimage.distance_transform_edt(mask, sampling=spacing)
 
 
+def _bbox(mask: np.ndarray, pad_mm: float, spacing) -> tuple[slice, slice, slice] | None:
+    """Slices of ``mask``'s bounding box grown by ``pad_mm`` (+1 voxel), clipped; None when empty.
+
+    Distance transforms, reconstructions and watersheds of a mask need only this box: on a
+    small lesion inside a large region they would otherwise cost the whole region.
+    """
+    if not mask.any():
+        return None
+    pad = np.ceil(pad_mm / np.asarray(spacing, dtype=float)).astype(int) + 1
+    sl = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        nz = np.flatnonzero(mask.any(axis=other))
+        sl.append(slice(max(0, int(nz[0]) - int(pad[axis])), min(mask.shape[axis], int(nz[-1]) + 1 + int(pad[axis]))))
+    return tuple(sl)
+
+
+def _shift(seed, sl) -> tuple[int, int, int]:
+    return tuple(int(v) - s.start for v, s in zip(seed, sl, strict=True))
+
+
+def _edt_in(mask: np.ndarray, spacing) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, computed on its box."""
+    out = np.zeros(mask.shape, dtype=np.float64)
+    sl = _bbox(mask, 0.0, spacing)
+    if sl is not None:
+        out[sl] = _edt(mask[sl], spacing)
+    return out
+
+
+def _dist_out(mask: np.ndarray, spacing, reach_mm: float) -> np.ndarray:
+    """Distance (mm) to ``mask`` outside it, exact up to ``reach_mm`` (beyond: at least reach, or inf)."""
+    out = np.full(mask.shape, np.inf)
+    sl = _bbox(mask, reach_mm, spacing)
+    if sl is not None:
+        out[sl] = _edt(~mask[sl], spacing)
+    return out
+
+
 def _component_at(mask: np.ndarray, seed: tuple[int, int, int]) -> np.ndarray:
     if not mask[seed]:
         return np.zeros_like(mask)
@@ -178,23 +217,54 @@ def _open_and_reconstruct(comp: np.ndarray, spacing, radius: float, seed) -> np.
     Vessels thinner than the ball are cut where they meet the lesion; the lesion's own surface
     (corners the opening rounded) comes back.
     """
-    eroded = _edt(comp, spacing) > radius
-    if not eroded[seed]:
+    sl = _bbox(comp, 0.0, spacing)
+    if sl is None:
         return comp
-    eroded = _component_at(eroded, seed)
+    sub, s = comp[sl], _shift(seed, sl)
+    eroded = _edt(sub, spacing) > radius
+    if not eroded[s]:
+        return comp
+    eroded = _component_at(eroded, s)
     # Dilation of the kept core by the same ball, then a bounded regrowth within comp.
     near = _edt(~eroded, spacing) <= 2.0 * radius
-    return _component_at(comp & near, seed)
+    out = np.zeros_like(comp)
+    out[sl] = _component_at(sub & near, s)
+    return out
 
 
 def _split_by_necks(mask: np.ndarray, spacing, seed, lesion_radius: float) -> np.ndarray:
     """Cut structures joined to the lesion through a neck (distance-transform watershed)."""
-    from skimage.morphology import h_maxima
+    sl = _bbox(mask, 0.0, spacing)
+    if sl is None:
+        return mask
+    out = np.zeros_like(mask)
+    out[sl] = _split_by_necks_box(mask[sl], spacing, _shift(seed, sl), lesion_radius)
+    return out
+
+
+def _h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """Regional maxima of ``image`` at least ``h`` high (bool), as skimage's ``h_maxima`` (full connectivity).
+
+    The reconstruction by dilation is SimpleITK's (linear time) instead of skimage's sort-based one,
+    which sorted the whole region and dominated a prompt on large regions; same result.
+    """
+    import SimpleITK as sitk
+
+    image = np.asarray(image, dtype=np.float64)
+    if h > float(np.ptp(image)):
+        return np.zeros(image.shape, dtype=bool)
+    shifted = image - h - 2 * np.finfo(np.float64).resolution * np.abs(image)
+    rec = sitk.GetArrayFromImage(sitk.ReconstructionByDilation(sitk.GetImageFromArray(shifted),
+                                                               sitk.GetImageFromArray(image), True))
+    return (image - rec) >= h
+
+
+def _split_by_necks_box(mask: np.ndarray, spacing, seed, lesion_radius: float) -> np.ndarray:
     from skimage.segmentation import watershed
 
     dist = _edt(mask, spacing)
     h = max(1.0, 0.15 * lesion_radius)
-    markers, n = ndimage.label(h_maxima(dist, h))
+    markers, n = ndimage.label(_h_maxima(dist, h))
     if markers[seed] == 0:
         # The lesion's own maximum may be too shallow for h (small lesion on a big structure):
         # the seed (deepest point near the prompt) always gets its own basin.
@@ -277,17 +347,24 @@ def _segment_in_roi(
 
     if box is not None:
         # Seed: the deepest lesion-like voxel of the box's core (robust to necrotic or hollow centres).
-        d_in = _edt(within, sp)
+        d_in = _edt_in(within, sp)
         cand = np.where(core, d_in, 0)
         if cand.max() <= 0:
             return np.zeros(shape, dtype=bool), "no lesion-like tissue in the box core", 0.0, model
         seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(cand)), shape))
     elif not within[seed]:
         # A click a little off the lesion (edge, partial volume): take the nearest lesion-like voxel within 3 mm.
-        dist, idx = ndimage.distance_transform_edt(~within, sampling=sp, return_indices=True)
-        if dist[seed] > 3.0:
+        # (on a box just over 3 mm around the click: the answer lies there or nowhere)
+        lo_s, hi_s = roi_bounds_mm(seed, 3.0 + float(np.max(sp)), sp, np.asarray(shape))
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo_s, hi_s, strict=True))
+        local = ~within[sl]
+        s_loc = _shift(seed, sl)
+        if local.all():
             return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0, model
-        seed = tuple(int(idx[a][seed]) for a in range(3))
+        dist, idx = ndimage.distance_transform_edt(local, sampling=sp, return_indices=True)
+        if dist[s_loc] > 3.0:
+            return np.zeros(shape, dtype=bool), "no lesion-like tissue at the point", 0.0, model
+        seed = tuple(int(idx[a][s_loc]) + sl[a].start for a in range(3))
 
     # Noise voxels outside the interval pit the lesion; filled first, so that distances (the
     # lesion's thickness, its necks) measure its shape and not its noise.
@@ -297,11 +374,11 @@ def _segment_in_roi(
     if prior is None:
         # Second look: the tissue right around the first estimate (1.5-6 mm) is the lesion's real
         # neighbour (liver around a liver lesion...); the whole region mixes in distant organs.
-        ring = _edt(~comp, sp)
+        ring = _dist_out(comp, sp, 6.0)
         ring = (ring > 1.5) & (ring <= 6.0)
         # The first estimate's interior (at least half its depth) samples the lesion better than
         # the small ball or box core, away from partial volume.
-        depth = _edt(comp, sp)
+        depth = _edt_in(comp, sp)
         interior = depth >= 0.5 * float(depth.max())
         core2 = interior if interior.sum() >= 20 and interior.sum() > core.sum() else core
         if ring.sum() >= 50:
@@ -312,7 +389,7 @@ def _segment_in_roi(
             if within[seed]:
                 comp = ndimage.binary_fill_holes(_component_at(within, seed))
         check()
-    dist = _edt(comp, sp)
+    dist = _edt_in(comp, sp)
     # Inscribed radius near the seed, and the deepest point there as the working seed.
     near = ball_mask(shape, seed, max(5.0, float(dist[seed])), sp) & comp
     near_d = np.where(near, dist, 0)
@@ -349,7 +426,7 @@ def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float
     """
     ggo_low = model.dark + 0.2 * (model.low - model.dark) if model.dark is not None else model.low
     band = (img >= ggo_low) & (img < model.low)
-    dist = _edt(~solid, sp)
+    dist = _dist_out(solid, sp, max(12.0, 3.0 * radius))
     # The blurred edge of a solid lesion spans about a voxel more on coarse grids; thick slices
     # smear it along their axis only, so the in-plane voxel sets the margin (the shell's caps
     # along the thick axis are partial volume either way, a minority of the shell).
@@ -363,8 +440,8 @@ def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float
     if inside_box is not None:
         grow &= inside_box
     grown = _component_at(grow, seed)
-    opened = _edt(grown, sp) > 1.5
-    grown = (_edt(~opened, sp) <= 1.5) | solid
+    opened = _edt_in(grown, sp) > 1.5
+    grown = (_dist_out(opened, sp, 1.5) <= 1.5) | solid
     return ndimage.binary_fill_holes(_component_at(grown & (grow | solid), seed))
 
 
@@ -436,7 +513,7 @@ def segment_point(
         radius = limit_mm
     if work_mask.any():
         # Shape prior around the lesion's deepest point near the click.
-        depth = _edt(work_mask, roi.spacing)
+        depth = _edt_in(work_mask, roi.spacing)
         seed_w = roi.to_work_voxel(point)
         near = ball_mask(work_mask.shape, seed_w, max(5.0, float(depth[seed_w])), roi.spacing) & work_mask
         centre = tuple(int(v) for v in np.unravel_index(int(np.argmax(np.where(near, depth, 0))), depth.shape))

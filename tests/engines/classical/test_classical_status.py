@@ -115,3 +115,22 @@ def test_new_lesion_search_can_be_switched_off():
     res = off.track(study.images[0], study.labels[0], study.images[1])
     assert res.new_candidates == []
     assert res.lesions and all(r.status in ("ok", "check", "lost") for r in res.lesions.values())
+
+
+def test_a_point_mask_much_narrower_than_the_clicked_blob_is_flagged():
+    from napari_lesionlocator.engines.classical import segment as seg
+
+    def mask_of(diam):
+        m = seg.RoiMask(np.ones((2, 2, 2), bool), np.zeros(3, int), np.full(3, 2))
+        m.quality["diameter_mm"] = diam
+        return m
+
+    small = mask_of(9.0)
+    seg._check_blob_size(small, 8.0)  # a 16 mm blob at the point, a 9 mm mask
+    assert small.status == "check" and "smaller than the blob" in small.reasons[0]
+    fine = mask_of(14.0)
+    seg._check_blob_size(fine, 8.0)
+    assert fine.status == "ok" and fine.quality["blob_diameter_mm"] == 16.0
+    organ = mask_of(9.0)  # the largest LoG scale answers an organ, not the lesion: no claim
+    seg._check_blob_size(organ, 13.6 * np.sqrt(3.0))
+    assert organ.status == "ok"

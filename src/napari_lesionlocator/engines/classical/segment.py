@@ -543,7 +543,27 @@ def segment_point(
                           "bounded to a compact estimate from the nearest edges")]
             return _finish_point(array, spacing, point, fb, model, check)
     out = RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message, reasons=reasons)
-    return _finish_point(array, spacing, point, out, model, check)
+    out = _finish_point(array, spacing, point, out, model, check)
+    if prior is None and not out.empty and work_mask.any():
+        _check_blob_size(out, r_blob)
+    return out
+
+
+# A mask narrower than this share of the click's blob (LoG scale) may hold only part of the lesion.
+UNDER_BLOB_SHARE = 0.6
+# The largest LoG scale (sigma 13.6 mm): a blob radius there means "at least that large" (an organ).
+_LOG_SATURATED_MM = 13.6 * np.sqrt(3.0) - 0.1
+
+
+def _check_blob_size(out: RoiMask, r_blob: float) -> None:
+    """Flag a mask much narrower than the blob the click sits in (it may hold only part of the lesion)."""
+    diam = out.quality.get("diameter_mm")
+    if diam is None or r_blob >= _LOG_SATURATED_MM:
+        return
+    out.quality["blob_diameter_mm"] = 2.0 * r_blob
+    if diam < UNDER_BLOB_SHARE * 2.0 * r_blob:
+        out.reasons.append(f"smaller than the blob at the point ({diam:.0f} mm across where the blob is "
+                           f"{2 * r_blob:.0f} mm): it may hold only part of the lesion")
 
 
 # A point mask with an equivalent radius above this many blob radii (LoG scale at the click) leaked.

@@ -35,7 +35,7 @@ h1{font-size:22px;margin-bottom:2px} h2{font-size:17px;margin-top:28px;border-bo
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
 th,td{border:1px solid #ccd;padding:3px 7px;text-align:right}
 th{background:#eef0f6} td.l,th.l{text-align:left} .muted{color:#667}
-.sw{display:inline-block;width:12px;height:12px;border:1px solid #333;vertical-align:middle}
+.sw{font-size:16px;line-height:12px;vertical-align:middle}
 .PD{background:#ffd9d9;font-weight:bold} .PR,.CR{background:#d9f5dc;font-weight:bold} .SD{background:#fff6cc}
 .NE{background:#eee} .prov{font-style:italic;color:#a05a00}
 .grid{display:grid;gap:6px} .grid figure{margin:0;text-align:center;font-size:12px}
@@ -333,7 +333,7 @@ def build_report(study, *, recist: RecistSummary | None = None, title: str | Non
     add("</tr><tr><th colspan='5'></th>" + "<th>mL</th><th>LA mm</th><th>SA mm</th><th>status</th>" * len(names)
         + "</tr>")
     for lid in study.lesion_ids:
-        add(f"<tr><td><span class='sw' style='background:{_hex(lesion_rgb(lid))}'></span></td><td>{lid}</td>"
+        add(f"<tr><td><span class='sw' style='color:{_hex(lesion_rgb(lid))}'>&#9632;</span></td><td>{lid}</td>"
             f"<td class='l'>{_esc(study.lesion_name(lid))}</td><td class='l'>{_esc(study.site(lid))}</td>"
             f"<td class='l'>{_esc(study.role(lid))}</td>")
         for k, name in enumerate(names):
@@ -359,7 +359,7 @@ def build_report(study, *, recist: RecistSummary | None = None, title: str | Non
     figs = report_figures(study, rows)
     cols = len(names)
     for lid in study.lesion_ids:
-        add(f"<h3 style='font-size:14px'><span class='sw' style='background:{_hex(lesion_rgb(lid))}'></span> "
+        add(f"<h3 style='font-size:14px'><span class='sw' style='color:{_hex(lesion_rgb(lid))}'>&#9632;</span> "
             f"Lesion {lid}: {_esc(study.lesion_name(lid))} ({_esc(study.site(lid))}, {_esc(study.role(lid))})</h3>")
         add(f"<div class='grid' style='grid-template-columns:repeat({cols}, minmax(120px, 240px))'>")
         for name in names:

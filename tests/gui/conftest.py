@@ -9,6 +9,13 @@ napari = pytest.importorskip("napari")
 from gui_helpers import DOCKS, PLUGIN, Mouse  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _private_recovery_folder(tmp_path_factory, monkeypatch):
+    """Autosaves of GUI tests go to a folder of their own, never the user's recovery folder (where
+    they would also be offered for restoring at the next widget opened)."""
+    monkeypatch.setenv("LESIONLOCATOR_RECOVERY", str(tmp_path_factory.mktemp("recovery")))
+
+
 @pytest.fixture
 def study():
     from napari_lesionlocator.gui._sample_data import _cached_study

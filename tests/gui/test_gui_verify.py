@@ -117,7 +117,22 @@ def test_verify_tracked_lesions_and_candidates(qtbot, docked, study) -> None:
     assert dice(after == 9, truth9) > 0.5
     np.testing.assert_array_equal(_labels(session, tps[2]), tp2_before)  # nothing later changed yet
 
-    # ---- re-propagate from follow-up 1: only follow-up 2 changes (and is unverified again)
+    # ---- re-propagate from follow-up 1: only follow-up 2 changes. There a verdict stands where the
+    # re-tracked mask is the one judged (9: disappeared, mask kept hidden), and a lesion whose mask
+    # differs from what the reader judged is unverified again (1: edited by hand, then accepted).
+    _show(qtbot, timeline, tps[2])
+    lab2 = session.labels_layer_for(tps[2], create=False)
+    voxel = np.argwhere(_labels(session, tps[2]) == 1)[0]
+    lab2.brush_size = 3
+    lab2.paint(tuple(int(v) for v in voxel), 0)  # the reader's eraser on lesion 1 (napari's own paint)
+    judged1 = _labels(session, tps[2]) == 1
+    assert judged1.sum() < (tp2_before == 1).sum()
+    panel.select_lesion(1)
+    qtbot.mouseClick(panel.accept_button, Qt.MouseButton.LeftButton)
+    assert session.review(tps[2], 1) == ("accepted", None)
+    kept9 = session.result(tps[2], 9).mask.to_full()  # the tracked mask hidden by "disappeared"
+    tp2_judged = _labels(session, tps[2])
+    _show(qtbot, timeline, tps[1])
     tp1_before = _labels(session, tps[1])
     qtbot.mouseClick(panel.repropagate_button, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, timeline, TRACK_TIMEOUT_MS)
@@ -125,9 +140,18 @@ def test_verify_tracked_lesions_and_candidates(qtbot, docked, study) -> None:
     np.testing.assert_array_equal(_labels(session, tps[0]), tp0_before)
     np.testing.assert_array_equal(_labels(session, tps[1]), tp1_before)
     tp2_after = _labels(session, tps[2])
-    assert not np.array_equal(tp2_after, tp2_before)
-    assert dice(tp2_after == 9, study.labels[2].array == 5) > 0.5  # tracked on from the corrected mask
-    assert session.reviews(tps[2]) == {1: ("unverified", None), 9: ("unverified", None)}
+    assert not np.array_equal(tp2_after, tp2_judged)
+    new1 = session.result(tps[2], 1).mask.to_full()
+    np.testing.assert_array_equal(tp2_after == 1, new1)
+    assert not np.array_equal(new1, judged1)
+    assert session.review(tps[2], 1) == ("unverified", None)  # changed from what was accepted
+    new9 = session.result(tps[2], 9).mask.to_full()
+    assert dice(new9, study.labels[2].array == 5) > 0.5  # tracked on from the corrected mask
+    if np.array_equal(new9, kept9):  # the same proposal: the reader's "disappeared" stands, still hidden
+        assert session.review(tps[2], 9) == ("disappeared", None) and not (tp2_after == 9).any()
+    else:
+        assert session.review(tps[2], 9) == ("unverified", None)
+        np.testing.assert_array_equal(tp2_after == 9, new9)
     assert session.reviews(tps[1]) == {1: ("accepted", None), 9: ("accepted", None)}
 
     # ---- the engine's candidate for the new lesion 7 at follow-up 1: accept -> new lesion, next id
@@ -154,6 +178,26 @@ def test_verify_tracked_lesions_and_candidates(qtbot, docked, study) -> None:
         qtbot.mouseClick(panel.dismiss_button, Qt.MouseButton.LeftButton)
         assert len(session.candidates(tps[1])) == n - 1
 
+    # ---- a verification in progress, looked at in the README
+    _show(qtbot, timeline, tps[2])
+    timeline.tabs.setCurrentWidget(panel)
+    panel.refresh()
+    n_open = sum(1 for t in tps[1:] for st, _ in session.reviews(t).values() if st == "unverified")
+    assert n_open >= 1
+    assert timeline.tabs.tabText(timeline.tabs.indexOf(panel)) == f"Verify ({n_open} unverified)"
+    proposed = panel.points_layer(tps[2], "proposed", create=False)
+    viewer.layers.selection.active = proposed
+    panel.select_lesion(1)
+    point = proposed.data[list(proposed.features["lesion"]).index(1)]
+    viewer.dims.set_point(0, float(point[0]))
+    centre_view(viewer, point)
+    camera(viewer).zoom = 5.0
+    qtbot.wait(300)
+    if os.environ.get("LESIONLOCATOR_SCREENSHOTS"):
+        out = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "14_verify.png"
+        viewer.screenshot(str(out), canvas_only=False, flash=False)
+        assert out.stat().st_size > 10_000
+
     # ---- merged: lesion 1 into lesion 9 at follow-up 2 (pick list), erased there, shown, in the Study
     _show(qtbot, timeline, tps[2])
     panel.select_lesion(1)
@@ -165,19 +209,3 @@ def test_verify_tracked_lesions_and_candidates(qtbot, docked, study) -> None:
     assert _cell(timeline, 1, 2) == "\u21929"
     obs = session.study().observation(1, tps[2].name)
     assert obs.review == "merged" and obs.merged_into == 9
-
-    # ---- a verification in progress, looked at in the README
-    timeline.tabs.setCurrentWidget(panel)
-    panel.refresh()
-    assert timeline.tabs.tabText(timeline.tabs.indexOf(panel)) == "Verify (1 unverified)"
-    viewer.layers.selection.active = panel.points_layer(tps[2], "proposed", create=False)
-    panel.select_lesion(9)
-    point = panel.points_layer(tps[2], "proposed", create=False).data[0]
-    viewer.dims.set_point(0, float(point[0]))
-    centre_view(viewer, point)
-    camera(viewer).zoom = 5.0
-    qtbot.wait(300)
-    if os.environ.get("LESIONLOCATOR_SCREENSHOTS"):
-        out = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "14_verify.png"
-        viewer.screenshot(str(out), canvas_only=False, flash=False)
-        assert out.stat().st_size > 10_000

@@ -449,6 +449,11 @@ class StudySession(QObject):
         from ._prompt_layers import prompt_layer_ids
 
         used |= prompt_layer_ids(self.viewer)
+        from ._table_study import _MODELS
+
+        model = _MODELS.get(id(self))  # the review study also counts ids only it saw (painted, restored)
+        if model is not None and model.session is self and model._study is not None:
+            used.add(model._study.id_counter - 1)
         self.note_ids(used)
         return self._highest_id + 1
 
@@ -465,8 +470,32 @@ class StudySession(QObject):
         if tracked:  # a tracked result is a proposal: unverified until the reader says otherwise
             for lid in lesions:
                 self._reviews[(uid, int(lid))] = ("unverified", None)
+        else:
+            self._mark_new(image_layer, lesions)
         self.note_ids(lesions)
         self.results_changed.emit()
+
+    def _mark_new(self, image_layer, lesions: Mapping[int, LesionResult]) -> None:
+        """A lesion the reader prompted at a follow-up that no earlier timepoint holds is a NEW
+        lesion there (review "new": the reader placed it, so it is confirmed; RECIST: PD)."""
+        order = self.timepoints(self.order or None)
+        if image_layer not in order[1:]:
+            return
+        earlier = order[:order.index(image_layer)]
+        uid = str(image_layer.unique_id)
+        for lid, res in lesions.items():
+            key = (uid, int(lid))
+            if res.status == "empty" or key in self._reviews:
+                continue  # nothing found, or a verdict there already (a re-segmented new lesion stays new)
+            if not any(self._holds(tp, int(lid)) for tp in earlier):
+                self._reviews[key] = ("new", None)
+
+    def _holds(self, image_layer, lesion_id: int) -> bool:
+        res = self._results.get((str(image_layer.unique_id), lesion_id))
+        if res is not None and not res.mask.is_empty:
+            return True
+        layer = self.labels_layer_for(image_layer, create=False)
+        return layer is not None and lesion_id in lesion_ids_in(layer)
 
     # ------------------------------------------------------------------ verification
     def review(self, image_layer, lesion_id: int) -> tuple[str, int | None] | None:
@@ -624,15 +653,21 @@ class StudySession(QObject):
     def undo_in_layer(self, layer) -> None:
         """Ctrl+Z in a lesion layer: napari's undo of that layer; a session step it undoes is dropped."""
         n = self.history_length(layer)
+        restore = None
         for entry in reversed(self._undo):
             hist = entry.get("history", {})
             if id(layer) in hist and hist[id(layer)] == n:
                 entry["layers"] = [lyr for lyr in entry["layers"] if lyr is not layer]
                 hist.pop(id(layer))
-                if not entry["layers"] and entry.get("restore") is None:
+                if not entry["layers"] and entry.get("restore_with_layers"):
+                    restore = entry.get("restore")  # e.g. a verdict's review state goes with its voxels
+                    self._undo.remove(entry)
+                elif not entry["layers"] and entry.get("restore") is None:
                     self._undo.remove(entry)
                 break
         layer.undo()
+        if restore is not None:
+            restore()
         self.results_changed.emit()
 
     @property
@@ -747,6 +782,9 @@ def session_for(viewer: napari.Viewer) -> StudySession:
         session = StudySession(viewer)
         _SESSIONS[key] = session
         weakref.finalize(viewer, _SESSIONS.pop, key, None)
+        from ._recovery import offer_recovery_soon
+
+        offer_recovery_soon(session)  # the first widget of this viewer: offer an autosave left by a crash
     return session
 
 

@@ -49,6 +49,7 @@ class ReviewStudy(QObject):
         self._connected: list = []  # (labels layer, callback)
         self._pending: set[int] | None = set()
         self._adopting = False
+        self._quiet = 0  # > 0 while a layer write only renders the study (a verdict), not an edit
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(50)
@@ -127,6 +128,16 @@ class ReviewStudy(QObject):
                 self._connect(name, lab)
         self._schedule(None)
 
+    @contextlib.contextmanager
+    def rendering(self):
+        """Layer writes inside this block show the study (a lesion hidden by a verdict), they are
+        not the reader's edits: their paint events are not taken in."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
     # ------------------------------------------------------------------ layer events
     def _connect(self, name: str, layer) -> None:
         ref = weakref.ref(layer)
@@ -155,7 +166,7 @@ class ReviewStudy(QObject):
     def _sync_layer(self, name: str, layer) -> None:
         """Take whatever differs between a layer and the study's copy as the reader's edit."""
         study = self._study
-        if study is None or self._stale or self._adopting or name not in study.names:
+        if study is None or self._stale or self._adopting or self._quiet or name not in study.names:
             return
         data = np.asarray(layer.data)
         labels = study[name].labels
@@ -180,7 +191,7 @@ class ReviewStudy(QObject):
 
     def _on_paint(self, name: str, layer, atoms) -> None:
         study = self._study
-        if study is None or self._stale or name not in study.names:
+        if study is None or self._stale or self._quiet or name not in study.names:
             return
         res = study.apply_napari_paint(name, atoms)
         if res.region is not None:
@@ -233,7 +244,9 @@ class ReviewStudy(QObject):
                 if res is None or self._taken.get((uid, lid)) is res:
                     continue
                 self._taken[(uid, lid)] = res
-                if self.session.edited(tp_layer, lid) and not res.mask.is_empty:
+                review = self.session.review(tp_layer, lid) if hasattr(self.session, "review") else None
+                hidden = review is not None and review[0] in ("disappeared", "merged")  # erased by the verdict
+                if self.session.edited(tp_layer, lid) and not res.mask.is_empty and not hidden:
                     continue  # the reader changed it since: the layer's voxels are the truth (below)
                 if not res.mask.geometry.same_grid(study[name].geometry):
                     continue

@@ -21,6 +21,7 @@ while a propagation runs. Thread: GUI thread.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
     from .timeline_widget import TimelineWidget
 
 __all__ = ["VerifyPanel"]
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
 
 _POINT_SIZE_MM = 7.0
 
@@ -325,24 +331,60 @@ class VerifyPanel(QWidget):
 
     # ------------------------------------------------------------------ verdicts
     def set_state(self, state: str, merged_into: int | None = None, lesion_id: int | None = None) -> bool:
+        """The reader's verdict on a lesion at the follow-up in view.
+
+        Disappeared / merged hide the lesion there (erased from the Labels layer, one undo step)
+        but keep its tracked mask in the session and the study: Ctrl+Z (or Undo) shows it again
+        and puts the earlier verdict back.
+        """
         tp = self.followup()
         lid = lesion_id if lesion_id is not None else self.selected_lesion()
         if tp is None or lid is None:
             return False
+        if (state == "merged") != (merged_into is not None) or merged_into == lid:
+            self.status.setText("a merged lesion needs the (other) lesion it merged into, and only it")
+            return False
+        previous = self.session.review(tp, lid) or ("accepted", None)
+        model = self._model()
+        undo = None
         if state in ("disappeared", "merged"):
             labels = self.session.labels_layer_for(tp, create=False)
             if labels is not None and lid in lesion_ids_in(labels):
                 before = self.session.history_length(labels)
-                if remove_lesions(labels, [lid]):
-                    self.session.push_undo({"what": f"lesion {lid} {state} at {tp.name}", "layers": [labels],
-                                            "history": {id(labels): before + 1}})
+                with model.rendering() if model is not None else _nothing():
+                    erased = remove_lesions(labels, [lid])  # the verdict's rendering, not an edit of the mask
+                if erased:
+                    undo = {"what": f"lesion {lid} {state} at {tp.name}", "layers": [labels],
+                            "history": {id(labels): before + 1}, "restore_with_layers": True,
+                            "restore": lambda: self._put_review(tp, lid, *previous)}
         try:
-            self.session.set_review(tp, lid, state, merged_into=merged_into)
-        except ValueError as exc:
+            self._put_review(tp, lid, state, merged_into)  # before anyone compares the layer with the study
+        except (ValueError, LesionLocatorError) as exc:
             self.status.setText(str(exc))
             return False
+        if undo is not None:
+            self.session.push_undo(undo)
         self.status.setText(f"lesion {lid} at {tp.name}: {state}" + (f" into {merged_into}" if merged_into else ""))
         return True
+
+    def _model(self):
+        """The viewer's review study when one is kept (the Lesion table's), else None."""
+        from ._table_study import _MODELS
+
+        model = _MODELS.get(id(self.session))
+        return model if model is not None and model.session is self.session else None
+
+    def _put_review(self, tp, lesion_id: int, state: str, merged_into: int | None = None) -> None:
+        """A verdict into the review study first (its display then hides or shows the kept mask,
+        matching the layer), then into the session."""
+        model = self._model()
+        if tp not in self.viewer.layers:
+            return
+        if model is not None and model.study is not None and tp.name in model.study.names \
+                and int(lesion_id) in model.study.lesion_ids:
+            model.set_review(int(lesion_id), tp.name, state, merged_into=merged_into)
+        else:
+            self.session.set_review(tp, lesion_id, state, merged_into=merged_into)
 
     def _merge_clicked(self) -> None:
         into = self.merge_combo.currentData()

@@ -122,10 +122,28 @@ def _session_job(kind: str, state_or_folder, target=None) -> Generator[ProgressE
         io_session.discard_recovery(str(state_or_folder.get("session_id")))
     elif kind == "autosave":
         out = io_session.autosave(state_or_folder, target)
+    elif kind == "report":
+        out = _write_report(state_or_folder, target)
     else:
-        out = io_session.load_session(state_or_folder)
+        relocate, search, repoint = target or ({}, (), False)
+        if repoint and (relocate or search):  # the new locations go into the session first (checked there)
+            io_session.repoint_session(state_or_folder, relocate=relocate, search=search)
+        out = io_session.load_session(state_or_folder, relocate=relocate, search=search)
     yield ProgressEvent(1, 1, f"{kind} done")
     return kind, out
+
+
+def _write_report(state: dict, path: Path) -> Path:
+    """Worker: the response report of a study snapshot (a study of its own, so the reader can go on
+    editing the live one meanwhile)."""
+    from ..core.study import Timepoint
+    from ..report import write_report
+
+    copy = Study([Timepoint(t["image"], None, t["date"]) for t in state["timepoints"]],
+                 state.get("patient_id", "patient"), sort_by_date=False)
+    copy.restore_state(state)
+    folder = state.get("session_folder")
+    return write_report(copy, path, overwrite=True, session_folder=folder)
 
 
 class LesionTableWidget(QWidget):
@@ -149,6 +167,10 @@ class LesionTableWidget(QWidget):
         self._autosave_pending = False
         self.summary = None
         self.last_error: str | None = None
+        self.last_report: Path | None = None
+        self.last_restored: Study | None = None  # the study the last restore put into the viewer
+        self.relocate_dialog = None
+        self._restoring: Path | None = None
         self._placed = False
         self._sized = False
         try:  # the window's size before this dock was added (adding it on the right may grow it)
@@ -163,13 +185,16 @@ class LesionTableWidget(QWidget):
         self.restore_button.setToolTip("Open a saved review (its scans and lesions replace the ones shown).")
         self.copy_button = QPushButton("Copy CSV")
         self.copy_button.setToolTip("Copy the lesion table with sizes and provenance to the clipboard (CSV).")
+        self.report_button = QPushButton("Report...")
+        self.report_button.setToolTip("Write the response report (a self-contained HTML page: dates, lesion table, "
+                                      "response per follow-up with reasons, plot, key slices with the RECIST axes).")
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Accept the selected lesion where it is unverified (tracked, not yet checked).")
         self.size_mode = QComboBox()
         self.size_mode.addItems(["long axis (mm)", "volume (mL)"])
         self.size_mode.setToolTip("What the plot shows for each lesion.")
         top = QHBoxLayout()
-        for w in (self.save_button, self.restore_button, self.copy_button, self.accept_button):
+        for w in (self.save_button, self.restore_button, self.report_button, self.copy_button, self.accept_button):
             top.addWidget(w)
         top.addStretch(1)
         top.addWidget(QLabel("plot:"))
@@ -264,6 +289,7 @@ class LesionTableWidget(QWidget):
         # --- wiring
         self.save_button.clicked.connect(self._ask_save)
         self.restore_button.clicked.connect(self._ask_restore)
+        self.report_button.clicked.connect(self._ask_report)
         self.copy_button.clicked.connect(self.copy_csv)
         self.accept_button.clicked.connect(self.accept_selected)
         self.size_mode.currentIndexChanged.connect(lambda _i: self._update_plot())
@@ -659,6 +685,7 @@ class LesionTableWidget(QWidget):
                 self.status.setText("A save or restore is still running.")
             return False
         self._busy(True)
+        self._job_kind = kind
         self.runner.start(lambda token, cb: _session_job(kind, payload, target), desc=kind, total=1)
         return True
 
@@ -683,13 +710,43 @@ class LesionTableWidget(QWidget):
     def _on_engine_result(self) -> None:
         QTimer.singleShot(200, self.autosave)  # after the model took the result in
 
-    def restore_session(self, folder) -> bool:
-        """Restore a saved review (read in a worker; its scans replace the ones in the viewer)."""
+    def restore_session(self, folder, *, relocate=None, search=(), repoint: bool = False) -> bool:
+        """Restore a saved review (read in a worker; its scans replace the ones in the viewer).
+
+        ``relocate`` (timepoint -> new image path) and ``search`` (folders) find images that moved;
+        ``repoint`` also writes their new locations into the session. A session whose images moved or
+        changed opens the relocate dialog (:attr:`relocate_dialog`)."""
         self.status.setText(f"Restoring {folder}...")
-        return self._start("restore", Path(folder))
+        self._restoring = Path(folder)
+        return self._start("restore", Path(folder), (dict(relocate or {}), [str(x) for x in search], bool(repoint)))
+
+    def _ask_report(self) -> None:
+        study = self.study
+        if study is None:
+            self.status.setText("Nothing to report: no CT volumes in the viewer.")
+            return
+        start = str(Path(study.session_folder) / "report.html") if study.session_folder else "report.html"
+        path, _ = QFileDialog.getSaveFileName(self, "Write the response report", start, "HTML page (*.html)")
+        if path:
+            self.write_report(path)
+
+    def write_report(self, path) -> bool:
+        """Write the response report (HTML) of the study as it is now, in a worker."""
+        study = self.study
+        if study is None:
+            self.status.setText("Nothing to report: no CT volumes in the viewer.")
+            return False
+        self.model.flush()
+        state = study.snapshot_state()
+        state["session_folder"] = str(study.session_folder) if study.session_folder else None
+        path = Path(path)
+        if path.suffix.lower() not in (".html", ".htm"):
+            path = path.with_suffix(".html") if path.suffix else path / "report.html"
+        self.status.setText(f"Writing the report to {path}...")
+        return self._start("report", state, path)
 
     def _busy(self, on: bool) -> None:
-        for b in (self.save_button, self.restore_button, self.recover_button):
+        for b in (self.save_button, self.restore_button, self.recover_button, self.report_button):
             b.setEnabled(not on)
 
     def _on_job_done(self, result) -> None:
@@ -700,12 +757,31 @@ class LesionTableWidget(QWidget):
             self.status.setText(f"Saved to {out}.")
         elif kind == "autosave":
             self.status.setText(f"Autosaved ({Path(out).name}).")
+        elif kind == "report":
+            self.last_report = Path(out)
+            self.status.setText(f"Report written to {out}.")
         else:
             self._show_restored(out)
 
     def _on_job_failed(self, exc) -> None:
+        from ..io.session import SessionImageError
+
         self.last_error = str(exc)
         self.status.setText(f"Session: {exc}")
+        folder = self._restoring if getattr(self, "_job_kind", None) == "restore" else None
+        if isinstance(exc, SessionImageError) and folder is not None:
+            self.status.setText(f"Session: {len(exc.problems)} image(s) moved or changed; point to where they are now.")
+            self.ask_relocate(folder, exc)
+
+    def ask_relocate(self, folder, exc=None):
+        """Open the relocate dialog for a session whose images moved (non-blocking; returns it)."""
+        from ._relocate import RelocateDialog
+
+        dialog = self.relocate_dialog = RelocateDialog(Path(folder), exc, parent=self)
+        dialog.accepted.connect(lambda: self.restore_session(folder, relocate=dialog.relocate,
+                                                             search=dialog.search, repoint=dialog.repoint))
+        dialog.open()
+        return dialog
 
     def _after_job(self) -> None:
         self._busy(False)
@@ -742,6 +818,7 @@ class LesionTableWidget(QWidget):
         if first is not None:
             session.set_active(first)
         self._autosaved_revision = study.revision
+        self.last_restored = study
         self.status.setText(f"Restored {len(study.names)} timepoint(s), {len(study.lesion_ids)} lesion(s).")
 
     # ------------------------------------------------------------------ recovery
@@ -749,6 +826,8 @@ class LesionTableWidget(QWidget):
         """Show the restore offer when an autosave of another session exists (returns it or None)."""
         from ..io.session import latest_recovery
 
+        if self.runner.running:  # a restore (of that recovery) is under way
+            return None
         exclude = [self.study.session_id] if self.study is not None else []
         try:
             rec = latest_recovery(self.recovery_root, exclude=exclude)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
@@ -41,6 +42,13 @@ from ._panels import ProgressRow, paint_lesion_item, show_end_state
 from ._process import helper_available, run_in_helper
 from ._session import preload_engine_modules, session_for
 from ._workers import JobRunner
+
+
+def _same_mask(a, b) -> bool:
+    """Two lesion masks on one grid hold exactly the same voxels."""
+    if a.is_empty or b.is_empty:
+        return a.is_empty and b.is_empty
+    return a.voxels == b.voxels and a.overlap_voxels(b) == a.voxels
 
 if TYPE_CHECKING:
     import napari
@@ -481,18 +489,25 @@ class TimelineWidget(QWidget):
         tp, result = self._to_write.pop(0)
         if tp in self.viewer.layers:  # a timepoint closed during the run gets nothing
             labels_layer = self.session.labels_layer_for(tp)
-            before = self.session.history_length(labels_layer)
-            if apply_lesion_labels(labels_layer, result.labels.array, self._written_ids):
-                self._undo_entry["layers"].append(labels_layer)
-                self._undo_entry["history"][id(labels_layer)] = before + 1
             lesions = dict(result.lesions) if result.lesions else {}
             for lid in self._written_ids:  # every lesion sent was looked for here (or lost before)
                 if lid not in lesions:
                     from ..core.results import LesionMask, LesionResult
 
                     lesions[lid] = LesionResult(lid, LesionMask.empty(labels_layer_geometry(labels_layer)), "lost")
+            # A verdict stands where re-tracking gave the very mask the reader judged; changed ones
+            # are unverified again (and a hidden disappeared/merged lesion stays hidden).
+            kept = self._verdicts_kept(tp, labels_layer, lesions)
+            hidden = [lid for lid, (state, _) in kept.items() if state in ("disappeared", "merged")]
+            write = [lid for lid in self._written_ids if lid not in hidden]
+            before = self.session.history_length(labels_layer)
+            if write and apply_lesion_labels(labels_layer, result.labels.array, write):
+                self._undo_entry["layers"].append(labels_layer)
+                self._undo_entry["history"][id(labels_layer)] = before + 1
             self.session.record_results(tp, {lid: r for lid, r in lesions.items() if lid in self._written_ids},
                                         tracked=True)
+            for lid, (state, into) in kept.items():
+                self.session.set_review(tp, lid, state, merged_into=into)
             if getattr(result, "new_candidates", None) is not None:
                 self.session.set_candidates(tp, result.new_candidates)
         else:
@@ -520,6 +535,27 @@ class TimelineWidget(QWidget):
         # The writes' paint events already scheduled a table refresh; coalesce with it (one scan
         # of every lesion layer, in its own event-loop turn) instead of refreshing again here.
         self._schedule_table_refresh()
+
+    def _verdicts_kept(self, tp, labels_layer, lesions) -> dict[int, tuple[str, int | None]]:
+        """The reader's verdicts at ``tp`` on lesions whose new tracked mask equals the one judged
+        (the engine's last mask there, or the layer's voxels once the reader edited it)."""
+        out = {}
+        session = self.session
+        for lid in self._written_ids:
+            review = session.review(tp, lid)
+            new = lesions.get(lid)
+            if review is None or review[0] == "unverified" or new is None:
+                continue
+            old = session.result(tp, lid)
+            hidden = review[0] in ("disappeared", "merged")
+            if old is None or (session.edited(tp, lid) and not hidden):
+                old_mask = np.asarray(labels_layer.data) == int(lid)
+                same = np.array_equal(old_mask, new.mask.to_full())
+            else:
+                same = _same_mask(old.mask, new.mask)
+            if same:
+                out[int(lid)] = review
+        return out
 
     def _on_done(self) -> None:
         self.progress.set_running(False)

@@ -85,11 +85,20 @@ def gt_prompts(mask: np.ndarray, lid: int):
     return PointPrompt(lid, tuple(int(v) for v in inside)), BoxPrompt(lid, (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))
 
 
+def _print_rows(rows) -> None:
+    print("| operation | median s | min s | peak tracemalloc MB | peak RSS increase MB | note |")
+    print("|---|---|---|---|---|---|")
+    for name, m, note in rows:
+        print(f"| {name} | {m['median_s']:.3f} | {m['min_s']:.3f} | {m['tracemalloc_MB']:.0f} | "
+              f"{m['rss_MB']:.0f} | {note} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segment-only", action="store_true", help="time the point and box prompts only (no tracking)")
     args = ap.parse_args(argv)
 
     from napari_lesionlocator.sample.synthetic import make_synthetic_study
@@ -115,7 +124,15 @@ def main(argv=None) -> int:
             res = m.pop("out")
             pred = res.labels.array == rec.id
             dice = 2 * (pred & mask).sum() / max(1, pred.sum() + mask.sum())
-            rows.append((f"segment {kind} lesion {rec.id} ({rec.diameter_mm:.0f} mm)", m, f"Dice {dice:.3f}"))
+            rows.append((f"segment {kind} lesion {rec.id} ({rec.kind}, {rec.diameter_mm:.0f} mm)", m,
+                         f"Dice {dice:.3f}, load {os.getloadavg()[0]:.1f}"))
+
+    if args.segment_only:
+        _print_rows(rows)
+        seg = [m for _, m, _ in rows]
+        print(f"\nworst prompt median {max(s['median_s'] for s in seg):.3f} s (target 0.5 s); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        return 0
 
     from napari_lesionlocator.engines.classical.track import track_lesions
 
@@ -136,11 +153,7 @@ def main(argv=None) -> int:
     rows.append(("track 1 lesion + new-lesion search (once per follow-up)", m,
                  f"new lesion 7 rank {rank} of {len(res.new_candidates)}"))
 
-    print("| operation | median s | min s | peak tracemalloc MB | peak RSS increase MB | note |")
-    print("|---|---|---|---|---|---|")
-    for name, m, note in rows:
-        print(f"| {name} | {m['median_s']:.3f} | {m['min_s']:.3f} | {m['tracemalloc_MB']:.0f} | "
-              f"{m['rss_MB']:.0f} | {note} |")
+    _print_rows(rows)
     seg = [m for name, m, _ in rows if name.startswith("segment")]
     trk = rows[-2][1]
     print(f"\ninput volume {vol_mb:.0f} MB (memory budget 2x = {2 * vol_mb:.0f} MB)")

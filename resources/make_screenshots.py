@@ -9,6 +9,11 @@ the sample study loaded; after segmenting three point prompts; a box prompt draw
 after a slider step (rectangle + slice range, with its 3D outline in the 3D view); the timeline
 after propagating to both follow-ups (a follow-up in view); the review grid centred on one lesion
 with the volume table; and the headless ``render_study_screenshot`` output used by ``make demo``.
+
+``--only docks`` renders just the two all-docks states: every dock of napari.yaml open together at
+1600x1000 after segmenting and propagating (09_all_docks.png), and the same with the LesionLocator
+engine chosen (08_lesionlocator_engine.png; needs a checkpoint in $LESIONLOCATOR_CHECKPOINT, e.g.
+``lesionlocator generate-checkpoint /tmp/ck --tiny``, only its options are shown).
 """
 
 from __future__ import annotations
@@ -186,7 +191,81 @@ def main(out_dir: Path) -> list[Path]:
     return written
 
 
+def all_docks(out_dir: Path) -> list[Path]:
+    """Every dock of the plugin open together at 1600x1000, as the Plugins menu opens them."""
+    import os
+
+    import napari
+    from npe2 import PluginManifest
+
+    import napari_lesionlocator.gui  # noqa: F401
+    from napari_lesionlocator.gui._sample_data import _cached_study
+    from napari_lesionlocator.gui._view import centre_view
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    study = _cached_study()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    settle()
+    viewer.open_sample(PLUGIN, "synthetic_study_truth")
+    names = [w.display_name for w in PluginManifest.from_distribution(PLUGIN).contributions.widgets]
+    docks, widgets = {}, {}
+    for name in names:
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        settle(0.1)
+    prompts, timeline = widgets["Lesion prompts"], widgets["Timeline"]
+    baseline = viewer.layers[study.images[0].name]
+    prompts.session.set_active(baseline)
+    pl = prompts.prompt_layers()
+    for gt in (1, 3, 5, 6):
+        pl.add_point_world(next(r for r in study.lesions if r.id == gt).centre_world[0])
+    prompts.segment()
+    wait_for(prompts.runner)
+    timeline.refresh()
+    assert timeline.propagate(source=baseline.name)
+    wait_for(timeline.runner, busy=lambda: timeline.busy)
+    docks["Lesion review"].raise_()
+    widgets["Lesion review"].measure()
+    wait_for(widgets["Lesion review"].runner)
+    rec1 = next(r for r in study.lesions if r.id == 1)
+    prompts.lesion_spin.setValue(1)
+    centre_view(viewer, rec1.centre_world[0])
+    prompts.activate_mode("view")
+    settle(1.0)
+
+    def shot(name: str) -> None:
+        settle(0.5)
+        path = out_dir / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        written.append(path)
+        print("wrote", path)
+
+    shot("09_all_docks.png")
+    panel = prompts.engine_panel
+    k = panel.engine.findData("lesionlocator")
+    if os.environ.get("LESIONLOCATOR_CHECKPOINT") and panel.engine.model().item(k).isEnabled():
+        panel.engine.setCurrentIndex(k)
+        settle()
+        shot("08_lesionlocator_engine.png")
+    else:
+        print("no usable $LESIONLOCATOR_CHECKPOINT: 08_lesionlocator_engine.png not rendered")
+    viewer.close()
+    return written
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    main(parser.parse_args().out)
+    parser.add_argument("--only", choices=["docks"], default=None, help="render only the all-docks states")
+    args = parser.parse_args()
+    import os
+    import tempfile
+
+    # an autosave of an earlier run must not offer itself for recovery in the screenshots
+    os.environ.setdefault("LESIONLOCATOR_RECOVERY", tempfile.mkdtemp(prefix="ll-shots-recovery-"))
+    if args.only == "docks":
+        all_docks(args.out)
+    else:
+        main(args.out)
+        all_docks(args.out)

@@ -77,6 +77,60 @@ def test_all_docks_fit_1600x1000_with_six_table_rows_and_tooltips(docked, qtbot,
     assert PILImage.open(path).size[1] <= 1000
 
 
+def _manifest_docks() -> list[str]:
+    """Every dock this plugin contributes (napari.yaml), by the name napari's Plugins menu shows."""
+    from npe2 import PluginManifest
+
+    return [w.display_name for w in PluginManifest.from_distribution("napari-lesionlocator").contributions.widgets]
+
+
+def test_every_dock_of_the_plugin_open_together_fits_a_1600x1000_screen(make_napari_viewer, qtbot) -> None:
+    """All docks of napari.yaml opened together, as a reader would from the Plugins menu: the window stays
+    on the 1600x1000 screen, no dock is below its minimum size, every dock can be brought to the front on
+    the screen (the secondary ones share tabs), and the tables show at least 6 rows."""
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    names = _manifest_docks()
+    assert {"Lesion prompts", "Timeline", "Lesion review", "Export", "Rate segmentations", "Lesion table"} <= set(names)
+    screen = QApplication.primaryScreen().availableGeometry()
+    if screen.width() < 1600 or screen.height() < 1000:
+        pytest.skip(f"needs a 1600x1000 screen, got {screen.width()}x{screen.height()} "
+                    "(xvfb-run -s '-screen 0 1600x1000x24')")
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    main.resize(1600, 1000)
+    viewer.open_sample("napari-lesionlocator", "synthetic_study_truth")
+    docks, widgets = {}, {}
+    for name in names:
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-lesionlocator", name)
+        qtbot.wait(50)
+    qtbot.wait(400)
+    frame = main.frameGeometry()
+    assert screen.contains(frame), (frame, screen)
+    ours = [d for d in main.findChildren(QDockWidget) if d in docks.values()]
+    assert len(ours) == len(names)
+    for name, dock in docks.items():
+        dock.raise_()  # a tab is brought to the front as a reader would click it
+        qtbot.wait(100)
+        assert dock.isVisible() and not dock.isFloating() and not dock.visibleRegion().isEmpty(), name
+        hint = dock.minimumSizeHint()
+        assert dock.width() >= hint.width() and dock.height() >= hint.height(), (name, dock.size(), hint)
+        top_left = dock.mapToGlobal(dock.rect().topLeft())
+        bottom_right = dock.mapToGlobal(dock.rect().bottomRight())
+        assert screen.contains(top_left) and screen.contains(bottom_right), (name, top_left, bottom_right)
+    assert screen.contains(main.frameGeometry()), main.frameGeometry()
+    # the docks used together while working stay apart; the others share one tab group
+    assert not main.tabifiedDockWidgets(docks["Lesion prompts"]) and not main.tabifiedDockWidgets(docks["Timeline"])
+    for name, table in (("Timeline", widgets["Timeline"].table), ("Lesion review", widgets["Lesion review"].table),
+                        ("Lesion table", widgets["Lesion table"].table)):
+        docks[name].raise_()
+        qtbot.wait(50)
+        rows = table.viewport().height() / table.verticalHeader().defaultSectionSize()
+        assert rows >= 6, (name, rows)
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= 600 and canvas.height() >= 400, (canvas.width(), canvas.height())
+
+
 def test_active_timepoint_shows_only_its_lesions_windows_and_outline(docked, qtbot, study) -> None:
     from napari_lesionlocator.gui._layers import apply_lesion_masks
 

@@ -85,8 +85,8 @@ class EnginePanel(QWidget):
         self.device = QComboBox()
         self.device.addItems(["cpu", "cuda", "mps"])
         self.device.setToolTip("Where the LesionLocator model runs.")
-        layout.addRow("Engine", self.engine)
-        # The LesionLocator options in one row, shown only when that engine is chosen.
+        # The LesionLocator options beside the engine, shown only when that engine is chosen (in the
+        # same row: the docks all open together fit a 1000 px screen with them shown).
         self.options = QWidget()
         row = QHBoxLayout(self.options)
         row.setContentsMargins(0, 0, 0, 0)
@@ -94,7 +94,11 @@ class EnginePanel(QWidget):
         row.addWidget(self.folds, 1)
         row.addWidget(self.device)
         row.addWidget(self.tta)
-        layout.addRow(self.options)
+        engine_row = QHBoxLayout()
+        engine_row.setContentsMargins(0, 0, 0, 0)
+        engine_row.addWidget(self.engine, 2)
+        engine_row.addWidget(self.options, 3)
+        layout.addRow("Engine", engine_row)
         self.engine.currentIndexChanged.connect(self._sync)
         self._sync()
 

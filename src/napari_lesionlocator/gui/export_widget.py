@@ -39,6 +39,9 @@ _LABELS = {"nifti": "NIfTI instance maps", "nrrd": "NRRD instance maps", "mha": 
 class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from ._dock_fit import keep_on_screen
+
+        keep_on_screen(self)  # a tab of the other secondary docks when the column would not fit the screen
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.runner = JobRunner(self)
@@ -67,6 +70,7 @@ class ExportWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 2, 6, 2)  # all docks together fit a 1000 px screen
         lay.addLayout(row)
         lay.addLayout(grid)
         lay.addWidget(self.overwrite)

@@ -192,6 +192,7 @@ class PromptWidget(QWidget):
         display.addWidget(self.outline)
         layout = QVBoxLayout(self)
         layout.setSpacing(4)
+        layout.setContentsMargins(6, 2, 6, 2)  # all docks together fit a 1000 px screen
         layout.addLayout(form)
         layout.addWidget(self.engine_panel)
         layout.addLayout(run)

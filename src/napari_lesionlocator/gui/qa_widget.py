@@ -40,6 +40,9 @@ __all__ = ["QAWidget"]
 class QAWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from ._dock_fit import keep_on_screen
+
+        keep_on_screen(self)  # a tab of the other secondary docks when the column would not fit the screen
         self.viewer = napari_viewer
         self.qa: QASession | None = None
         self.labels_layer = None
@@ -70,6 +73,7 @@ class QAWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 2, 6, 2)  # all docks together fit a 1000 px screen
         lay.addLayout(row)
         lay.addWidget(self.table)
         lay.addWidget(self.definition)

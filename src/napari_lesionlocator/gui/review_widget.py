@@ -73,6 +73,9 @@ class ReviewWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from ._dock_fit import keep_on_screen
+
+        keep_on_screen(self)  # a tab of the other secondary docks when the column would not fit the screen
         self.session = session_for(napari_viewer)
         self.viewer = napari_viewer = self.session.viewer  # the real viewer: its layers compare with ``is``
         self.runner = JobRunner(self)
@@ -107,6 +110,7 @@ class ReviewWidget(QWidget):
         buttons.addWidget(self.grid_button)
         buttons.addWidget(self.own_window)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 2, 6, 2)  # all docks together fit a 1000 px screen
         layout.addLayout(buttons)
         layout.setSpacing(4)
         layout.addWidget(QLabel("Volume (mL) per timepoint; click a row to centre on it"))

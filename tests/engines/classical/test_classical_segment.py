@@ -214,3 +214,22 @@ def test_h_maxima_and_cropped_distances_match_the_whole_region_versions():
     near = seg._dist_out(mask, sp, 6.0)
     assert np.allclose(near[out <= 6.0], out[out <= 6.0])
     assert np.all(near[out > 6.0] > 6.0)
+
+
+def test_box_shape_prior_cuts_a_same_density_neighbour_in_the_box_corner():
+    from napari_lesionlocator.engines.classical import segment as seg
+
+    sp = (1.0, 1.0, 1.0)
+    z, y, x = np.ogrid[:40, :40, :40]
+    ball = (z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 10**2
+    box = np.zeros(ball.shape, bool)
+    box[6:35, 6:35, 6:35] = True
+    corner = box & ((z - 6) + (y - 6) + (x - 6) >= 58)  # a wall of tissue filling one corner, touching the lesion
+    mask = ball | corner
+    kept = seg._box_shape_prior(mask, sp, np.array([20.0, 20.0, 20.0]), np.array([7.0, 7.0, 7.0]))
+    assert (kept & ball).sum() >= 0.97 * ball.sum()
+    # the corner's far part (beyond 1.7 lesion radii, plus a voxel) is cut; the mask is closer to the lesion
+    far = (z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 > (1.7 * 10 + 1.5) ** 2
+    assert (mask & far).sum() > 0 and not (kept & far).any()
+    assert (kept & corner & ~ball).sum() < 0.85 * (corner & ~ball).sum()
+    assert dice(kept, ball) > dice(mask, ball) + 0.01

@@ -774,6 +774,8 @@ def segment_box(
     out = RoiMask(mask & clip, roi.start, roi.stop, message)
     if out.empty or core is not None:  # tracking grades its own results
         return out
+    if prior is None:
+        out.mask = _box_shape_prior(out.mask, spacing, (start + stop - 1) / 2.0 - lo, (stop - start) / 4.0)
     out = _grade(array, spacing, out, model)
     # A lesion drawn around by a box fills about half of it (an ellipsoid fills 52 %).
     fill = float(out.mask.sum()) / float(np.prod(stop - start))
@@ -783,6 +785,25 @@ def segment_box(
     elif fill > BOX_FILL_RANGE[1]:
         out.reasons.append(f"fills the box ({fill:.0%}): weak edge, the lesion may go on beyond it")
     return out
+
+
+def _box_shape_prior(mask: np.ndarray, spacing, centre, half_axes) -> np.ndarray:
+    """The point prompt's shape prior (:func:`.star.radial_regularise`) for a box's mask.
+
+    A box holds the lesion and, in its corners, whatever touches it with the same density (the
+    mediastinum beside a nodule, liver beside a liver lesion). Seen from the mask's deepest point
+    inside the box's central ellipsoid, such a neighbour is a protrusion of the radius function,
+    which the prior smooths and clamps.
+    """
+    depth = _edt_in(mask, spacing)
+    core = ellipsoid_mask(mask.shape, centre, np.maximum(half_axes, 0.5))
+    cand = np.where(core, depth, 0.0)
+    if cand.max() <= 0:
+        return mask
+    seed = tuple(int(v) for v in np.unravel_index(int(np.argmax(cand)), cand.shape))
+    kept, _ = radial_regularise(mask, spacing, seed)
+    kept = _component_at(kept, seed)
+    return kept if kept.any() else mask
 
 
 # Share of a box a lesion drawn around by it plausibly fills.

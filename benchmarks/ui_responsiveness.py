@@ -120,6 +120,32 @@ def _run_monitored(start, runner, busy=None, interval_ms: int = 5, timeout_s: fl
     }
 
 
+def session_save_stall(viewer) -> dict:
+    """The longest event-loop stall while the Lesion table saves the review to a session folder
+    (the GUI thread only snapshots the study; checksums, masks and images are written in a worker).
+    Two saves: the first writes the images (no files of their own), the second reuses them."""
+    import tempfile
+
+    from qtpy.QtWidgets import QApplication
+
+    _, table = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion table")
+    for _ in range(3):  # the dock's first fill (measuring every lesion) is not part of a save
+        table.model.flush()
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("first", "again"):
+            r = _run_monitored(lambda: table.save_session(Path(tmp) / "review"), table.runner)
+            out[label] = r
+    print(f"session save: longest event-loop stall {out['first']['max_stall_ms']:.1f} ms (first save, images "
+          f"written), {out['again']['max_stall_ms']:.1f} ms (second save); {out['first']['wall_s']} s / "
+          f"{out['again']['wall_s']} s")
+    return {**out["first"], "again_max_stall_ms": out["again"]["max_stall_ms"], "lesions": len(table.study.lesion_ids)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -161,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     points.add_point_world(extra.centre_world[0])
     results["segmentation_again"] = _run_monitored(start_segment, prompts.runner)
     results["segmentation_again"]["lesions"] = 1
+    results["session_save"] = session_save_stall(viewer)
     viewer.close()
 
     for name, r in results.items():

@@ -217,8 +217,11 @@ def key_slice_png(study, lid: int, timepoint: str, row: LesionMeasurement | None
     if caption:
         ax.text(0.02, 0.98, caption, transform=ax.transAxes, va="top", ha="left", fontsize=7, color="white",
                 bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "lw": 0})
-    ax.plot([0.05 * extent[1], 0.05 * extent[1] + 10.0], [0.93 * extent[2]] * 2, color="white", lw=2)
-    ax.text(0.05 * extent[1] + 5.0, 0.90 * extent[2], "10 mm", color="white", fontsize=6, ha="center", va="bottom")
+    bar_x = [0.05 * extent[1], 0.05 * extent[1] + 10.0]
+    ax.plot(bar_x, [0.93 * extent[2]] * 2, color="black", lw=4)  # a dark rim: readable on bright or noisy tissue
+    ax.plot(bar_x, [0.93 * extent[2]] * 2, color="white", lw=2)
+    ax.text(0.05 * extent[1] + 5.0, 0.90 * extent[2], "10 mm", color="white", fontsize=6, ha="center", va="bottom",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.0, "lw": 0})
     return _png(fig)
 
 

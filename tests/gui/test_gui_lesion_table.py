@@ -138,7 +138,10 @@ def test_table_matches_hand_computed_recist(make_napari_viewer, qtbot, study, re
     # columns sort (numbers as numbers) and the CSV copy
     table.table.sortItems(_col(table, "T0 mL"))
     vols = [table.table.item(r, _col(table, "T0 mL")).text() for r in range(7)]
-    assert [float(v) for v in vols] == sorted(float(v) for v in vols)
+    filled = [v for v in vols if v]
+    assert [float(v) for v in filled] == sorted(float(v) for v in filled)
+    assert vols[len(filled):] == [""] and _cell(table, 7, "T0 mL") == ""  # new at T1: blank before, not 0
+    assert _cell(table, 4, "T2 mL") == "0.00"  # disappeared: 0
     text = table.copy_csv()
     from qtpy.QtWidgets import QApplication
 

@@ -456,13 +456,16 @@ class LesionTableWidget(QWidget):
         self._cell(row, 3, shown, editable=True,
                    tip="double-click: target / non-target / not assessed (RECIST 1.1 rules checked)").setData(_ID, lid)
         node = study.site(lid) == "lymph node"
+        seen = False
         for k, name in enumerate(self._names):
             col = len(FIXED_COLUMNS) + k * len(PER_TIMEPOINT)
             m = by_key.get((lid, k))
             measured = m is not None and m.present
-            vol = m.volume_ml if measured else (0.0 if m is not None else None)
-            la = m.long_axis_mm if measured else (0.0 if m is not None else None)
-            sa = m.short_axis_mm if measured else (0.0 if m is not None else None)
+            seen = seen or measured  # 0 once it was there (disappeared); blank before it first appears
+            zero = 0.0 if m is not None and seen else None
+            vol = m.volume_ml if measured else zero
+            la = m.long_axis_mm if measured else zero
+            sa = m.short_axis_mm if measured else zero
             self._cell(row, col, _fmt(vol, 2), vol)
             self._cell(row, col + 1, _fmt(la), la, tip="RECIST long axis (mm)" + ("" if node else "; used for RECIST"))
             self._cell(row, col + 2, _fmt(sa), sa, tip="short axis (mm)" + ("; used for RECIST (node)" if node else ""))

@@ -142,6 +142,14 @@ def _lesion_model(base: Image, mask: np.ndarray, start, stop) -> tuple[Intensity
     return model, _contrast(img[mask], img[_shell(mask, spacing)])
 
 
+def _noise(img: np.ndarray) -> float:
+    """Image noise (HU) of a smoothed crop: local standard deviation in 3-voxel windows, in its most
+    homogeneous fifth (a lesion's own heterogeneity, e.g. a part-solid nodule's rim, is not noise)."""
+    mean = ndimage.uniform_filter(img, size=3)
+    var = np.maximum(ndimage.uniform_filter(img * img, size=3) - mean * mean, 0.0)
+    return max(float(np.sqrt(np.percentile(var, 20))), 1.0)
+
+
 def _mask_box(lm: LesionMask, start, stop) -> np.ndarray:
     """The lesion's own mask on the box ``[start, stop)`` of its grid (bool; zeros outside its crop)."""
     start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
@@ -185,6 +193,85 @@ def _model_variants(base: Image, mask: np.ndarray, start, stop, model: Intensity
         else:
             out.append(IntensityModel(model.center, model.low, level, model.dark))
     return out
+
+
+# Growth allowed beyond the registered mask when it is re-delineated at the follow-up: a share of
+# the lesion's equivalent radius, within [GROW_MM[0], GROW_MM[1]] mm (at least one voxel per axis).
+GROW_SHARE = 0.4
+GROW_MM = (2.0, 8.0)
+# Below this share of the registered mask's volume, nothing lesion-like is left there: lost.
+LEFT_SHARE = 0.2
+# Re-delineate from the registered mask when the baseline lesion's contrast to its surroundings is at
+# least this many times the follow-up's noise: the boundary level (halfway) is then 4 noise widths
+# from either tissue, so single voxels are rarely misread.
+REDELINEATE_CNR = 8.0
+
+
+def _grow_region(mask: np.ndarray, spacing, grow_mm: float) -> np.ndarray:
+    """``mask`` grown by ``grow_mm`` (physical distance) and by at least one voxel along each axis."""
+    near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= grow_mm
+    return near | ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 1))
+
+
+def _redelineate(
+    base: Image,
+    own_crop: np.ndarray,
+    lstart,
+    lstop,
+    m: np.ndarray,
+    follow: Image,
+    fimg: np.ndarray,
+    ra,
+    rb,
+    mapped_r: np.ndarray,
+    model: IntensityModel,
+) -> tuple[np.ndarray, dict]:
+    """The registered mask re-delineated by the follow-up's own intensities (seeded by it).
+
+    Where the lesion borders tissue of another density (lung, fat, liver), the lesion's
+    intensity range decides the follow-up boundary, so growth and shrinkage are measured; where
+    it touched tissue of its own density at baseline (chest wall, mediastinum, a vessel), that
+    tissue is mapped into the follow-up too and stays excluded, so the registered boundary holds
+    there. The result is lesion-like tissue within a bounded growth of the registered mask that
+    touches it. Returns (mask on the [ra, rb) frame, facts).
+    """
+    bgeo, fgeo = base.geometry, follow.geometry
+    bsp, fsp = np.asarray(bgeo.spacing), np.asarray(fgeo.spacing)
+    n_mapped = int(mapped_r.sum())
+    eq_radius = (3 * n_mapped * np.prod(fsp) / (4 * np.pi)) ** (1 / 3)
+    grow = float(np.clip(GROW_SHARE * eq_radius, *GROW_MM))
+    # Baseline tissue of the lesion's own density around it that is not the lesion: what it touched.
+    pad = np.ceil((grow + 3.0) / bsp).astype(int) + 1
+    a = np.maximum(np.asarray(lstart) - pad, 0)
+    b = np.minimum(np.asarray(lstop) + pad, bgeo.shape)
+    bimg = _smooth(_crop(base.array, a, b).astype(np.float32), bsp)
+    lesion = np.zeros(bimg.shape, dtype=bool)
+    lesion[tuple(slice(s - o, e - o) for s, e, o in zip(lstart, lstop, a, strict=True))] = own_crop
+    alike = (bimg >= model.low) & (bimg <= model.high) & ~lesion
+    alike &= ndimage.distance_transform_edt(~lesion, sampling=bsp) <= grow + 2.0
+    if alike.any():
+        attached = map_mask(alike, bgeo.crop(a, b), m, fgeo.crop(ra, rb)) & ~mapped_r
+    else:
+        attached = np.zeros(mapped_r.shape, dtype=bool)
+    like = (fimg >= model.low) & (fimg <= model.high)
+    allowed = _grow_region(mapped_r, fsp, grow) & ~attached
+    cand = like & allowed
+    lab, n = ndimage.label(cand)
+    facts = {"grow_mm": grow, "attached_share": float(attached.sum()) / max(1, n_mapped)}
+    if not n:
+        return np.zeros(mapped_r.shape, dtype=bool), facts | {"left": 0.0}
+    hit = np.unique(lab[mapped_r & cand])
+    hit = hit[hit > 0]
+    out = np.isin(lab, hit)
+    if out.any():
+        out = ndimage.binary_fill_holes(out)
+    # Share of the result's outer boundary that sits at the growth limit (still lesion-like beyond):
+    # how much of the new boundary the intensities did not decide.
+    edge = out & ~ndimage.binary_erosion(out, ndimage.generate_binary_structure(3, 1))
+    at_limit = edge & ~ndimage.binary_erosion(allowed | attached, ndimage.generate_binary_structure(3, 1))
+    facts.update(left=float(out.sum()) / max(1, n_mapped), ratio=float(out.sum()) / max(1, n_mapped),
+                 at_limit=float(at_limit.sum()) / max(1, int(edge.sum())))
+    return out, facts
 
 
 def _track_one(
@@ -260,7 +347,7 @@ def _track_one(
     mapped_c = np.argwhere(mapped_r).mean(axis=0)
     eq_radius = (3 * n_mapped * np.prod(fsp) / (4 * np.pi)) ** (1 / 3)
 
-    info.update(mapped=mapped_r, start=ra, model=model, base_contrast=base_contrast, matrix=m)
+    info.update(mapped=mapped_r, start=ra, model=model, base_contrast=base_contrast, matrix=m, fimg=fimg, stop=rb)
 
     def lesion_like(mask: np.ndarray) -> bool:
         vals = fimg[mask]
@@ -272,7 +359,34 @@ def _track_one(
         c = _contrast(vals, around)
         return c * np.sign(base_contrast) >= 0.3 * abs(base_contrast)
 
-    # 4. re-segmentation with a grown box around the mapped mask: first with the baseline
+    # 4a. A lesion that stands out from its surroundings by many times the follow-up's noise:
+    # the registered mask re-delineated by the follow-up's own intensities (see _redelineate).
+    # Per voxel, the boundary level then lies several noise widths from both tissues, so growth
+    # and shrinkage are measured voxel by voxel, and the registered boundary is kept only where
+    # the lesion touched tissue of its own density at baseline.
+    info["cnr"] = cnr = abs(base_contrast) / _noise(fimg)
+    if cnr >= REDELINEATE_CNR:
+        refined, facts = _redelineate(base, own_crop, lstart, lstop, m, follow, fimg, ra, rb, mapped_r, model)
+        info.update(refined=refined, refine=facts)
+        left = facts["left"]
+        if left < LEFT_SHARE:
+            return None, None, (f"no lesion-like tissue left where the lesion maps to ({left:.0%} of its "
+                                "registered volume)")
+        # A second, independent sign of a vanished lesion: the mapped region's core no longer stands
+        # out from its surroundings as at baseline. Alone it also fires when the registration is a few
+        # millimetres off a small lesion, so it decides only when little lesion-like tissue is left.
+        b_contrast, b_side = _baseline_appearance(base, own_crop, lstart, lstop)
+        f_side = _core_lesion_side(fimg, mapped_r, _shell(mapped_r, fsp), b_contrast, fsp)
+        info.update(baseline_side=b_side, follow_side=f_side, baseline_ring_contrast=b_contrast)
+        if left < 2.5 * LEFT_SHARE and f_side < KEEP_FRACTION * b_side:
+            return None, None, (
+                f"little lesion-like tissue left where the lesion maps to ({left:.0%} of its registered volume) "
+                f"and the region no longer stands out from its surroundings (core {f_side:.0%} lesion-like vs "
+                f"{b_side:.0%} at baseline)"
+            )
+        return refined, ra, ""
+
+    # 4b. re-segmentation with a grown box around the mapped mask: first with the baseline
     # lesion's intensity model (same patient, same protocol), then adaptively (the lesion's
     # appearance may have changed); the first plausible result wins.
     # Self-check first: the same segmentation on the baseline, from the same kind of grown box,

@@ -72,6 +72,7 @@ def seg_row(engine, image: Image, gt: np.ndarray, lesion_id: int) -> dict[str, f
         res = engine.segment(image, [prompt])
         row[kind] = dice(res.labels.array == lesion_id, gt)
         row[f"{kind}_s"] = time.perf_counter() - t0
+        row[f"{kind} status"] = _status(res, lesion_id)[0]
     return row
 
 
@@ -410,7 +411,7 @@ def known_motion(image: Image, mask: np.ndarray, seed: int = 0):
     return resample_case(image, mask, motion, geo)
 
 
-def real(engine) -> dict[str, float]:
+def real(engine, tasks: tuple[str, ...] = ("segment", "track")) -> dict[str, float]:
     import SimpleITK as sitk
 
     rows, orows, trows = [], [], []
@@ -422,18 +423,23 @@ def real(engine) -> dict[str, float]:
         geo = oblique_grid(image.geometry, (sp.max() * 0.8, sp.min() * 1.3, sp.min() * 1.1), (10, 7, -5))
         ob_img, ob_gt = resample_case(image, gt, sitk.Transform(3, sitk.sitkIdentity), geo)
         orows.append((name, seg_row(engine, ob_img, ob_gt, 1)))
+        if "track" not in tasks:
+            continue
         f_img, f_gt = known_motion(image, gt)
         t0 = time.perf_counter()
         res = engine.track(image, LabelMap(gt.astype(np.uint16), image.geometry), f_img)
         trows.append((name, {"tracking": dice(res.labels.array == 1, f_gt), "s": time.perf_counter() - t0,
                              "lost": "lost" if res.lost_ids else ""}))
-    print_table("real cases: segmentation (Dice)", rows, ["point", "centroid", "box", "point_s", "box_s"])
+    print_table("real cases: segmentation (Dice)", rows, ["point", "centroid", "box", "point_s", "box_s",
+                                                          "point status", "box status"])
     print_table("real cases on an oblique anisotropic grid (Dice)", orows, ["point", "centroid", "box"])
-    print_table("real cases: tracking to a known rigid + B-spline motion, other grid (Dice)", trows,
-                ["tracking", "s", "lost"])
+    if trows:
+        print_table("real cases: tracking to a known rigid + B-spline motion, other grid (Dice)", trows,
+                    ["tracking", "s", "lost"])
     out = {c: float(np.mean([r[c] for _, r in rows])) for c in ("point", "centroid", "box")}
     out.update({f"oblique {c}": float(np.mean([r[c] for _, r in orows])) for c in ("point", "centroid", "box")})
-    out["tracking"] = float(np.mean([r["tracking"] for _, r in trows]))
+    if trows:
+        out["tracking"] = float(np.mean([r["tracking"] for _, r in trows]))
     return out
 
 
@@ -472,7 +478,7 @@ def main(argv=None) -> int:
             for rot in (False, True) if args.rotate else (False,):
                 summary.append((f"synthetic seed {seed}{' oblique' if rot else ''}", synthetic(engine, seed, rot)))
     if not args.no_real and REAL.exists():
-        summary.append(("real (7 cases)", real(engine)))
+        summary.append(("real (7 cases)", real(engine, tasks)))
     elif not args.no_real:
         print(f"\nreal cases skipped: {REAL} not found")
     cols = sorted({k for _, r in summary for k in r}, key=lambda c: (c.startswith("oblique"), c))

@@ -65,8 +65,9 @@ def _block_mean(array: np.ndarray, geometry: Geometry, target_mm: float) -> tupl
     for z0 in range(0, int(shape[0]), slab):
         z1 = min(int(shape[0]), z0 + slab)
         block = np.asarray(array[z0 * sz : z1 * sz, :ny, :nx], dtype=np.float32)
-        block = block.reshape(z1 - z0, sz, int(shape[1]), sy, int(shape[2]), sx)
-        out[z0:z1] = block.mean(axis=(1, 3, 5))
+        # One axis at a time, innermost first (one multi-axis reduction is several times slower).
+        block = block.reshape(z1 - z0, sz, int(shape[1]), sy, int(shape[2]), sx).sum(axis=5)
+        out[z0:z1] = block.sum(axis=3).sum(axis=1) * (1.0 / float(sz * sy * sx))
     origin = geometry.index_to_world((step - 1) / 2.0)
     geo = Geometry(out.shape, tuple(np.asarray(geometry.spacing) * step), tuple(origin), geometry.direction)
     return out, geo
@@ -168,7 +169,9 @@ def new_lesion_candidates(
     b_on = _on_grid(b, bg, m_global, fg, -1000.0)
     valid = _on_grid(np.ones(b.shape, np.float32), bg, m_global, fg, 0.0, order=0) > 0.5
     tol_vox = np.maximum(1, np.round(TOLERANCE_MM / sp)).astype(int)
-    valid = ndimage.binary_erosion(valid, np.ones(tuple(2 * tol_vox + 1), bool), border_value=0)
+    # Erosion by a box is a separable minimum filter (far faster than a 3D structuring element).
+    valid = ndimage.minimum_filter(valid.view(np.uint8), size=tuple(int(v) for v in 2 * tol_vox + 1),
+                                   mode="constant", cval=0).view(bool)
     check()
     fs = _smooth(f, sp, 1.5)
     # The baseline is smoothed more: only what it had at a lesion's scale matters, and its noise
@@ -257,7 +260,7 @@ def _confirm(baseline: Image, followup: Image, m_global: np.ndarray, fg: Geometr
         fixed = reg.downsampled(baseline.array, bgeo, reg.LOCAL_SPACING_MM, fa, fb)
         moving = reg.downsampled(followup.array, fgeo, reg.LOCAL_SPACING_MM, ma, mb)
         try:
-            m_local = reg.local_affine(fixed, moving, m_global, _xyz(b_world))
+            m_local = reg.local_translation(fixed, moving, m_global)
         except RuntimeError:
             m_local = m_global
         moved = np.linalg.norm(reg.apply(m_local, _xyz(b_world)) - reg.apply(m_global, _xyz(b_world)))

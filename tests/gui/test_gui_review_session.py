@@ -76,6 +76,14 @@ def _cell(table, lid: int, header: str) -> str:
     raise KeyError(lid)
 
 
+def _shows(table, lid: int, header: str, text: str) -> bool:
+    """The cell reads ``text`` (False while the row is not there yet: the table refreshes ~50 ms later)."""
+    try:
+        return _cell(table, lid, header) == text
+    except KeyError:
+        return False
+
+
 def _go_to(viewer, world) -> None:
     """Slider onto the slice just before a world point, then one step (as the reader scrolls)."""
     from napari_lesionlocator.gui._view import camera
@@ -129,7 +137,7 @@ def test_lesion_clicked_at_a_followup_is_new_and_makes_it_pd(make_napari_viewer,
     timeline._refresh_table()
     header = [timeline.table.verticalHeaderItem(r).text() for r in range(timeline.table.rowCount())]
     assert timeline.table.item(header.index(f"lesion {lid}"), 1).text() == "\u25cf+"
-    qtbot.waitUntil(lambda: _cell(table, lid, "T1 status") == "new", timeout=5000)
+    qtbot.waitUntil(lambda: _shows(table, lid, "T1 status", "new"), timeout=5000)
     table.model.flush()
     assert table.response.item(1, 4).text().startswith("PD")
     assert f"new lesion {lid}" in table.response.item(1, 5).text()
@@ -150,7 +158,7 @@ def test_disappeared_keeps_the_tracked_mask_and_undo_shows_it(make_napari_viewer
     apply_lesion_masks(layer, {3: tracked})
     session.record_results(tps[1], {3: LesionResult(3, LesionMask.from_full(session.geometry(tps[1]), tracked),
                                                     "ok", [], {"engine": "classical"})}, tracked=True)
-    qtbot.waitUntil(lambda: _cell(table, 3, "T1 status") == "unverified", timeout=3000)
+    qtbot.waitUntil(lambda: _shows(table, 3, "T1 status", "unverified"), timeout=3000)
     session.set_active(tps[1])
     timeline.tabs.setCurrentWidget(panel)
     panel.refresh()
@@ -158,7 +166,7 @@ def test_disappeared_keeps_the_tracked_mask_and_undo_shows_it(make_napari_viewer
     qtbot.mouseClick(panel.gone_button, Qt.MouseButton.LeftButton)
     assert session.review(tps[1], 3) == ("disappeared", None)
     assert not np.any(np.asarray(layer.data) == 3)  # hidden from the display
-    qtbot.waitUntil(lambda: _cell(table, 3, "T1 status") == "disappeared", timeout=3000)
+    qtbot.waitUntil(lambda: _shows(table, 3, "T1 status", "disappeared"), timeout=3000)
     obs = table.model.study.observation(3, tps[1].name)
     assert obs.review == "disappeared" and obs.provenance.source == "tracked" and obs.provenance.edits == 0
     np.testing.assert_array_equal(obs.mask.to_full(), tracked)  # ... but kept in the study
@@ -171,7 +179,7 @@ def test_disappeared_keeps_the_tracked_mask_and_undo_shows_it(make_napari_viewer
     Mouse(viewer, qtbot).key(Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: session.review(tps[1], 3) == ("unverified", None), timeout=3000)
     np.testing.assert_array_equal(np.asarray(layer.data) == 3, tracked)
-    qtbot.waitUntil(lambda: _cell(table, 3, "T1 status") == "unverified", timeout=3000)
+    qtbot.waitUntil(lambda: _shows(table, 3, "T1 status", "unverified"), timeout=3000)
     obs = table.model.study.observation(3, tps[1].name)
     assert obs.review == "unverified" and obs.provenance.edits == 0
     np.testing.assert_array_equal(obs.mask.to_full(), tracked)

@@ -134,3 +134,24 @@ def test_a_point_mask_much_narrower_than_the_clicked_blob_is_flagged():
     organ = mask_of(9.0)  # the largest LoG scale answers an organ, not the lesion: no claim
     seg._check_blob_size(organ, 13.6 * np.sqrt(3.0))
     assert organ.status == "ok"
+
+
+def test_ground_glass_seen_around_a_solid_core_but_not_delineated_is_a_reason_to_doubt():
+    from napari_lesionlocator.engines.classical import segment as seg
+
+    sp = np.array([1.0, 1.0, 1.0])
+    z, y, x = np.ogrid[:40, :40, :40]
+    r = np.sqrt((z - 20.0) ** 2 + (y - 20.0) ** 2 + (x - 20.0) ** 2)
+    solid = r <= 5
+    model = seg.IntensityModel(40.0, -300.0, 200.0, -840.0)
+    rim = (r > 5) & (r <= 10)
+    coherent = np.where(solid, 40.0, np.where(rim, -520.0, -840.0)).astype(np.float32)
+    notes: list = []
+    grown = seg._add_ground_glass(coherent, solid, model, sp, (20, 20, 20), 5.0, None, notes)
+    assert grown.sum() > 3 * solid.sum() and notes == []
+    # the same rim eaten by noise: 60 % of its voxels in the band, scattered, no coherent rim
+    speckle = np.random.default_rng(0).random(coherent.shape) < 0.6
+    noisy = np.where(rim & ~speckle, -840.0, coherent).astype(np.float32)
+    grown = seg._add_ground_glass(noisy, solid, model, sp, (20, 20, 20), 5.0, None, notes)
+    assert grown.sum() < 1.25 * solid.sum()
+    assert len(notes) == 1 and "ground glass" in notes[0]

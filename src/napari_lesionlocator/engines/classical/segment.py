@@ -56,6 +56,8 @@ SOFT_TISSUE_SPAN_HU = 60.0
 PLAUSIBLE_POINT_VOLUME_MM3 = 4.0 / 3.0 * np.pi * 60.0**3
 # Lesions are tissue: a core darker than this is air or aerated lung, not a lesion (HU).
 AIR_LIKE_HU = -600.0
+# A ground-glass rim found around a solid part adds at least this share of its volume.
+GGO_MIN_GAIN = 0.25
 # Ground glass is searched for only when the lesion's lower threshold is this far above the lung (HU).
 GGO_GAP_HU = 250.0
 
@@ -311,12 +313,14 @@ def _segment_in_roi(
     check: CancelCheck,
     core_box: tuple[np.ndarray, np.ndarray] | None = None,
     model: IntensityModel | None = None,
+    notes: list | None = None,
 ) -> tuple[np.ndarray, str, float, IntensityModel | None]:
     """Lesion mask on ``roi``'s working grid, from a seed (working voxel) and an optional box (working bounds).
 
     ``prior`` is a known lesion model (tracking: no ground-glass search); ``model`` one estimated
     by an earlier pass on a smaller region (more local, so it is kept). Returns the mask, a
-    message (why it is empty), the lesion's inscribed radius (mm) and the model used.
+    message (why it is empty), the lesion's inscribed radius (mm) and the model used; reasons to
+    doubt the mask are appended to ``notes`` when given.
     """
     sp = roi.spacing
     img = _smooth(roi.work, sp)
@@ -411,11 +415,12 @@ def _segment_in_roi(
     lung = min((d for d in (model.dark, first_dark) if d is not None), default=None)
     if prior is None and lung is not None and lung < AIR_LIKE_HU and model.low - lung > GGO_GAP_HU:
         mask = _add_ground_glass(img, mask, IntensityModel(model.center, model.low, model.high, lung), sp, seed,
-                                 radius, inside_box)
+                                 radius, inside_box, notes)
     return _component_at(mask, seed), "", radius, model
 
 
-def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float, inside_box) -> np.ndarray:
+def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float, inside_box,
+                      notes: list | None = None) -> np.ndarray:
     """Extend a lung lesion by a ground-glass rim when one surrounds it (part-solid nodules).
 
     Ground glass lies between aerated lung and solid tissue. A blurred solid edge crosses that
@@ -442,7 +447,12 @@ def _add_ground_glass(img, solid, model: IntensityModel, sp, seed, radius: float
     grown = _component_at(grow, seed)
     opened = _edt_in(grown, sp) > 1.5
     grown = (_dist_out(opened, sp, 1.5) <= 1.5) | solid
-    return ndimage.binary_fill_holes(_component_at(grown & (grow | solid), seed))
+    out = ndimage.binary_fill_holes(_component_at(grown & (grow | solid), seed))
+    if notes is not None and out.sum() < (1.0 + GGO_MIN_GAIN) * solid.sum():
+        # The shell says ground glass is there, but no coherent rim came out of the band (noise).
+        notes.append(f"ground glass covers {band[shell].mean():.0%} of the shell around the solid part but could "
+                     "not be delineated: the mask may hold only the solid core")
+    return out
 
 
 # ---------------------------------------------------------------- public entry points
@@ -484,7 +494,9 @@ def segment_point(
         seed = roi.to_work_voxel(point)
         # Each pass re-estimates the lesion model: reusing the small region's one in a large region
         # lets a lung lesion's low threshold flood the chest wall, which a coarse grid cannot cut.
-        work_mask, message, inscribed, model = _segment_in_roi(roi, seed, box=None, prior=prior, check=check)
+        notes: list[str] = []
+        work_mask, message, inscribed, model = _segment_in_roi(roi, seed, box=None, prior=prior, check=check,
+                                                               notes=notes if prior is None else None)
         if not work_mask.any():
             break
         # A lesion rarely reaches further than ~3.5 inscribed radii from its thickest point; beyond
@@ -542,6 +554,7 @@ def segment_point(
             fb.reasons = [(f"leaked: {2 * r_eq:.0f} mm across where the click's blob is {2 * r_blob:.0f} mm; "
                           "bounded to a compact estimate from the nearest edges")]
             return _finish_point(array, spacing, point, fb, model, check)
+    reasons.extend(notes)
     out = RoiMask(roi.mask_to_crop(work_mask), roi.start, roi.stop, message, reasons=reasons)
     out = _finish_point(array, spacing, point, out, model, check)
     if prior is None and not out.empty and work_mask.any():

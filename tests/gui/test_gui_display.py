@@ -84,6 +84,26 @@ def _manifest_docks() -> list[str]:
     return [w.display_name for w in PluginManifest.from_distribution("napari-lesionlocator").contributions.widgets]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32, np.int64])
+def test_ids_in_array_agrees_with_unique_on_random_maps(dtype) -> None:
+    """The table's id scan (run on the GUI thread at every refresh) against np.unique, on random
+    sparse maps of every label dtype: empty, one voxel, ids up to the dtype's range."""
+    from napari_lesionlocator.gui._layers import ids_in_array
+
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize) * 7 + 1)
+    top = min(int(np.iinfo(dtype).max), 70_000)
+    assert ids_in_array(np.zeros((4, 5, 6), dtype)) == []
+    assert ids_in_array(np.zeros((0, 5, 6), dtype)) == []
+    for _ in range(20):
+        shape = tuple(int(n) for n in rng.integers(1, 30, 3))
+        a = np.zeros(shape, dtype)
+        k = int(rng.integers(1, 12))
+        flat = rng.integers(0, a.size, k)
+        a.reshape(-1)[flat] = rng.integers(1, top + 1, k).astype(dtype)
+        expected = [int(v) for v in np.unique(a) if v != 0]
+        assert ids_in_array(a) == expected, (dtype, expected)
+
+
 def test_every_dock_of_the_plugin_open_together_fits_a_1600x1000_screen(make_napari_viewer, qtbot) -> None:
     """All docks of napari.yaml opened together, as a reader would from the Plugins menu: the window stays
     on the 1600x1000 screen, no dock is below its minimum size, every dock can be brought to the front on
@@ -304,3 +324,59 @@ def test_review_grid_in_its_own_window(docked, qtbot, study) -> None:
     assert window.layers[1].data is review.session.labels_layer_for(tps[0]).data
     review.grid_button.click()  # off: the window closes
     assert not review.reviewing and review.grid_viewer is viewer
+
+
+def test_job_runner_deferred_steps_run_on_later_turns_before_done(qtbot) -> None:
+    """A result handler's deferred steps: one per event-loop turn (a timer can fire between them), the
+    job counts as running until the last one, ``done`` comes after it, and a failing step is reported
+    while the later steps still run."""
+    from qtpy.QtCore import QTimer
+
+    from napari_lesionlocator.gui import _workers
+    from napari_lesionlocator.gui._workers import JobRunner
+
+    runner = JobRunner()
+    order: list[str] = []
+    beats = {"n": 0}
+    timer = QTimer()
+    timer.setInterval(0)
+    timer.timeout.connect(lambda: beats.__setitem__("n", beats["n"] + 1))
+
+    def boom():
+        order.append("boom")
+        raise ValueError("step failed")
+
+    def on_result(value):
+        order.append(f"result {value}")
+        for k in range(3):
+            runner.defer(lambda k=k: order.append(f"step {k} beats {beats['n']} running {runner.running}"))
+        runner.defer(boom)
+        runner.defer(lambda: order.append("last"))
+
+    shown = []
+    runner.succeeded.connect(on_result)
+    runner.done.connect(lambda: order.append(f"done running {runner.running}"))
+
+    def job(token, on_progress):
+        yield from ()
+        return 7
+
+    timer.start()
+    orig = _workers._notify_error
+    _workers._notify_error = lambda exc: shown.append(str(exc))
+    try:
+        runner.start(job, desc="test", total=1)
+        qtbot.waitUntil(lambda: any(o.startswith("done") for o in order), timeout=10_000)
+    finally:
+        _workers._notify_error = orig
+        timer.stop()
+    assert order[0] == "result 7" and order[-1] == "done running False", order
+    steps = [o for o in order if o.startswith("step")]
+    assert len(steps) == 3 and all(s.endswith("running True") for s in steps), steps
+    beat_counts = [int(s.split("beats ")[1].split()[0]) for s in steps]
+    assert beat_counts == sorted(beat_counts) and beat_counts[-1] > beat_counts[0], beat_counts  # other events ran
+    assert "boom" in order and order.index("last") > order.index("boom") and shown == ["step failed"]
+    assert runner.last_state == "succeeded" and not runner.running
+    order.clear()
+    runner.defer(lambda: order.append("now"))  # outside a job: at once
+    assert order == ["now"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import Cancelled, LesionLocatorError
 from ..core.progress import CancelToken, ProgressEvent
@@ -74,7 +74,7 @@ class JobRunner(QObject):
     failed(object)
         The exception that ended the job (napari also shows it as a notification).
     done()
-        After any of the three above.
+        After any of the three above (and after the steps a handler deferred with :meth:`defer`).
     """
 
     progressed = Signal(object)
@@ -93,10 +93,26 @@ class JobRunner(QObject):
         self._engine_progress.connect(self.detail.emit)
         self._finished_state: str | None = None
         self.last_error: BaseException | None = None
+        self._deferred: list[Callable[[], object]] = []
+        self._draining = False
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        """True from start() until done: while the worker runs and while deferred steps remain."""
+        return self.worker is not None or self._draining or bool(self._deferred)
+
+    def defer(self, step: Callable[[], object]) -> None:
+        """Run ``step`` on a later event-loop turn, one step per turn, before ``done``.
+
+        For a ``succeeded`` handler whose work on the GUI thread is long (writing results into
+        layers, refreshing the other docks): split into steps, the event loop (repaints, clicks)
+        runs between them, and the job still counts as running until the last step is done.
+        Outside a job's end (no worker), the step runs at once.
+        """
+        if self.worker is None and not self._draining:
+            step()
+            return
+        self._deferred.append(step)
 
     def engine_callback(self, event: ProgressEvent) -> None:
         """Thread-safe progress callback to hand to engines (emits a queued signal)."""
@@ -168,6 +184,26 @@ class JobRunner(QObject):
     def _on_finished(self) -> None:
         state = self._finished_state = self._finished_state or "cancelled"
         self.worker = None
+        if self._deferred:
+            self._draining = True
+            QTimer.singleShot(0, lambda: self._drain(state))
+            return
+        self._end(state)
+
+    def _drain(self, state: str) -> None:
+        step = self._deferred.pop(0)
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - shown like a job error; the other steps still run
+            self.last_error = exc
+            _notify_error(exc)
+        if self._deferred:
+            QTimer.singleShot(0, lambda: self._drain(state))
+            return
+        self._draining = False
+        self._end(state)
+
+    def _end(self, state: str) -> None:
         if state == "cancelled":
             self.cancelled.emit()
         self.done.emit()

@@ -536,8 +536,16 @@ class PromptWidget(QWidget):
         if changed:
             self.session.push_undo({"what": f"segmentation of lesion(s) {written}", "layers": [labels_layer],
                                     "history": {id(labels_layer): history + 1}})
-        pl.mark_done(keys)
-        self.session.record_results(image_layer, {lid: lesions[lid] for lid in ids if lid in lesions})
+        # The rest runs over the next event-loop turns (the job counts as running until it is done):
+        # each step updates napari layers or the other docks, and together they froze the GUI.
+        self.runner.defer(lambda: pl.mark_done(keys))
+        self.runner.defer(lambda: self.session.record_results(
+            image_layer, {lid: lesions[lid] for lid in ids if lid in lesions}))
+        self.runner.defer(lambda: self._finish_result(result, labels_layer, written, empty, lesions, changed,
+                                                      problems, notes))
+
+    def _finish_result(self, result, labels_layer, written, empty, lesions, changed, problems, notes) -> None:
+        """The last step of applying a result: messages, the current lesion, the status line."""
         for message in dict.fromkeys(list(result.messages) + notes):  # distinct, in order
             if message not in self._shown_messages:
                 self._shown_messages.add(message)

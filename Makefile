@@ -57,6 +57,7 @@ demo: install
 
 screenshots: install
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) resources/make_screenshots.py
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) resources/make_report_screenshot.py
 
 bench-latency: $(STAMP)
 	$(PY) benchmarks/latency.py

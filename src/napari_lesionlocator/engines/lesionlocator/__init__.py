@@ -56,7 +56,9 @@ class LesionLocatorEngine:
     settings : EngineSettings
         ``checkpoint`` (else ``$LESIONLOCATOR_CHECKPOINT``, else the user config), ``device``,
         ``folds`` (None: every fold found), ``tta`` (mirroring over the checkpoint's allowed axes),
-        ``threads``; ``extra["allow_unsafe"]``, ``extra["precision"]``.
+        ``threads``; ``extra["allow_unsafe"]``, ``extra["precision"]``, ``extra["onednn_weights"]``
+        (default False; True: on the CPU the Conv3d weights stay in oneDNN's layout, see
+        :mod:`.onednn`: the same masks, but not measurably faster on the 2-core EPYC we measured).
     """
 
     name = "lesionlocator"
@@ -67,6 +69,7 @@ class LesionLocatorEngine:
         if self.precision not in ("float16", "float32"):
             raise EngineError(f"unknown precision {self.precision!r}: use float16 (official numerics) or float32")
         self.allow_unsafe = bool(self.settings.extra.get("allow_unsafe", False))
+        self.onednn_weights = bool(self.settings.extra.get("onednn_weights", False))
         self._models: dict[str, object] = {}
         # Per image object (weak keys: forgotten with the image), per plans' preprocessing settings.
         self._pre_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -99,7 +102,12 @@ class LesionLocatorEngine:
     def model(self, part: str):
         """The loaded model of ``part`` ("point", "box", "track"), loaded on first use and kept."""
         if part not in self._models:
-            kwargs = {"folds": self.settings.folds, "device": self.device, "allow_unsafe": self.allow_unsafe}
+            kwargs = {
+                "folds": self.settings.folds,
+                "device": self.device,
+                "allow_unsafe": self.allow_unsafe,
+                "onednn_weights": self.onednn_weights,
+            }
             if part == "track":
                 mod = _tracking_module()
                 loader = getattr(mod, "load_track_model", None) if mod else None

@@ -423,11 +423,14 @@ def load_model(
     device=None,
     allow_unsafe: bool = False,
     network_builder: Callable[[dict, int], object] | None = None,
+    onednn_weights: bool = False,
 ) -> LoadedModel:
     """Validate and load one part of a checkpoint (every fold found by default, or ``folds``).
 
     ``network_builder(plans, num_image_channels)`` builds the module for non-segmentation parts
     (the tracking module passes its TrackNet builder); segmentation parts use the plans' network.
+    ``onednn_weights``: on the CPU, run the Conv3d layers with their weights kept in oneDNN's layout
+    (:mod:`.onednn`, opt-in: the same masks, not measurably faster where we measured).
     """
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -454,6 +457,10 @@ def load_model(
     network.eval()
     notes = [f"{part}: using fold(s) {mf.folds} from {mf.path}"]
     log.info(notes[0])
+    if onednn_weights:
+        from .onednn import enable_for
+
+        enable_for(network, device, part, notes)
     model = LoadedModel(mf, pm, cm, network, weights, mirror, trainer, device, notes)
     model.use_fold(mf.folds[0])
     return model

@@ -356,13 +356,22 @@ def build_track_network(
 
 
 
-def load_track_model(root: str | Path, *, folds: Sequence[int] | None = None, device=None, allow_unsafe: bool = False):
+def load_track_model(
+    root: str | Path,
+    *,
+    folds: Sequence[int] | None = None,
+    device=None,
+    allow_unsafe: bool = False,
+    onednn_weights: bool = False,
+):
     """Load ``LesionLocatorTrack`` (every fold found, or ``folds``) as the engine's ``LoadedModel``.
 
     Like ``checkpoint.load_model`` but the TrackNet is built after reading the first fold, so a
     checkpoint that records another registration grid (``reg_grid_size``, tiny test checkpoints)
     gets a matching network; real checkpoints record none and use 175^3. Tracking always mirrors
     all three axes, so ``mirror_axes`` is (0, 1, 2) whatever the checkpoint allows.
+    ``onednn_weights`` (CPU): the UNet's Conv3d layers keep their weights in oneDNN's layout
+    (:mod:`.onednn`); the registration network is left as it is.
     """
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -401,6 +410,10 @@ def load_track_model(root: str | Path, *, folds: Sequence[int] | None = None, de
     network.to(device)
     network.eval()
     notes = [f"track: using fold(s) {mf.folds} from {mf.path} (registration grid {network.grid}^3)"]
+    if onednn_weights:
+        from .onednn import enable_for
+
+        enable_for(network.unet, device, "track", notes)
     model = LoadedModel(mf, pm, cm, network, weights, (0, 1, 2), trainer, device, notes)
     model.use_fold(mf.folds[0])
     return model

@@ -304,3 +304,14 @@ def test_a_new_lesion_is_new_once():
     s = recist_from_measurements(rows, targets=[1])
     assert [t.new_lesion_ids for t in s.timepoints] == [(), (7,), ()]
     assert [t.response for t in s.timepoints] == ["baseline", "PD", "SD"]
+    # The date of progression stays the first PD; a later SD says that progression was documented.
+    assert s.progression is s.timepoints[1] and s.to_dict()["progression_timepoint"] == 1
+    assert "progression was already documented at follow-up 1" in s.timepoints[2].reason
+    assert "already documented" not in s.timepoints[1].reason
+
+
+def test_no_progression_no_note():
+    rows = [_row(1, 0, 40.0, 25.0), _row(1, 1, 30.0, 20.0), _row(1, 2, 26.0, 18.0)]
+    s = recist_from_measurements(rows, targets=[1])
+    assert s.progression is None and s.to_dict()["progression_timepoint"] is None
+    assert not any("already documented" in t.reason for t in s.timepoints)

@@ -193,8 +193,14 @@ class RecistSummary:
     timepoints: tuple[RecistTimepoint, ...]
     non_targets: tuple[int, ...] = ()
 
+    @property
+    def progression(self) -> RecistTimepoint | None:
+        """The first follow-up assessed PD (the date of progression), or None."""
+        return next((tp for tp in self.timepoints if tp.response == "PD"), None)
+
     def to_dict(self) -> dict:
         return {
+            "progression_timepoint": None if self.progression is None else self.progression.timepoint,
             "targets": list(self.targets),
             "nodes": list(self.nodes),
             "non_targets": list(self.non_targets),
@@ -372,6 +378,11 @@ def evaluate_recist(
             reasons.append(t_why)
             if nt_resp == "NE":
                 reasons.append("non-target lesions not all evaluated")
+        first_pd = next((tp for tp in out if tp.response == "PD"), None)
+        if first_pd is not None and response != "PD":
+            # RECIST 1.1 dates progression by its first assessment; later responses do not undo it.
+            when = f"follow-up {first_pd.timepoint}" + (f" ({first_pd.date})" if first_pd.date else "")
+            reasons.append(f"progression was already documented at {when}")
         total = None if (missing or not targets) else measured_sum
         out.append(RecistTimepoint(
             timepoint=k,

@@ -28,6 +28,9 @@ checkpoint (always-on TTA, registration recomputed per lesion and flip, so its t
 with the lesions: 300 s per lesion)::
 
     nice -n 10 .venv/bin/python benchmarks/lesionlocator_speed.py --track-ratio --size realistic
+
+The floor under all of these, one network forward and the ways to make it cheaper on a CPU, is
+``benchmarks/lesionlocator_forward.py``.
 """
 
 from __future__ import annotations

@@ -5,13 +5,20 @@ Per lesion:
 
 1. local rigid+affine refinement on a region (>= 70 mm) around the lesion;
 2. the baseline mask is resampled onto a small follow-up sub-grid (the *mapped mask*);
-3. the lesion is re-segmented in the follow-up with a box around the mapped mask, grown by a
-   margin so that growth is allowed;
-4. the re-segmentation is accepted only when plausible (near the mapped mask, sane volume ratio,
-   lesion-like intensity); otherwise the mapped mask intersected with lesion-like tissue is
-   used, but only while the mapped region's core still stands out from its own surroundings
-   as the baseline lesion did; when it does not, or no lesion-like tissue is left, the lesion
-   is reported lost with an empty mask (never a false mask).
+3. a lesion whose contrast to its surroundings is many times the follow-up's noise
+   (``REDELINEATE_CNR``) is re-delineated from the mapped mask by the follow-up's own
+   intensities (:func:`_redelineate`): lesion-like tissue within a bounded growth of the mapped
+   mask that touches it, with the tissue of the lesion's own density that it touched at baseline
+   (chest wall, mediastinum, a vessel) mapped too and kept out, so the size change is measured
+   and the registered boundary holds only at such contacts. Too little lesion-like tissue left
+   there: lost;
+4. other (low-contrast) lesions are re-segmented in the follow-up with a box around the mapped
+   mask, grown by a margin so that growth is allowed, when the same segmentation reproduces the
+   baseline mask; the result is accepted only when plausible (near the mapped mask, sane volume
+   ratio, lesion-like intensity); otherwise the mapped mask intersected with lesion-like tissue
+   is used (status ``check``), but only while the mapped region's core still stands out from its
+   own surroundings as the baseline lesion did; when it does not, or no lesion-like tissue is
+   left, the lesion is reported lost with an empty mask (never a false mask).
 
 Follow-ups may differ from the baseline in size, spacing, field of view, origin and direction:
 everything goes through physical (world) coordinates.
@@ -521,7 +528,10 @@ def track_lesions(
 
     max_id = max(masks, default=0)
     dtype = np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
-    out = LabelMap.empty(followup.geometry, f"{followup.name}_lesions", dtype=dtype)
+    # A placeholder that holds no memory (a broadcast zero): the instance map is composed once, at
+    # the end, after the new-lesion search, so the two never take memory at the same time.
+    out = LabelMap(np.broadcast_to(np.zeros((), dtype=dtype), followup.geometry.shape), followup.geometry,
+                   f"{followup.name}_lesions")
     result = TrackingResult(out)
     ids = sorted(lid for lid, lm in masks.items() if not lm.is_empty)
     for lid in sorted(set(masks) - set(ids)):
@@ -562,13 +572,13 @@ def track_lesions(
         result.lesions[lid] = LesionResult(lid, own, status, notes, {"engine": "classical", "quality": quality})
         if why:
             result.messages.append(f"lesion {lid}: {why}")
-    result.labels = compose_label_map([result.lesions[lid] for lid in ids if lid in result.lesions],
-                                      followup.geometry, out.name)
     if candidates:
         from .candidates import new_lesion_candidates
 
         check()
         report(on_progress, total - 1, total, "looking for new lesions")
         result.new_candidates = new_lesion_candidates(baseline, masks, followup, m_global, result.lesions, check)
+    result.labels = compose_label_map([result.lesions[lid] for lid in ids if lid in result.lesions],
+                                      followup.geometry, out.name)
     report(on_progress, total, total, "tracking done")
     return result

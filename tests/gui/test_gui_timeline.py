@@ -219,3 +219,24 @@ def test_layer_creation_failure_leaves_the_timeline_usable(qtbot, annotated, mon
     assert timeline.propagate_button.isEnabled()
     assert any("no room" in str(r.message) for r in notification_manager.records[n:])
     assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])
+
+
+@pytest.mark.parametrize("timeline_first", [False, True])
+def test_engine_label_follows_the_engine_chosen_in_lesion_prompts(make_napari_viewer, qtbot, timeline_first) -> None:
+    """The Timeline names the engine chosen in the Lesion prompts dock, and follows a change of it
+    (whichever dock was opened first: the one engine block ends up in Lesion prompts)."""
+    viewer = make_napari_viewer(show=True)
+    names = ["Timeline", "Lesion prompts"] if timeline_first else ["Lesion prompts", "Timeline"]
+    w = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in names}
+    timeline, panel = w["Timeline"], w["Lesion prompts"].engine_panel
+    assert panel is timeline.engine_panel and panel.parent() is w["Lesion prompts"]
+    qtbot.wait(50)
+    assert "classical" in timeline.engine_label.text()
+    index = panel.engine.findData("lesionlocator")
+    panel.engine.setCurrentIndex(index)  # chosen as a reader would (the item may be disabled here)
+    assert panel.engine_name == "lesionlocator"
+    label = timeline.engine_label.text()
+    assert "LesionLocator" in label and "classical" not in label, label
+    assert timeline.engine_label.isVisible()
+    panel.engine.setCurrentIndex(panel.engine.findData("classical"))
+    assert "classical" in timeline.engine_label.text()

@@ -10,6 +10,7 @@ The Labels layers are the state: manual corrections at the start timepoint are w
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -178,6 +179,9 @@ class TimelineWidget(QWidget):
         self.runner.done.connect(self._on_done)
         self.session.results_changed.connect(self._schedule_table_refresh)
         self.session.active_changed.connect(self._show_active)
+        # The engine label follows the one engine choice (made in the Lesion prompts dock).
+        self._engine_combo = panel.engine
+        self._engine_combo.currentIndexChanged.connect(self._show_engine)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._on_layers_changed)
         self.refresh()
@@ -334,10 +338,14 @@ class TimelineWidget(QWidget):
         if overlaps and not self.busy:
             self.progress.status.setText("Overlapping lesions: " + "; ".join(
                 f"{name}: {a}/{b} ({n} voxels)" for name, a, b, n in overlaps))
+        self._show_engine()
+        self._show_active()
+
+    def _show_engine(self, *_) -> None:
+        """The engine label: the current engine choice (hidden when the engine block is shown here)."""
         shown_here = self.engine_panel.parent() is self
         self.engine_label.setVisible(not shown_here)
         self.engine_label.setText(f"Engine: {self.session.engine_label()} (chosen in Lesion prompts)")
-        self._show_active()
 
     def selected_lesions(self) -> list[int]:
         rows = sorted({index.row() for index in self.table.selectedIndexes()})
@@ -566,5 +574,8 @@ class TimelineWidget(QWidget):
         self.cancel()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.disconnect(self._on_layers_changed)
+        # the engine block outlives this dock (it belongs to the viewer's session)
+        with contextlib.suppress(RuntimeError, TypeError):
+            self._engine_combo.currentIndexChanged.disconnect(self._show_engine)
         super().closeEvent(event)
 

@@ -164,3 +164,45 @@ def test_weak_edge_lesion_fallback_kept_or_lost(engine, persists):
         assert result.lost_ids == [1]
         assert not (result.labels.array == 1).any()
         assert any("lesion 1: lost" in m and "no longer stands out" in m for m in result.messages), result.messages
+
+
+# A nodule flattened against the chest wall (same density as the nodule): its boundary against the
+# lung is an intensity edge, the one against the wall is not. Tracking must measure its growth or
+# shrinkage into the lung (status ok, no registered-mask fallback) and keep out of the wall.
+JUXTA = Lesion((0, 0, 33), (8, 8, 8), hu=30.0)
+
+
+def juxta_scene(scale: float) -> Scene:
+    return Scene([Lesion(JUXTA.center, tuple(scale * r for r in JUXTA.radii), JUXTA.hu)], wall_x=40.0,
+                 lung_radius=45, body_radius=60)
+
+
+def _clipped(labels: LabelMap, world_map=None) -> np.ndarray:
+    from classical_phantom import world_grid
+
+    world = world_grid(labels.geometry)
+    if world_map is not None:
+        world = world_map(world)
+    return (labels.array == 1) & (world[..., 2] < 40.0)
+
+
+@pytest.mark.parametrize("scale", [1.25, 0.8])
+def test_juxtapleural_growth_is_measured_not_registered(engine, scale):
+    base, base_gt = render(juxta_scene(1.0), BASE_GEO, seed=6)
+    truth0 = _clipped(base_gt)
+    follow, follow_gt = render(juxta_scene(scale), FOLLOW_GEO, seed=7, world_map=moved)
+    truth1 = _clipped(follow_gt, moved)
+    result = engine.track(base, LabelMap(truth0.astype(np.uint16), base.geometry), follow)
+    lesion = result.lesions[1]
+    assert lesion.status == "ok", lesion.notes
+    pred = result.labels.array == 1
+    assert dice(pred, truth1) >= 0.85, (dice(pred, truth1), result.messages)
+    # the size change is measured: volume ratio within 15 % of the truth's
+    ratio_true = truth1.sum() * np.prod(FOLLOW_GEO.spacing) / (truth0.sum() * np.prod(BASE_GEO.spacing))
+    ratio = pred.sum() * np.prod(FOLLOW_GEO.spacing) / (truth0.sum() * np.prod(BASE_GEO.spacing))
+    assert abs(ratio / ratio_true - 1.0) <= 0.15, (ratio, ratio_true)
+    # and it stays out of the chest wall (of the same density) beyond partial volume
+    from classical_phantom import world_grid
+
+    in_wall = moved(world_grid(FOLLOW_GEO))[..., 2] >= 42.0
+    assert (pred & in_wall).sum() <= 0.05 * pred.sum()

@@ -173,6 +173,16 @@ def test_disappeared_keeps_the_tracked_mask_and_undo_shows_it(make_napari_viewer
     saved = [o for o in table.model.study.snapshot_state()["observations"]
              if o["lesion_id"] == 3 and o["timepoint"] == tps[1].name]
     np.testing.assert_array_equal(saved[0]["mask"].to_full(), tracked)  # and in what a save writes
+    # the session's own Study over the layers carries it the same way (and leaves the layer as it is)
+    shown = np.asarray(layer.data).copy()
+    core = session.study()
+    obs = core.observation(3, tps[1].name)
+    assert obs is not None and obs.review == "disappeared" and not obs.present
+    assert obs.provenance.source == "tracked" and obs.provenance.tracked_from == tps[0].name
+    np.testing.assert_array_equal(obs.mask.to_full(), tracked)
+    np.testing.assert_array_equal(np.asarray(layer.data), shown)
+    np.testing.assert_array_equal(core[tps[1].name].labels.array, shown)
+    assert core.table_status(3, tps[1].name) == "disappeared"
     assert float(_cell(table, 3, "T1 mL") or 0) == 0.0
     # Ctrl+Z on the canvas: the verdict is undone and the lesion shown again, unedited
     viewer.layers.selection.active = tps[1]

@@ -741,7 +741,12 @@ class StudySession(QObject):
 
     # ------------------------------------------------------------------ study model
     def study(self, order: list[str] | None = None) -> Study:
-        """A core Study over the viewer's timepoints (image and labels as views of the layers' arrays)."""
+        """A core Study over the viewer's timepoints (image and labels as views of the layers' arrays).
+
+        A lesion the reader marked disappeared (or merged) at a timepoint is erased from the Labels
+        layer there, but its tracked mask is kept in the session: the study carries that mask with
+        the verdict (not drawn, not measured), as the Lesion table's study and the saves do.
+        """
         tps = []
         for tp in self.timepoints(order):
             image = image_from_layer(tp)
@@ -749,10 +754,22 @@ class StudySession(QObject):
             labels = label_map_from_layer(layer, image.geometry, copy=False) if layer is not None else None
             tps.append(Timepoint(image, labels))
         study = Study(tps, sort_by_date=False)
+        names = study.names
         for tp, layer in zip(study.timepoints, self.timepoints(order), strict=True):
+            k = study.index_of(tp.name)
             for lid, (state, into) in sorted(self.reviews(layer).items()):
-                if lid in study.lesion_ids and (into is None or into in study.lesion_ids) \
-                        and not (state == "new" and study.index_of(tp.name) == 0):
+                if (into is not None and into not in study.lesion_ids) or (state == "new" and k == 0):
+                    continue
+                res = self.result(layer, lid)
+                obs = study.observation(lid, tp.name) if lid in study.lesion_ids else None
+                if state in ("disappeared", "merged") and (obs is None or obs.mask.is_empty) \
+                        and res is not None and not res.mask.is_empty \
+                        and res.mask.geometry.same_grid(tp.geometry):
+                    # hidden by the verdict: the kept mask goes in with it (the layer is left as it is)
+                    earlier = any((o := study.observation(lid, n)) is not None and o.present for n in names[:k])
+                    study.set_result(lid, tp.name, res, review=state, merged_into=into,
+                                     tracked_from=names[k - 1] if k and earlier else None)
+                elif lid in study.lesion_ids:
                     study.set_review(lid, tp.name, state, merged_into=into)
             uid = str(layer.unique_id)
             if study.index_of(tp.name) and self._candidates.get(uid):

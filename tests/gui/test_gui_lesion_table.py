@@ -408,3 +408,42 @@ def test_undo_and_review_grid_centring(make_napari_viewer, qtbot, study, recover
         assert review.lesion_id == 6
     finally:
         review.stop_review()
+
+
+def _colour_share(table, row: int, rgb) -> float:
+    """Share of the id cell's inner pixels (as drawn on screen) within a few levels of ``rgb``."""
+    view = table.table
+    index = view.model().index(row, 0)
+    view.scrollTo(index)
+    rect = view.visualRect(index).adjusted(4, 4, -4, -4)
+    image = view.viewport().grab().toImage()
+    pixels = np.array([[image.pixelColor(x, y).getRgb()[:3] for x in range(rect.left(), rect.right())]
+                       for y in range(rect.top(), rect.bottom())], dtype=float).reshape(-1, 3)
+    assert len(pixels) > 20, rect
+    return float(np.mean(np.abs(pixels - np.asarray(rgb) * 255).max(axis=1) <= 6))
+
+
+def test_selected_row_keeps_its_lesion_colour(make_napari_viewer, qtbot, study, recovery) -> None:
+    """The id cell shows the lesion's colour (its colour in the labels layers) also when its row is
+    selected (the selection must not paint over it), while the other cells show the selection."""
+    from napari_lesionlocator.gui._layers import lesion_colour
+
+    viewer, widgets, table, _ = _open(make_napari_viewer, qtbot, study)
+    table.parentWidget().raise_()
+    qtbot.wait(100)
+    highlight = np.asarray(table.table.palette().highlight().color().getRgbF()[:3])
+    for lid in (2, 5):
+        rgb = np.asarray(lesion_colour(lid)[:3], dtype=float)
+        assert np.abs(rgb - highlight).max() > 0.1  # otherwise the check below would prove nothing
+        row = _row(table, lid)
+        table.table.clearSelection()
+        qtbot.wait(50)
+        unselected = _colour_share(table, row, rgb)
+        assert unselected > 0.6, (lid, unselected)
+        table.table.selectRow(row)
+        qtbot.wait(50)
+        assert table.selected_lesion() == lid
+        selected = _colour_share(table, row, rgb)
+        assert selected > 0.6, (lid, selected)
+        name_index = table.table.model().index(row, 1)  # the row's other cells show the selection
+        assert table.table.selectionModel().isSelected(name_index)

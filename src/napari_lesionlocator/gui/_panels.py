@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QStyle,
+    QStyledItemDelegate,
     QWidget,
 )
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EnginePanel",
     "ImageLayerCombo",
+    "LesionColourDelegate",
     "ProgressRow",
     "configured_checkpoint",
     "paint_lesion_item",
@@ -254,3 +257,30 @@ def paint_lesion_item(item, lesion_id: int) -> None:
     item.setBackground(QBrush(QColor.fromRgbF(r, g, b)))
     luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
     item.setForeground(QBrush(QColor("black" if luminance > 0.5 else "white")))
+
+
+class LesionColourDelegate(QStyledItemDelegate):
+    """Draws a lesion-coloured cell (see :func:`paint_lesion_item`) in its colour even when its row
+    is selected: the selection shows as a frame in the highlight colour around the cell instead of
+    the highlight replacing the colour (the colour is how the reader finds the lesion in the layers)."""
+
+    def paint(self, painter, option, index) -> None:
+        from qtpy.QtCore import Qt
+        from qtpy.QtGui import QPen
+        from qtpy.QtWidgets import QStyleOptionViewItem
+
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        if index.data(Qt.ItemDataRole.BackgroundRole) is None or not selected:
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        opt.state &= ~QStyle.StateFlag.State_Selected  # the lesion colour and its readable text
+        opt.state &= ~QStyle.StateFlag.State_HasFocus
+        super().paint(painter, opt, index)
+        painter.save()
+        pen = QPen(option.palette.highlight().color())
+        pen.setWidth(2)
+        painter.setPen(pen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(option.rect.adjusted(1, 1, -1, -1))
+        painter.restore()

@@ -53,7 +53,7 @@ from ..core.progress import ProgressEvent
 from ..core.study import ROLES, SITES, Study
 from ._gc import freeze_long_lived_objects
 from ._layers import image_layer_data, lesion_colour
-from ._panels import paint_lesion_item
+from ._panels import LesionColourDelegate, paint_lesion_item
 from ._session import session_for
 from ._table_study import review_study_for
 from ._view import centre_view
@@ -228,6 +228,7 @@ class LesionTableWidget(QWidget):
         # header (~26 px) + at least 6 lesion rows + a horizontal scroll bar (many timepoints) + frame
         self.table.setMinimumHeight(28 + 6 * 22 + 18 + 6)
         self.table.setSortingEnabled(True)
+        self.table.setItemDelegateForColumn(0, LesionColourDelegate(self.table))  # colour kept when selected
         self.table.setItemDelegateForColumn(2, _PickList(SITES, self.table))
         self.table.setItemDelegateForColumn(3, _PickList(ROLES, self.table))
 

@@ -37,7 +37,7 @@ from ..core.geometry import Geometry
 from ..core.progress import ProgressEvent
 from ._gc import freeze_long_lived_objects
 from ._layers import META_KEY, geometry_from_layer, label_map_from_layer
-from ._panels import paint_lesion_item
+from ._panels import LesionColourDelegate, paint_lesion_item
 from ._session import session_for
 from ._view import camera, centre_view, grid
 from ._workers import JobRunner
@@ -95,6 +95,7 @@ class ReviewWidget(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.verticalHeader().setVisible(False)  # the lesion column names the rows
         self.table.setMinimumHeight(24 + 6 * 22)  # header + at least 6 lesion rows
+        self.table.setItemDelegateForColumn(0, LesionColourDelegate(self.table))  # colour kept when selected
         self.measure_button = QPushButton("Measure lesions")
         self.measure_button.setToolTip("Volume (mL) of every lesion at every timepoint, in the timeline's order.")
         self.grid_button = QPushButton("Side-by-side review")

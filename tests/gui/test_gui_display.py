@@ -14,7 +14,7 @@ import pytest
 from gui_helpers import n_notifications, notifications_since, wait_idle
 
 napari = pytest.importorskip("napari")
-from qtpy.QtWidgets import QPushButton  # noqa: E402
+from qtpy.QtWidgets import QComboBox, QPushButton  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -142,11 +142,27 @@ def test_every_dock_of_the_plugin_open_together_fits_a_1600x1000_screen(make_nap
     # the docks used together while working stay apart; the others share one tab group
     assert not main.tabifiedDockWidgets(docks["Lesion prompts"]) and not main.tabifiedDockWidgets(docks["Timeline"])
     for name, table in (("Timeline", widgets["Timeline"].table), ("Lesion review", widgets["Lesion review"].table),
-                        ("Lesion table", widgets["Lesion table"].table)):
+                        ("Lesion table", widgets["Lesion table"].table),
+                        ("Rate segmentations", widgets["Rate segmentations"].table)):
         docks[name].raise_()
         qtbot.wait(50)
         rows = table.viewport().height() / table.verticalHeader().defaultSectionSize()
         assert rows >= 6, (name, rows)
+    # the QA table's rows really are that tall once filled (its score boxes do not stretch them), and
+    # >= 6 still show with its two status lines (the score's definition, the status) shown
+    rating = widgets["Rate segmentations"]
+    qa = rating.table
+    qa.setRowCount(8)
+    for r in range(8):
+        qa.setCellWidget(r, 1, QComboBox())
+    rating.definition.setText("3: a score definition")
+    rating.status.setText("8 segment(s) to rate")
+    docks["Rate segmentations"].raise_()
+    qtbot.wait(100)
+    assert rating.definition.isVisible() and rating.status.isVisible()
+    assert all(qa.rowHeight(r) == qa.verticalHeader().defaultSectionSize() for r in range(8))
+    shown = sum(qa.viewport().rect().contains(qa.visualRect(qa.model().index(r, 0))) for r in range(8))
+    assert shown >= 6, shown
     canvas = viewer.window._qt_viewer.canvas.native
     assert canvas.width() >= 600 and canvas.height() >= 400, (canvas.width(), canvas.height())
 

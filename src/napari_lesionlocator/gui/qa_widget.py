@@ -37,6 +37,19 @@ from ._layers import image_layer_data, labels_layer_data
 __all__ = ["QAWidget"]
 
 
+class _Line(QLabel):
+    """A word-wrapped status line that takes no room while it is empty (the table gets it)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.setWordWrap(True)
+        self.setVisible(False)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        super().setText(text)
+        self.setVisible(bool(text))
+
+
 class QAWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -61,8 +74,14 @@ class QAWidget(QWidget):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["Segment", "Score", "Comment"])
         self.table.currentCellChanged.connect(lambda r, *_: self._show_definition(r))
-        self.definition = QLabel("")
-        self.definition.setWordWrap(True)
+        # Compact rows (the style's default is ~30 px: only ~3.6 rows showed in the docks' tab group)
+        # from the font, and the status lines take no room while empty, so >= 6 segments show with
+        # all docks open on a 1600x1000 screen (also with both status lines shown).
+        row_height = self.table.fontMetrics().height() + 4
+        rows = self.table.verticalHeader()
+        rows.setMinimumSectionSize(min(row_height, rows.minimumSectionSize()))
+        rows.setDefaultSectionSize(row_height)
+        self.definition = _Line()
         self.save_button = QPushButton("Save review...")
         self.save_button.clicked.connect(self._save_dialog)
         self.export_button = QPushButton("Export CSV + corrected SEG...")
@@ -70,10 +89,10 @@ class QAWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.export_button)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = _Line()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 2, 6, 2)  # all docks together fit a 1000 px screen
+        lay.setSpacing(2)
         lay.addLayout(row)
         lay.addWidget(self.table)
         lay.addWidget(self.definition)
@@ -125,6 +144,7 @@ class QAWidget(QWidget):
             name = QTableWidgetItem(f"{lid}: {qa.names.get(lid, lid)}")
             self.table.setItem(r, 0, name)
             combo = QComboBox()
+            combo.setFrame(False)  # fits the compact row
             combo.addItem("-", None)
             for score in (5, 4, 3, 2, 1):
                 combo.addItem(str(score), score)

@@ -41,11 +41,13 @@ def annotated(make_napari_viewer, study):
     return viewer, timeline, tps
 
 
-def test_timepoints_follow_dates_and_can_be_reordered(annotated, study) -> None:
+def test_timepoints_follow_dates_and_can_be_reordered(qtbot, annotated, study) -> None:
     viewer, timeline, tps = annotated
     assert [tp.name for tp in timeline.timepoints()] == [im.name for im in study.images]
     # The baseline's lesions are listed as present at the baseline only.
     assert timeline.presence() == {1: [True, False, False], 9: [True, False, False]}
+    # The table refreshes in the event loop (after the follow-ups' lesion layers are made).
+    qtbot.waitUntil(lambda: timeline.table.rowCount() == 2, timeout=5000)
     assert timeline.table.rowCount() == 2 and timeline.table.columnCount() == 3
     # Drag the last timepoint to the top: the order (and the propagation source list) follows.
     lst = timeline.timepoint_list
@@ -153,10 +155,43 @@ def test_cancel_propagation_writes_nothing(qtbot, annotated) -> None:
     assert timeline.propagate_button.isEnabled()
 
 
+def _drop_followup_lesion_layers(qtbot, viewer, timeline, tps) -> None:
+    """Each opened scan gets its (empty) lesion layer in an idle turn; close the follow-ups' ones, so
+    that a propagation has to make them (as after a reader closed them)."""
+    session = timeline.session
+    qtbot.waitUntil(lambda: all(session.labels_layer_for(tp, create=False) is not None for tp in tps), timeout=10_000)
+    for tp in tps[1:]:
+        viewer.layers.remove(session.labels_layer_for(tp, create=False))
+
+
+def test_opened_scans_get_their_lesion_layer_in_an_idle_turn(qtbot, make_napari_viewer, study) -> None:
+    """napari needs 100-300 ms to add a Labels layer here, so it is made when the scan opens, not
+    inside the first segmentation or propagation: hidden unless the scan is in view, not selected.
+    A scan with napari's default geometry (1 mm at the origin, no file geometry) gets none until its
+    geometry has been checked."""
+    viewer = make_napari_viewer()
+    _, timeline = viewer.window.add_plugin_dock_widget(PLUGIN, "Timeline")
+    im = study.images[1]
+    image = viewer.add_image(im.array, name="fu", metadata={"geometry": im.geometry.to_metadata()},
+                             **im.geometry.napari_transform())
+    plain = viewer.add_image(np.zeros((8, 9, 10), np.float32), name="plain")
+    selected = viewer.layers.selection.active
+    session = timeline.session
+    assert session.labels_layer_for(image, create=False) is None  # not inside the insertion itself
+    qtbot.waitUntil(lambda: session.labels_layer_for(image, create=False) is not None, timeout=5000)
+    layer = session.labels_layer_for(image, create=False)
+    assert layer.data.shape == im.shape and not np.asarray(layer.data).any()
+    np.testing.assert_allclose(layer.data_to_world([3, 4, 5]), image.data_to_world([3, 4, 5]))
+    assert viewer.layers.selection.active is selected
+    qtbot.wait(100)
+    assert session.labels_layer_for(plain, create=False) is None
+
+
 def test_followup_layers_made_in_steps_and_cancel_before_the_run_starts(qtbot, annotated) -> None:
     """Propagate makes the missing follow-up Labels layers over several event-loop turns, before
     the worker starts; cancelling in that phase starts nothing and leaves the widget usable."""
     viewer, timeline, tps = annotated
+    _drop_followup_lesion_layers(qtbot, viewer, timeline, tps)
     assert all(timeline.session.labels_layer_for(tp, create=False) is None for tp in tps[1:])
     assert timeline.propagate(source=tps[0].name, lesion_ids=[1])
     # Nothing heavy ran inside the handler: no layer yet, no worker yet, but the widget is busy.
@@ -210,6 +245,7 @@ def test_layer_creation_failure_leaves_the_timeline_usable(qtbot, annotated, mon
     def broken(image_layer):
         raise MemoryError("no room for the Labels array")
 
+    _drop_followup_lesion_layers(qtbot, viewer, timeline, tps)
     monkeypatch.setattr(timeline.session, "new_labels_layer", broken)
     n = len(notification_manager.records)
     assert timeline.propagate(source=tps[0].name, lesion_ids=[1])

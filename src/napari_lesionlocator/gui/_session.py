@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import EngineError, LesionLocatorError
 from ..core.geometry import Geometry
@@ -67,6 +67,9 @@ __all__ = ["StudySession", "AnnotationSession", "session_for", "settings_key", "
 _PRELOAD_MODULES = ("napari_lesionlocator.engines.classical", "SimpleITK", "skimage.morphology",
                     "skimage.segmentation")
 _preload: dict[str, threading.Thread] = {}
+
+
+_PREPARE_MS = 30  # delay before a new scan's lesion layer is made (after napari drew the scan)
 
 
 def preload_engine_modules() -> threading.Thread:
@@ -149,6 +152,7 @@ class StudySession(QObject):
         viewer.layers.events.removed.connect(self._on_removed)
         for layer in list(viewer.layers):
             self._watch(layer)
+            self._prepare_lesion_layer(layer)
 
     # ------------------------------------------------------------------ engines
     def engine(self, name: str, settings: EngineSettings | None = None) -> Engine:
@@ -365,8 +369,40 @@ class StudySession(QObject):
     def _on_inserted(self, event) -> None:
         layer = event.value
         self._watch(layer)
+        self._prepare_lesion_layer(layer)
         if is_timepoint_layer(layer) and self._active is None and layer.visible:
             self._active = layer
+
+    def _prepare_lesion_layer(self, layer) -> None:
+        """Make a scan's lesion Labels layer soon after the scan is opened, in an idle turn of its own.
+
+        napari takes 100-300 ms (software OpenGL, loaded CPU) to add a Labels layer: its visual and
+        its controls. Done while the reader opens a scan, that cost is not paid again inside the
+        first segmentation or a propagation. Only scans whose voxel size and position are known (read
+        by this plugin, or given a transform) get one; the others get theirs once their geometry is
+        checked (see :meth:`ensure_geometry`).
+        """
+        if not is_timepoint_layer(layer) or not self._geometry_known(layer):
+            return
+        ref = weakref.ref(layer)
+
+        def make() -> None:
+            lyr = ref()
+            if lyr is None or lyr not in self.viewer.layers or self.reviewing:
+                return
+            if self.labels_layer_for(lyr, create=False) is None:
+                self.labels_layer_for(lyr)
+
+        QTimer.singleShot(_PREPARE_MS, make)
+
+    @staticmethod
+    def _geometry_known(layer) -> bool:
+        meta = layer.metadata if isinstance(layer.metadata, Mapping) else {}
+        if meta.get("geometry"):
+            return True
+        matrix = np.asarray(layer.affine.affine_matrix, dtype=float)
+        return not (np.allclose(layer.scale, 1.0) and np.allclose(layer.translate, 0.0)
+                    and np.allclose(matrix, np.eye(matrix.shape[0])))
 
     def _on_visible(self, layer) -> None:
         # The reader ticked a timepoint's eye: that is the scan they want to look at.
@@ -700,12 +736,7 @@ class StudySession(QObject):
         from ..core.errors import InputImageError
 
         meta = image_layer.metadata if isinstance(image_layer.metadata, Mapping) else {}
-        if meta.get("geometry"):
-            return False
-        matrix = np.asarray(image_layer.affine.affine_matrix, dtype=float)
-        default = (np.allclose(image_layer.scale, 1.0) and np.allclose(image_layer.translate, 0.0)
-                   and np.allclose(matrix, np.eye(matrix.shape[0])))
-        if not default:
+        if self._geometry_known(image_layer):
             return False
         path = getattr(getattr(image_layer, "source", None), "path", None)
         from ._reader import get_reader, read_paths

@@ -185,6 +185,14 @@ def test_opened_scans_get_their_lesion_layer_in_an_idle_turn(qtbot, make_napari_
     assert viewer.layers.selection.active is selected
     qtbot.wait(100)
     assert session.labels_layer_for(plain, create=False) is None
+    # A lesion map opened later for that scan (a DICOM-SEG, a saved map) replaces the empty layer made
+    # in advance: prompts and tracking then write into the map the reader opened.
+    opened = np.zeros(im.shape, np.uint16)
+    opened[10:14, 20:30, 20:30] = 3
+    seg = viewer.add_labels(opened, name="fu seg", metadata={"geometry": im.geometry.to_metadata(),
+                            "lesionlocator": {"role": "lesions", "image": "fu"}}, **im.geometry.napari_transform())
+    qtbot.waitUntil(lambda: layer not in viewer.layers, timeout=5000)
+    assert session.labels_layer_for(image, create=False) is seg
 
 
 def test_followup_layers_made_in_steps_and_cancel_before_the_run_starts(qtbot, annotated) -> None:

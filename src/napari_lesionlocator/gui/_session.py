@@ -370,6 +370,7 @@ class StudySession(QObject):
         layer = event.value
         self._watch(layer)
         self._prepare_lesion_layer(layer)
+        self._replace_prepared(layer)
         if is_timepoint_layer(layer) and self._active is None and layer.visible:
             self._active = layer
 
@@ -391,9 +392,24 @@ class StudySession(QObject):
             if lyr is None or lyr not in self.viewer.layers or self.reviewing:
                 return
             if self.labels_layer_for(lyr, create=False) is None:
-                self.labels_layer_for(lyr)
+                self.labels_layer_for(lyr).metadata[META_KEY]["prepared"] = True
 
         QTimer.singleShot(_PREPARE_MS, make)
+
+    def _replace_prepared(self, layer) -> None:
+        """A lesion map opened later for a scan (a DICOM-SEG, a saved map) takes the place of the empty
+        layer made in advance for it, so prompts and tracking write into the reader's map."""
+        if not is_lesion_layer(layer) or layer.metadata[META_KEY].get("prepared"):
+            return
+        image_name = layer.metadata[META_KEY].get("image")
+        stale = [other for other in self.viewer.layers
+                 if other is not layer and is_lesion_layer(other) and other.metadata[META_KEY].get("prepared")
+                 and other.metadata[META_KEY].get("image") == image_name
+                 and tuple(other.data.shape) == tuple(layer.data.shape) and not np.asarray(other.data).any()]
+        if stale:
+            refs = [weakref.ref(other) for other in stale]
+            QTimer.singleShot(0, lambda: [self.viewer.layers.remove(r()) for r in refs
+                                          if r() is not None and r() in self.viewer.layers])
 
     @staticmethod
     def _geometry_known(layer) -> bool:

@@ -14,10 +14,23 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from napari_lesionlocator.engines.lesionlocator.generate import generate_checkpoint
 
 PATCH = (32, 48, 48)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test (deterministic timing on a shared 2-core CI); a module that imports
+    this fixture gets it for every test."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @functools.cache

@@ -29,12 +29,7 @@ _C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
 ROTATED = (1.0, 0.0, 0.0, 0.0, _C, -_S, 0.0, _S, _C)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _ll_helpers import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
 def _engine(**kw) -> LesionLocatorEngine:

@@ -29,12 +29,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _ll_helpers import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
 @pytest.mark.parametrize(

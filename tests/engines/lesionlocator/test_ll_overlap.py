@@ -30,12 +30,7 @@ POINTS = [PointPrompt(1, (12, 24, 24)), PointPrompt(2, (12, 28, 28))]
 BOXES = [BoxPrompt(1, (6, 16, 12, 28, 12, 28)), BoxPrompt(2, (8, 18, 22, 38, 22, 40))]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _ll_helpers import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ TARGET = (1.0, 0.8, 0.8)  # the plans' spacing: no resampling at this spacing
 CENTRE = (slice(8, 24), slice(12, 36), slice(12, 36))  # where the patch's gaussian weight is >= 0.025
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _ll_helpers import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
 @pytest.fixture(scope="module")
